@@ -1,0 +1,75 @@
+#include "m3/cli/model_options.h"
+
+#include <spdlog/spdlog.h>
+
+#include "m3/core/error.h"
+#include "m3/model/hub.h"
+
+namespace m3::cli {
+
+void add_model_options(CLI::App& command, ModelOptions& o) {
+  command.add_option("-m,--model", o.model,
+                     "Model: a local snapshot directory (config.json, weights, sentencepiece.bpe.model, "
+                     "colbert_linear.pt, sparse_linear.pt) or a Hugging Face hub id, looked up in the HF cache "
+                     "(HF_HUB_CACHE / HF_HOME) and downloaded there when missing (HF_ENDPOINT, HF_TOKEN)")
+      ->envname("M3_MODEL")
+      ->capture_default_str();
+  command.add_option("--fallback-model", o.fallback_model,
+                     "Directory used instead when --model is a hub id, the hub cannot be reached and nothing is "
+                     "cached (the README points it at the bundled demo model, which has random weights)")
+      ->envname("M3_FALLBACK_MODEL");
+  command.add_option("-t,--threads", o.threads, "CPU threads (0: all available cores)")
+      ->envname("M3_THREADS")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
+  command.add_option("--batch-tokens", o.max_batch_tokens,
+                     "Tokens per forward pass: texts are packed, without padding, into batches of at most this "
+                     "many tokens (must be at least the max length)")
+      ->envname("M3_MAX_BATCH_TOKENS")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+}
+
+std::filesystem::path resolve_model_dir(const ModelOptions& o) {
+  if (std::filesystem::is_directory(o.model)) return o.model;
+  if (!looks_like_hub_id(o.model)) {
+    fail("--model {}: no such directory, and not a hub id like BAAI/bge-m3", o.model);
+  }
+  try {
+    return resolve_model(o.model, hub_options_from_env());
+  } catch (const HubUnreachable& e) {
+    if (o.fallback_model.empty()) throw;
+    spdlog::warn("{}", e.what());
+    spdlog::warn("falling back to {}: a demo model with RANDOM weights, for trying the commands only; its "
+                 "embeddings mean nothing", o.fallback_model);
+    return o.fallback_model;
+  }
+}
+
+std::unique_ptr<Embedder> load_embedder(const ModelOptions& o, int64_t max_length) {
+  const auto dir = resolve_model_dir(o);
+  const auto config = ModelConfig::load(dir);
+  int64_t max_seq_len = config.max_tokens();
+  if (max_length > 0 && max_length < max_seq_len) max_seq_len = max_length;
+  if (max_length > config.max_tokens()) {
+    spdlog::warn("max length {} is more than this model's {} positions allow; using {}", max_length,
+                 config.max_position_embeddings, config.max_tokens());
+  }
+  EmbedderOptions options;
+  options.threads = o.threads;
+  options.max_seq_len = max_seq_len;
+  options.max_batch_tokens = o.max_batch_tokens;
+  return Embedder::load(dir, options);
+}
+
+int64_t effective_length(const Embedder& embedder, int64_t requested, const char* option) {
+  if (requested <= 0) fail("{} must be positive", option);
+  if (requested < 2) fail("{} must be at least 2 (<s> and </s>)", option);
+  if (requested > embedder.max_seq_len()) {
+    spdlog::warn("{} {} is more than this model's limit; using {}", option, requested, embedder.max_seq_len());
+    return embedder.max_seq_len();
+  }
+  return requested;
+}
+
+}  // namespace m3::cli

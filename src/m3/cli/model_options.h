@@ -1,0 +1,36 @@
+// Options every model-loading subcommand shares (--model, --threads, ...) and the
+// resolution of --model to a local snapshot directory.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "m3/runtime/embedder.h"
+
+namespace m3::cli {
+
+struct ModelOptions {
+  std::string model = "BAAI/bge-m3";
+  std::string fallback_model;
+  int threads = 0;
+  int64_t max_batch_tokens = 16384;
+};
+
+void add_model_options(CLI::App& command, ModelOptions& options);
+
+// A local directory as is; a hub id from the HF cache or downloaded. When the hub is
+// unreachable and nothing is cached, --fallback-model is used (with a warning).
+std::filesystem::path resolve_model_dir(const ModelOptions& options);
+
+// Loads the model with sequences limited to `max_length` tokens (0: the model's
+// limit); a longer request is reduced to the model's limit with a warning.
+std::unique_ptr<Embedder> load_embedder(const ModelOptions& options, int64_t max_length);
+
+// The length actually used for `requested` tokens on this embedder, warning when reduced.
+int64_t effective_length(const Embedder& embedder, int64_t requested, const char* option);
+
+}  // namespace m3::cli

@@ -1,0 +1,18 @@
+// JSON lines for the CLI, with FlagEmbedding's keys: dense_vecs, lexical_weights
+// (token id string -> weight), colbert_vecs. Floats print in their shortest
+// round-trip form.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "m3/model/m3_output.h"
+#include "m3/model/scoring.h"
+
+namespace m3 {
+
+std::string m3_output_json(const M3Output& output, const OutputRequest& request, int64_t hidden);
+std::string scores_json(const PairScores& scores);
+std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces);
+
+}  // namespace m3

@@ -1,0 +1,107 @@
+#include "m3/io/text_input.h"
+
+#include <fstream>
+#include <iostream>
+#include <memory>
+
+#include <simdjson.h>
+
+#include "m3/core/error.h"
+
+namespace m3 {
+namespace {
+
+// Calls on_line(text, line_number) for each line, without its "\n" or "\r\n".
+template <typename F>
+void for_each_line(const std::string& path, F&& on_line) {
+  std::ifstream file;
+  std::istream* in = &std::cin;
+  if (path != "-") {
+    file.open(path, std::ios::binary);
+    if (!file) fail("{}: cannot open input file", path);
+    in = &file;
+  }
+  std::string line;
+  size_t number = 0;
+  while (std::getline(*in, line)) {
+    ++number;
+    if (!line.empty() && line.back() == '\r') line.pop_back();
+    if (!simdjson::validate_utf8(line.data(), line.size())) {
+      fail("{}:{}: line is not valid UTF-8", path == "-" ? std::string("<stdin>") : path, number);
+    }
+    on_line(line, number);
+  }
+  if (in->bad()) fail("{}: read error", path);
+}
+
+std::string_view where(const std::string& path) {
+  return path == "-" ? std::string_view("<stdin>") : std::string_view(path);
+}
+
+bool blank(const std::string& line) { return line.find_first_not_of(" \t") == std::string::npos; }
+
+}  // namespace
+
+InputFormat parse_input_format(const std::string& name) {
+  if (name == "auto") return InputFormat::kAuto;
+  if (name == "text") return InputFormat::kText;
+  if (name == "jsonl") return InputFormat::kJsonl;
+  fail("unknown input format \"{}\" (expected auto, text or jsonl)", name);
+}
+
+std::vector<std::string> read_texts(const std::string& path, InputFormat format, const std::string& field) {
+  if (format == InputFormat::kAuto) {
+    const auto ext = std::filesystem::path(path).extension().string();
+    format = (ext == ".jsonl" || ext == ".ndjson" || ext == ".json") ? InputFormat::kJsonl : InputFormat::kText;
+  }
+  std::vector<std::string> texts;
+  if (format == InputFormat::kText) {
+    for_each_line(path, [&](const std::string& line, size_t) { texts.push_back(line); });
+    return texts;
+  }
+  simdjson::dom::parser parser;
+  for_each_line(path, [&](const std::string& line, size_t number) {
+    if (blank(line)) return;
+    simdjson::dom::element doc;
+    if (auto error = parser.parse(line).get(doc); error) {
+      fail("{}:{}: not valid JSON ({})", where(path), number, simdjson::error_message(error));
+    }
+    std::string_view text;
+    auto value = doc[field];
+    if (value.error() == simdjson::INCORRECT_TYPE) fail("{}:{}: expected a JSON object", where(path), number);
+    if (value.error() == simdjson::NO_SUCH_FIELD) fail("{}:{}: no \"{}\" field", where(path), number, field);
+    if (value.get_string().get(text) != simdjson::SUCCESS) {
+      fail("{}:{}: \"{}\" must be a string", where(path), number, field);
+    }
+    texts.emplace_back(text);
+  });
+  return texts;
+}
+
+std::vector<TextPair> read_pairs(const std::string& path) {
+  std::vector<TextPair> pairs;
+  simdjson::dom::parser parser;
+  for_each_line(path, [&](const std::string& line, size_t number) {
+    if (blank(line)) return;
+    simdjson::dom::element doc;
+    if (auto error = parser.parse(line).get(doc); error) {
+      fail("{}:{}: not valid JSON ({})", where(path), number, simdjson::error_message(error));
+    }
+    std::string_view query, passage;
+    bool ok = false;
+    if (doc.is_object()) {
+      ok = doc["query"].get_string().get(query) == simdjson::SUCCESS &&
+           doc["passage"].get_string().get(passage) == simdjson::SUCCESS;
+    } else if (doc.is_array() && doc.get_array().size() == 2) {
+      ok = doc.at(0).get_string().get(query) == simdjson::SUCCESS &&
+           doc.at(1).get_string().get(passage) == simdjson::SUCCESS;
+    }
+    if (!ok) {
+      fail("{}:{}: expected {{\"query\": string, \"passage\": string}} or [query, passage]", where(path), number);
+    }
+    pairs.push_back({std::string(query), std::string(passage)});
+  });
+  return pairs;
+}
+
+}  // namespace m3

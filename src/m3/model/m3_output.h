@@ -1,0 +1,27 @@
+// What BGE-M3 returns for one text, and which of the three outputs are wanted.
+#pragma once
+
+#include <cstdint>
+#include <utility>
+#include <vector>
+
+namespace m3 {
+
+struct OutputRequest {
+  bool dense = true;
+  bool sparse = false;
+  bool colbert = false;
+};
+
+struct M3Output {
+  std::vector<float> dense;  // [hidden], L2-normalized CLS state; empty when not requested
+  // token id -> max relu weight over its positions, in order of first occurrence (as the
+  // reference's dict); specials and non-positive weights dropped.
+  std::vector<std::pair<int32_t, float>> lexical;
+  std::vector<float> colbert;  // [colbert_rows, hidden], each row L2-normalized
+  int64_t colbert_rows = 0;
+  int64_t tokens = 0;  // sequence length fed to the model, specials included
+  bool truncated = false;
+};
+
+}  // namespace m3

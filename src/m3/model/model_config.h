@@ -1,0 +1,31 @@
+// ModelConfig: the fields of a Hugging Face XLM-RoBERTa `config.json` that the
+// encoder needs, validated so that an unsupported model is refused at load.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+
+namespace m3 {
+
+struct ModelConfig {
+  int64_t vocab_size = 0;
+  int64_t hidden_size = 0;
+  int64_t num_layers = 0;
+  int64_t num_heads = 0;
+  int64_t intermediate_size = 0;
+  int64_t max_position_embeddings = 0;
+  int64_t type_vocab_size = 1;
+  int64_t pad_token_id = 1;
+  double layer_norm_eps = 1e-5;
+
+  int64_t head_dim() const { return hidden_size / num_heads; }
+  // RoBERTa positions start at pad_token_id + 1, so this many real tokens fit the table.
+  int64_t max_tokens() const { return max_position_embeddings - pad_token_id - 1; }
+
+  // Parses and validates `<dir>/config.json`; throws m3::Error naming the file and field.
+  static ModelConfig load(const std::filesystem::path& model_dir);
+  static ModelConfig parse(const std::string& json, const std::string& source);
+};
+
+}  // namespace m3
