@@ -55,6 +55,7 @@ inline float bf16_to_float(uint16_t b) {
 // Converts n elements of type `t` at `src` (any alignment) to float32.
 inline void convert_to_f32(DType t, const void* src, float* dst, size_t n) {
   const auto* bytes = static_cast<const unsigned char*>(src);
+  if (n == 0) return;
   if (t == DType::F32) {
     std::memcpy(dst, src, n * 4);
     return;
