@@ -12,6 +12,7 @@ APT_PACKAGES=(
   build-essential cmake pkg-config git curl
   libdnnl-dev              # oneDNN: GEMMs with fused epilogues (AMX/AVX-512 aware)
   libsentencepiece-dev     # the XLM-R tokenizer model
+  libicu-dev               # grapheme clusters for the tokenizer's normalizer
   libzip-dev               # pytorch_model.bin / *.pt are zip archives
   libcurl4-openssl-dev     # hub downloads
   libsimdjson-dev          # config.json, safetensors headers, JSONL input

@@ -10,7 +10,7 @@ namespace m3 {
 
 struct PackedBatch {
   std::vector<int32_t> token_ids;
-  std::vector<int32_t> positions;   // RoBERTa position ids: pad_token_id + 1 + index in sequence
+  std::vector<int32_t> positions;   // RoBERTa position ids (see add)
   std::vector<int32_t> cu_seqlens{0};
   int32_t max_seq_len = 0;
 
@@ -25,10 +25,13 @@ struct PackedBatch {
     cu_seqlens.assign(1, 0);
     max_seq_len = 0;
   }
+  // Positions as transformers computes them: cumsum(ids != pad) for real tokens, and
+  // pad_token_id itself for a <pad> (which a text can contain, typed literally).
   void add(const std::vector<int32_t>& ids, int32_t pad_token_id) {
-    for (size_t i = 0; i < ids.size(); ++i) {
-      token_ids.push_back(ids[i]);
-      positions.push_back(pad_token_id + 1 + static_cast<int32_t>(i));
+    int32_t real = 0;
+    for (int32_t id : ids) {
+      token_ids.push_back(id);
+      positions.push_back(id == pad_token_id ? pad_token_id : pad_token_id + (++real));
     }
     cu_seqlens.push_back(static_cast<int32_t>(token_ids.size()));
     if (static_cast<int32_t>(ids.size()) > max_seq_len) max_seq_len = static_cast<int32_t>(ids.size());

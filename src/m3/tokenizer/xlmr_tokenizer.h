@@ -9,11 +9,23 @@
 #include <string_view>
 #include <vector>
 
+#include "m3/tokenizer/precompiled_normalizer.h"
+
 namespace sentencepiece {
 class SentencePieceProcessor;
 }
 
 namespace m3 {
+
+// How words are split after normalization. transformers 4 runs the snapshot's
+// tokenizer.json, whose XLM-R pipeline (Replace " {2,}" + Metaspace) keeps a trailing
+// space as a "▁" token; transformers 5 rebuilds the pipeline (WhitespaceSplit +
+// Metaspace), which splits on every Unicode space and drops them all.
+enum class WordSplit {
+  kAuto,             // from tokenizer.json: WhitespaceSplit if it names one, else Metaspace
+  kMetaspace,        // transformers 4 / the official BGE-M3 tokenizer.json
+  kWhitespaceSplit,  // transformers 5
+};
 
 class XlmrTokenizer {
  public:
@@ -24,7 +36,7 @@ class XlmrTokenizer {
   static constexpr int32_t kFairseqOffset = 1;
 
   // Loads `<dir>/sentencepiece.bpe.model`; throws m3::Error naming the file.
-  static XlmrTokenizer load(const std::filesystem::path& model_dir);
+  static XlmrTokenizer load(const std::filesystem::path& model_dir, WordSplit split = WordSplit::kAuto);
   XlmrTokenizer(XlmrTokenizer&&) noexcept;
   XlmrTokenizer& operator=(XlmrTokenizer&&) noexcept;
   ~XlmrTokenizer();
@@ -40,12 +52,19 @@ class XlmrTokenizer {
   int32_t mask_id() const { return vocab_size() - 1; }
   // SentencePiece pieces + fairseq offset + <mask>, as XLMRobertaTokenizer.vocab_size.
   int32_t vocab_size() const;
+  WordSplit word_split() const { return split_; }
 
  private:
   XlmrTokenizer();
   void append_pieces(std::string_view segment, std::vector<int32_t>& ids) const;
 
+  // SentencePiece runs with an identity normalizer: normalization is done first, the
+  // way transformers' (tokenizers') XLM-R pipeline does it.
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
+  std::unique_ptr<PrecompiledNormalizer> normalizer_;
+  WordSplit split_ = WordSplit::kMetaspace;
+  int32_t space_piece_id_ = -1;
+  bool mask_lstrip_ = true;  // "<mask>" swallows the whitespace before it  // fairseq id of the bare "▁" piece (-1: none)
 };
 
 }  // namespace m3
