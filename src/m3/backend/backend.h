@@ -1,6 +1,8 @@
 // Backend: the few operations the XLM-R encoder and the M3 heads are written against.
 // The model code (XlmrEncoder, M3Heads) never knows which device runs them; CPU
 // implements them with oneDNN and its own loops, CUDA with cuBLASLt and kernels.
+// A backend computes in memory it is given (the replica's arena): after set-up it
+// allocates nothing of its own.
 #pragma once
 
 #include <cstdint>
@@ -19,10 +21,18 @@ enum class Epilogue {
   kAccumulate,  // y += x W^T + b   (the residual connection: y holds the residual)
 };
 
-// A linear layer prepared for one backend (packed weights, a compiled primitive).
+// A linear layer prepared for one backend (weights bound, kernels compiled).
 class PreparedLinear {
  public:
   virtual ~PreparedLinear() = default;
+};
+
+// Scratch memory the backend computes in, carved from the replica's arena.
+struct BackendWorkspace {
+  float* attention_scratch = nullptr;  // threads x query_tile x max_seq_len floats
+  int64_t max_seq_len = 0;
+  void* library = nullptr;  // GEMM library scratchpad
+  uint64_t library_bytes = 0;
 };
 
 class Backend {
@@ -30,7 +40,12 @@ class Backend {
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
 
-  // `weights` must outlive the returned object.
+  virtual void bind_workspace(const BackendWorkspace& workspace) = 0;
+  // Call on the thread that will run this backend's operations (sets its thread pool).
+  virtual void attach_thread() = 0;
+
+  // `weights` must outlive the returned object. Linear calls may compute whole row
+  // blocks (padded_rows(rows) rows, see memory_plan.h): x and y must have that many rows.
   virtual std::unique_ptr<PreparedLinear> prepare_linear(const LinearWeights& weights, Epilogue epilogue) = 0;
   // y[rows, out] (epilogue) x[rows, in] W^T + b.
   virtual void linear(const PreparedLinear& op, const float* x, int64_t rows, float* y) = 0;

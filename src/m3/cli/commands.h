@@ -9,5 +9,6 @@ void add_encode_command(CLI::App& app);
 void add_score_command(CLI::App& app);
 void add_tokenize_command(CLI::App& app);
 void add_download_command(CLI::App& app);
+void add_plan_command(CLI::App& app);
 
 }  // namespace m3::cli

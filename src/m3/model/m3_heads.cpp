@@ -16,17 +16,16 @@ void l2_normalize(float* x, int64_t n) {
   for (int64_t i = 0; i < n; ++i) x[i] /= norm;
 }
 
-M3Heads::M3Heads(const ModelConfig& config, const HeadWeights& weights, Backend& backend, int64_t max_batch_tokens,
-                 std::filesystem::path model_dir)
-    : hidden_size_(config.hidden_size), weights_(weights), backend_(backend), model_dir_(std::move(model_dir)) {
-  if (weights_.colbert) {
-    colbert_ = backend_.prepare_linear(*weights_.colbert, Epilogue::kStore);
-    colbert_buffer_.resize(max_batch_tokens * hidden_size_);
-  }
-  if (weights_.sparse) {
-    sparse_ = backend_.prepare_linear(*weights_.sparse, Epilogue::kStore);
-    sparse_buffer_.resize(max_batch_tokens);
-  }
+M3Heads::M3Heads(const ModelConfig& config, const HeadWeights& weights, Backend& backend, const MemoryPlan& plan,
+                 Arena& arena, std::filesystem::path model_dir)
+    : hidden_size_(config.hidden_size),
+      weights_(weights),
+      backend_(backend),
+      model_dir_(std::move(model_dir)),
+      colbert_buffer_(arena.at<float>(plan.colbert_offset)),
+      sparse_buffer_(arena.at<float>(plan.sparse_offset)) {
+  if (weights_.colbert) colbert_ = backend_.prepare_linear(*weights_.colbert, Epilogue::kStore);
+  if (weights_.sparse) sparse_ = backend_.prepare_linear(*weights_.sparse, Epilogue::kStore);
 }
 
 void M3Heads::check(const OutputRequest& request) const {
@@ -38,48 +37,45 @@ void M3Heads::check(const OutputRequest& request) const {
   }
 }
 
-void M3Heads::compute(const PackedBatch& batch, const float* hidden, const OutputRequest& request,
-                      std::vector<M3Output>& outputs) {
+void M3Heads::forward(const PackedBatch& batch, const float* hidden, const OutputRequest& request) {
   check(request);
-  const int64_t h = hidden_size_;
-  const int64_t t = batch.tokens();
-  outputs.resize(batch.sequences());
-  if (request.sparse) backend_.linear(*sparse_, hidden, t, sparse_buffer_.data());
-  if (request.colbert) backend_.linear(*colbert_, hidden, t, colbert_buffer_.data());
+  if (request.sparse) backend_.linear(*sparse_, hidden, batch.tokens(), sparse_buffer_);
+  if (request.colbert) backend_.linear(*colbert_, hidden, batch.tokens(), colbert_buffer_);
+}
 
-  for (int32_t s = 0; s < batch.sequences(); ++s) {
-    M3Output& out = outputs[s];
-    const int64_t begin = batch.seq_begin(s);
-    const int64_t len = batch.seq_len(s);
-    out.tokens = len;
-    if (request.dense) {
-      out.dense.assign(hidden + begin * h, hidden + (begin + 1) * h);
-      l2_normalize(out.dense.data(), h);
-    }
-    if (request.sparse) {
-      out.lexical.clear();
-      std::unordered_map<int32_t, size_t> slot;  // token id -> index in out.lexical
-      for (int64_t i = 0; i < len; ++i) {
-        const int32_t id = batch.token_ids[begin + i];
-        const float w = std::max(sparse_buffer_[begin + i], 0.f);
-        if (id == XlmrTokenizer::kCls || id == XlmrTokenizer::kEos || id == XlmrTokenizer::kPad ||
-            id == XlmrTokenizer::kUnk || !(w > 0.f)) {
-          continue;
-        }
-        const auto [it, inserted] = slot.try_emplace(id, out.lexical.size());
-        if (inserted) {
-          out.lexical.emplace_back(id, w);
-        } else if (w > out.lexical[it->second].second) {
-          out.lexical[it->second].second = w;
-        }
+void M3Heads::extract(const PackedBatch& batch, int32_t s, const float* hidden, const OutputRequest& request,
+                      M3Output& out) const {
+  const int64_t h = hidden_size_;
+  const int64_t begin = batch.seq_begin(s);
+  const int64_t len = batch.seq_len(s);
+  out.tokens = len;
+  if (request.dense) {
+    out.dense.assign(hidden + begin * h, hidden + (begin + 1) * h);
+    l2_normalize(out.dense.data(), h);
+  }
+  if (request.sparse) {
+    out.lexical.clear();
+    std::unordered_map<int32_t, size_t> slot;  // token id -> index in out.lexical
+    for (int64_t i = 0; i < len; ++i) {
+      const int32_t id = batch.token_ids[begin + i];
+      const float w = std::max(sparse_buffer_[begin + i], 0.f);
+      if (id == XlmrTokenizer::kCls || id == XlmrTokenizer::kEos || id == XlmrTokenizer::kPad ||
+          id == XlmrTokenizer::kUnk || !(w > 0.f)) {
+        continue;
+      }
+      const auto [it, inserted] = slot.try_emplace(id, out.lexical.size());
+      if (inserted) {
+        out.lexical.emplace_back(id, w);
+      } else if (w > out.lexical[it->second].second) {
+        out.lexical[it->second].second = w;
       }
     }
-    if (request.colbert) {
-      // Every token after CLS, the final </s> included.
-      out.colbert_rows = len - 1;
-      out.colbert.assign(colbert_buffer_.data() + (begin + 1) * h, colbert_buffer_.data() + (begin + len) * h);
-      for (int64_t r = 0; r < out.colbert_rows; ++r) l2_normalize(out.colbert.data() + r * h, h);
-    }
+  }
+  if (request.colbert) {
+    // Every token after CLS, the final </s> included.
+    out.colbert_rows = len - 1;
+    out.colbert.assign(colbert_buffer_ + (begin + 1) * h, colbert_buffer_ + (begin + len) * h);
+    for (int64_t r = 0; r < out.colbert_rows; ++r) l2_normalize(out.colbert.data() + r * h, h);
   }
 }
 

@@ -7,6 +7,8 @@
 #include <vector>
 
 #include "m3/backend/backend.h"
+#include "m3/memory/arena.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/m3_output.h"
 #include "m3/model/model_config.h"
 #include "m3/model/weights.h"
@@ -15,16 +17,19 @@ namespace m3 {
 
 class M3Heads {
  public:
-  // `weights` must outlive the heads; `model_dir` names missing head files in errors.
-  M3Heads(const ModelConfig& config, const HeadWeights& weights, Backend& backend, int64_t max_batch_tokens,
-          std::filesystem::path model_dir);
+  // `weights`, `backend` and `arena` must outlive the heads; `model_dir` names missing
+  // head files in errors. Head outputs go to the plan's head buffers in the arena.
+  M3Heads(const ModelConfig& config, const HeadWeights& weights, Backend& backend, const MemoryPlan& plan,
+          Arena& arena, std::filesystem::path model_dir);
 
   // Throws m3::Error naming the missing head file when an output cannot be computed.
   void check(const OutputRequest& request) const;
 
-  // One M3Output per sequence of the batch, in batch order.
-  void compute(const PackedBatch& batch, const float* hidden, const OutputRequest& request,
-               std::vector<M3Output>& outputs);
+  // The head GEMMs over the whole batch, into the arena.
+  void forward(const PackedBatch& batch, const float* hidden, const OutputRequest& request);
+  // Copies sequence `s`'s outputs out of the arena (after forward) into `out`.
+  void extract(const PackedBatch& batch, int32_t s, const float* hidden, const OutputRequest& request,
+               M3Output& out) const;
 
  private:
   int64_t hidden_size_;
@@ -32,8 +37,8 @@ class M3Heads {
   Backend& backend_;
   std::filesystem::path model_dir_;
   std::unique_ptr<PreparedLinear> colbert_, sparse_;
-  std::vector<float> colbert_buffer_;  // [max_batch_tokens, hidden]
-  std::vector<float> sparse_buffer_;   // [max_batch_tokens]
+  float* colbert_buffer_;  // [rows, hidden]
+  float* sparse_buffer_;   // [rows]
 };
 
 // x / max(||x||, 1e-12), as torch.nn.functional.normalize.

@@ -1,11 +1,14 @@
 // XlmrEncoder: the XLM-RoBERTa forward pass (post-LN BERT layers) over a packed batch,
-// written once against the Backend interface.
+// written once against the Backend interface, computing in the replica's arena at the
+// offsets of its MemoryPlan.
 #pragma once
 
 #include <memory>
 #include <vector>
 
 #include "m3/backend/backend.h"
+#include "m3/memory/arena.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/model_config.h"
 #include "m3/model/weights.h"
 
@@ -13,15 +16,12 @@ namespace m3 {
 
 class XlmrEncoder {
  public:
-  // `weights` must outlive the encoder. Activations are sized for `max_batch_tokens` rows.
-  XlmrEncoder(const ModelConfig& config, const EncoderWeights& weights, Backend& backend, int64_t max_batch_tokens);
+  // `weights`, `backend` and `arena` must outlive the encoder.
+  XlmrEncoder(const ModelConfig& config, const EncoderWeights& weights, Backend& backend, const MemoryPlan& plan,
+              Arena& arena);
 
-  // Last hidden state [batch.tokens(), hidden]; valid until the next forward.
+  // Last hidden state [batch.tokens(), hidden] in the arena; valid until the next forward.
   const float* forward(const PackedBatch& batch);
-
-  int64_t max_batch_tokens() const { return max_batch_tokens_; }
-  const ModelConfig& config() const { return config_; }
-  Backend& backend() { return backend_; }
 
  private:
   struct PreparedLayer {
@@ -32,9 +32,13 @@ class XlmrEncoder {
   const EncoderWeights& weights_;
   Backend& backend_;
   int64_t max_batch_tokens_;
+  int64_t max_seq_len_;
+  int64_t rows_;  // rows of every buffer (max_batch_tokens padded to whole row blocks)
   std::vector<PreparedLayer> layers_;
-  // Buffers reused by every layer: hidden/residual, QKV, attention output, FFN intermediate.
-  std::vector<float> hidden_, qkv_, context_, intermediate_;
+  float* hidden_;        // [rows, hidden]: the residual stream
+  float* qkv_;           // [rows, 3 * hidden]
+  float* context_;       // [rows, hidden]: attention output
+  float* intermediate_;  // [rows, intermediate]
 };
 
 }  // namespace m3

@@ -1,43 +1,49 @@
-// Embedder: one loaded BGE-M3 model on one backend. Turns tokenized sequences into
-// M3 outputs, packing them by length into batches of at most max_batch_tokens tokens.
+// Embedder: one loaded BGE-M3 model: config, tokenizer, shared weights, the memory plan
+// and the replicas it sizes. Turns tokenized sequences into M3 outputs, packed without
+// padding into batches of at most max_batch_tokens tokens.
 #pragma once
 
 #include <filesystem>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include "m3/backend/backend.h"
-#include "m3/model/m3_heads.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/m3_output.h"
-#include "m3/model/model_config.h"
-#include "m3/model/weights.h"
-#include "m3/model/xlmr_encoder.h"
+#include "m3/runtime/packed_batch.h"
+#include "m3/runtime/replica.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 
 namespace m3 {
 
 struct EmbedderOptions {
-  int threads = 0;                  // 0: all available cores
-  int64_t max_batch_tokens = 16384;  // tokens per forward pass
-  int64_t max_seq_len = 0;          // 0: the model's limit (max_position_embeddings - 2)
+  int threads = 0;                   // all replicas together; 0: all available cores
+  int replicas = 1;                  // CPU replicas sharing one set of weights
+  int64_t max_batch_tokens = 16384;  // tokens per forward pass (ignored with memory_limit)
+  int64_t max_seq_len = 0;           // 0: the model's limit (max_position_embeddings - 2)
+  uint64_t memory_limit = 0;         // bytes; > 0 chooses the largest max_batch_tokens that fits
+  bool warm_up = true;               // run the worst-case batches at load
 };
 
 class Embedder {
  public:
-  // Loads config, tokenizer, encoder and head weights from a snapshot directory.
+  // Loads config, tokenizer and weights, plans memory, builds and warms up the replicas.
   static std::unique_ptr<Embedder> load(const std::filesystem::path& model_dir, const EmbedderOptions& options);
+  ~Embedder();
 
-  const ModelConfig& config() const { return config_; }
+  const ModelConfig& config() const { return model_.config; }
   const XlmrTokenizer& tokenizer() const { return *tokenizer_; }
-  const std::filesystem::path& model_dir() const { return model_dir_; }
-  int64_t max_seq_len() const { return max_seq_len_; }
-  int64_t max_batch_tokens() const { return max_batch_tokens_; }
-  std::string backend_name() const { return backend_->name(); }
+  const std::filesystem::path& model_dir() const { return model_.model_dir; }
+  const MemoryPlan& plan() const { return plan_; }
+  const std::vector<WarmupReport>& warmup_reports() const { return warmups_; }
+  int64_t max_seq_len() const { return plan_.inputs.max_seq_len; }
+  int64_t max_batch_tokens() const { return plan_.inputs.max_batch_tokens; }
+  Replica& replica(size_t i) { return *replicas_[i]; }
 
   // Throws m3::Error when the model cannot produce a requested output (missing head file).
-  void check(const OutputRequest& request) const { heads_->check(request); }
+  void check(const OutputRequest& request) const;
 
   // Tokenizes with truncation to min(max_length, max_seq_len()) tokens.
   std::vector<int32_t> tokenize(std::string_view text, int64_t max_length, bool* truncated = nullptr) const;
@@ -50,16 +56,12 @@ class Embedder {
  private:
   Embedder() = default;
 
-  std::filesystem::path model_dir_;
-  ModelConfig config_;
+  SharedModel model_;
   std::unique_ptr<XlmrTokenizer> tokenizer_;
-  EncoderWeights encoder_weights_;
-  HeadWeights head_weights_;
-  std::unique_ptr<Backend> backend_;
-  std::unique_ptr<XlmrEncoder> encoder_;
-  std::unique_ptr<M3Heads> heads_;
-  int64_t max_seq_len_ = 0;
-  int64_t max_batch_tokens_ = 0;
+  MemoryPlan plan_;
+  std::vector<std::unique_ptr<Replica>> replicas_;
+  std::vector<WarmupReport> warmups_;
+  std::mutex mutex_;  // one encode at a time until the scheduler feeds the replicas
 };
 
 }  // namespace m3

@@ -3,6 +3,7 @@
 #include <omp.h>
 
 #include "m3/core/error.h"
+#include "m3/memory/memory_plan.h"
 
 namespace m3 {
 namespace {
@@ -11,30 +12,44 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
+// Row counts a batch can be computed at: 1..64 exactly, then multiples of 64.
+std::vector<int64_t> row_blocks(int64_t max_rows) {
+  std::vector<int64_t> blocks;
+  for (int64_t r = 1; r <= std::min(max_rows, kRowGranularity); ++r) blocks.push_back(r);
+  for (int64_t r = 2 * kRowGranularity; r <= padded_rows(max_rows); r += kRowGranularity) blocks.push_back(r);
+  return blocks;
+}
+
+size_t block_index(int64_t rows) {
+  if (rows <= kRowGranularity) return static_cast<size_t>(rows - 1);
+  return static_cast<size_t>(kRowGranularity - 1 + padded_rows(rows) / kRowGranularity - 1);
+}
+
+dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows, int64_t out, int64_t in,
+                                       Epilogue epilogue) {
+  const memory::desc src_md({rows, in}, dt::f32, tag::ab);
+  const memory::desc wei_md({in, out}, dt::f32, tag::ba);  // W^T of PyTorch's [out, in]
+  const memory::desc bias_md({1, out}, dt::f32, tag::ab);
+  const memory::desc dst_md({rows, out}, dt::f32, tag::ab);
+  dnnl::post_ops post_ops;
+  if (epilogue == Epilogue::kAccumulate) post_ops.append_sum(1.0f);
+  if (epilogue == Epilogue::kGelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(post_ops);
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md), attr, engine);
+}
+
 class CpuLinear final : public PreparedLinear {
  public:
-  CpuLinear(const LinearWeights& w, Epilogue epilogue, const dnnl::engine& engine) : weights(w) {
-    const memory::dim k = w.in, n = w.out;
-    // Rows are a run-time dimension, so one primitive serves every batch size.
-    const memory::desc src_md({DNNL_RUNTIME_DIM_VAL, k}, dt::f32, {k, 1});
-    const memory::desc wei_md({k, n}, dt::f32, {1, k});  // W^T of PyTorch's [out, in]
-    const memory::desc bias_md({1, n}, dt::f32, {n, 1});
-    const memory::desc dst_md({DNNL_RUNTIME_DIM_VAL, n}, dt::f32, {n, 1});
-    dnnl::post_ops post_ops;
-    if (epilogue == Epilogue::kAccumulate) post_ops.append_sum(1.0f);
-    if (epilogue == Epilogue::kGelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
-    dnnl::primitive_attr attr;
-    attr.set_post_ops(post_ops);
-    const dnnl::matmul::desc desc(src_md, wei_md, bias_md, dst_md);
-    primitive_desc = dnnl::matmul::primitive_desc(desc, attr, engine);
-    primitive = dnnl::matmul(primitive_desc);
-    weight_memory = memory(wei_md, engine, const_cast<float*>(w.weight.data()));
-    bias_memory = memory(bias_md, engine, const_cast<float*>(w.bias.data()));
-  }
+  CpuLinear(const LinearWeights& w, CpuBackend::RowBlockKernels& k, const dnnl::engine& engine)
+      : weights(w),
+        kernels(k),
+        weight_memory(memory::desc({w.in, w.out}, dt::f32, tag::ba), engine, const_cast<float*>(w.weight.data())),
+        bias_memory(memory::desc({1, w.out}, dt::f32, tag::ab), engine, const_cast<float*>(w.bias.data())) {}
 
   const LinearWeights& weights;
-  dnnl::matmul::primitive_desc primitive_desc;
-  dnnl::matmul primitive;
+  CpuBackend::RowBlockKernels& kernels;
   memory weight_memory;
   memory bias_memory;
 };
@@ -55,26 +70,70 @@ void normalize_row(float* x, int64_t n, const float* gamma, const float* beta, f
 
 }  // namespace
 
+int CpuBackend::default_threads() { return omp_get_max_threads(); }
+
 CpuBackend::CpuBackend(CpuBackendOptions options)
     : options_(options), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
-  if (options_.threads > 0) omp_set_num_threads(options_.threads);
-  threads_ = omp_get_max_threads();
-  score_scratch_.resize(threads_);
+  threads_ = options_.threads > 0 ? options_.threads : default_threads();
+}
+
+void CpuBackend::attach_thread() { omp_set_num_threads(threads_); }
+
+uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows) {
+  const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  const int64_t h = c.hidden_size, ffn = c.intermediate_size;
+  const std::tuple<int64_t, int64_t, Epilogue> shapes[] = {
+      {3 * h, h, Epilogue::kStore}, {h, h, Epilogue::kAccumulate}, {ffn, h, Epilogue::kGelu},
+      {h, ffn, Epilogue::kAccumulate}, {h, h, Epilogue::kStore}, {1, h, Epilogue::kStore}};
+  uint64_t most = 0;
+  for (const auto& [out, in, epilogue] : shapes) {
+    for (int64_t rows : row_blocks(max_rows)) {
+      most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue).scratchpad_desc().get_size());
+    }
+  }
+  return most;
+}
+
+CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Epilogue epilogue) {
+  auto [it, inserted] = kernels_.try_emplace({out, in, epilogue});
+  RowBlockKernels& k = it->second;
+  if (!inserted) return k;
+  for (int64_t rows : row_blocks(options_.max_rows)) {
+    const auto pd = gemm_desc(engine_, rows, out, in, epilogue);
+    if (pd.scratchpad_desc().get_size() > workspace_.library_bytes) {
+      fail("oneDNN needs a {}-byte scratchpad for a {}x{}x{} GEMM, more than the {} planned", pd.scratchpad_desc().get_size(),
+           rows, out, in, workspace_.library_bytes);
+    }
+    k.primitives.emplace_back(pd);
+    k.src.emplace_back(pd.src_desc(), engine_, static_cast<void*>(DNNL_MEMORY_NONE));
+    k.dst.emplace_back(pd.dst_desc(), engine_, static_cast<void*>(DNNL_MEMORY_NONE));
+    k.scratchpad.emplace_back(pd.scratchpad_desc(), engine_, workspace_.library);
+  }
+  return k;
 }
 
 std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearWeights& weights, Epilogue epilogue) {
-  return std::make_unique<CpuLinear>(weights, epilogue, engine_);
+  return std::make_unique<CpuLinear>(weights, kernels_for(weights.out, weights.in, epilogue), engine_);
 }
 
 void CpuBackend::linear(const PreparedLinear& prepared, const float* x, int64_t rows, float* y) {
-  if (rows == 0) return;
+  if (rows <= 0) return;
   const auto& op = static_cast<const CpuLinear&>(prepared);
-  const memory src({{rows, op.weights.in}, dt::f32, tag::ab}, engine_, const_cast<float*>(x));
-  const memory dst({{rows, op.weights.out}, dt::f32, tag::ab}, engine_, y);
-  op.primitive.execute(stream_, {{DNNL_ARG_SRC, src},
-                                 {DNNL_ARG_WEIGHTS, op.weight_memory},
-                                 {DNNL_ARG_BIAS, op.bias_memory},
-                                 {DNNL_ARG_DST, dst}});
+  const size_t block = block_index(rows);
+  if (block >= op.kernels.primitives.size()) fail("a batch of {} rows exceeds the planned {}", rows, options_.max_rows);
+  memory& src = op.kernels.src[block];
+  memory& dst = op.kernels.dst[block];
+  src.set_data_handle(const_cast<float*>(x));
+  dst.set_data_handle(y);
+  // The C API takes the arguments as a plain array: nothing is built per call.
+  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
+                                  {DNNL_ARG_WEIGHTS, op.weight_memory.get()},
+                                  {DNNL_ARG_BIAS, op.bias_memory.get()},
+                                  {DNNL_ARG_DST, dst.get()},
+                                  {DNNL_ARG_SCRATCHPAD, op.kernels.scratchpad[block].get()}};
+  if (dnnl_primitive_execute(op.kernels.primitives[block].get(), stream_.get(), 5, args) != dnnl_success) {
+    fail("oneDNN GEMM failed ({} rows, {} -> {})", rows, op.weights.in, op.weights.out);
+  }
   stream_.wait();
 }
 
@@ -103,51 +162,41 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
   const int64_t stride = 3 * hidden;
   const int64_t tile = options_.query_tile;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-
-  // Every (sequence, head, query tile) is an independent task.
-  struct Task {
-    int32_t seq;
-    int32_t head;
-    int32_t q0;
-  };
-  std::vector<Task> tasks;
-  for (int32_t s = 0; s < batch.sequences(); ++s) {
-    for (int32_t h = 0; h < heads; ++h) {
-      for (int32_t q0 = 0; q0 < batch.seq_len(s); q0 += static_cast<int32_t>(tile)) tasks.push_back({s, h, q0});
-    }
+  if (batch.max_seq_len > workspace_.max_seq_len) {
+    fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, workspace_.max_seq_len);
   }
-  for (auto& scratch : score_scratch_) {
-    if (scratch.size() < size_t(tile) * batch.max_seq_len) scratch.resize(size_t(tile) * batch.max_seq_len);
-  }
-
+  // Every (sequence, head) is a task; each walks its query tiles with one scratch block.
+  const int64_t tasks = int64_t(batch.sequences()) * heads;
 #pragma omp parallel for schedule(dynamic, 1)
-  for (size_t i = 0; i < tasks.size(); ++i) {
-    const Task task = tasks[i];
-    const int64_t begin = batch.seq_begin(task.seq);
-    const int64_t len = batch.seq_len(task.seq);
-    const int64_t rows = std::min<int64_t>(tile, len - task.q0);
-    const float* q = qkv + (begin + task.q0) * stride + task.head * head_dim;
-    const float* k = qkv + begin * stride + hidden + task.head * head_dim;
-    const float* v = qkv + begin * stride + 2 * hidden + task.head * head_dim;
-    float* scores = score_scratch_[omp_get_thread_num()].data();
-
-    // scores[rows, len] = scale * Q K^T
-    dnnl_sgemm('N', 'T', rows, len, head_dim, scale, q, stride, k, stride, 0.f, scores, len);
-    for (int64_t r = 0; r < rows; ++r) {
-      float* row = scores + r * len;
-      float max = row[0];
-      for (int64_t j = 1; j < len; ++j) max = std::max(max, row[j]);
-      float sum = 0.f;
-      for (int64_t j = 0; j < len; ++j) {
-        row[j] = std::exp(row[j] - max);
-        sum += row[j];
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int32_t seq = static_cast<int32_t>(task / heads);
+    const int64_t head = task % heads;
+    const int64_t begin = batch.seq_begin(seq);
+    const int64_t len = batch.seq_len(seq);
+    const float* k = qkv + begin * stride + hidden + head * head_dim;
+    const float* v = qkv + begin * stride + 2 * hidden + head * head_dim;
+    float* scores = workspace_.attention_scratch + int64_t(omp_get_thread_num()) * tile * workspace_.max_seq_len;
+    for (int64_t q0 = 0; q0 < len; q0 += tile) {
+      const int64_t rows = std::min<int64_t>(tile, len - q0);
+      const float* q = qkv + (begin + q0) * stride + head * head_dim;
+      // scores[rows, len] = scale * Q K^T
+      dnnl_sgemm('N', 'T', rows, len, head_dim, scale, q, stride, k, stride, 0.f, scores, len);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = scores + r * len;
+        float max = row[0];
+        for (int64_t j = 1; j < len; ++j) max = std::max(max, row[j]);
+        float sum = 0.f;
+        for (int64_t j = 0; j < len; ++j) {
+          row[j] = std::exp(row[j] - max);
+          sum += row[j];
+        }
+        const float inv = 1.0f / sum;
+        for (int64_t j = 0; j < len; ++j) row[j] *= inv;
       }
-      const float inv = 1.0f / sum;
-      for (int64_t j = 0; j < len; ++j) row[j] *= inv;
+      // out[rows, head_dim] = P V
+      float* o = out + (begin + q0) * hidden + head * head_dim;
+      dnnl_sgemm('N', 'N', rows, head_dim, len, 1.f, scores, len, v, stride, 0.f, o, hidden);
     }
-    // out[rows, head_dim] = P V
-    float* o = out + (begin + task.q0) * hidden + task.head * head_dim;
-    dnnl_sgemm('N', 'N', rows, head_dim, len, 1.f, scores, len, v, stride, 0.f, o, hidden);
   }
 }
 

@@ -1,0 +1,163 @@
+#include "m3/memory/memory_plan.h"
+
+#include <cctype>
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "m3/core/error.h"
+
+namespace m3 {
+namespace {
+
+constexpr uint64_t kAlignment = 64;
+constexpr uint64_t kF32 = 4;
+
+uint64_t align_up(uint64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+
+std::string shape(std::initializer_list<int64_t> dims) {
+  std::string s = "[";
+  for (auto it = dims.begin(); it != dims.end(); ++it) s += (it == dims.begin() ? "" : ", ") + std::to_string(*it);
+  return s + "] f32";
+}
+
+// A Linear layer: weight [out, in] and bias [out], `copies` times (once per layer).
+void add_linear(MemoryPlan& plan, std::string name, int64_t out, int64_t in, int64_t copies = 1) {
+  const uint64_t bytes = static_cast<uint64_t>(out * in + out) * kF32 * static_cast<uint64_t>(copies);
+  std::string s = fmt::format("[{}, {}] + [{}] f32", out, in, out);
+  if (copies > 1) s = fmt::format("{} x ({})", copies, s);
+  plan.weights.push_back({std::move(name), std::move(s), bytes, 0});
+  plan.weight_bytes += bytes;
+}
+
+void add_weight(MemoryPlan& plan, std::string name, std::initializer_list<int64_t> dims, int64_t copies = 1) {
+  uint64_t elements = 1;
+  for (int64_t d : dims) elements *= static_cast<uint64_t>(d);
+  const uint64_t bytes = elements * kF32 * static_cast<uint64_t>(copies);
+  std::string s = shape(dims);
+  if (copies > 1) s = fmt::format("{} x {}", copies, s);
+  plan.weights.push_back({std::move(name), std::move(s), bytes, 0});
+  plan.weight_bytes += bytes;
+}
+
+uint64_t add_buffer(MemoryPlan& plan, std::string name, std::string shape_text, uint64_t bytes) {
+  const uint64_t offset = plan.arena_bytes;
+  plan.arena.push_back({std::move(name), std::move(shape_text), bytes, offset});
+  plan.arena_bytes += align_up(bytes);
+  return offset;
+}
+
+}  // namespace
+
+int64_t padded_rows(int64_t rows) {
+  if (rows <= kRowGranularity) return rows;
+  return (rows + kRowGranularity - 1) / kRowGranularity * kRowGranularity;
+}
+
+MemoryPlan plan_memory(const PlanInputs& in) {
+  const auto& c = in.config;
+  if (in.max_seq_len < 2 || in.max_seq_len > c.max_tokens()) {
+    fail("max sequence length {} is outside 2..{} (the model's positions)", in.max_seq_len, c.max_tokens());
+  }
+  if (in.max_batch_tokens < in.max_seq_len) {
+    fail("max batch tokens {} is less than the max sequence length {}", in.max_batch_tokens, in.max_seq_len);
+  }
+  if (in.threads < 1 || in.replicas < 1 || in.query_tile < 1) fail("threads, replicas and query tile must be >= 1");
+
+  MemoryPlan plan;
+  plan.inputs = in;
+  const int64_t h = c.hidden_size, ffn = c.intermediate_size, layers = c.num_layers;
+  add_weight(plan, "embeddings.word_embeddings", {c.vocab_size, h});
+  add_weight(plan, "embeddings.position_embeddings", {c.max_position_embeddings, h});
+  add_weight(plan, "embeddings.token_type_embeddings[0]", {h});
+  add_weight(plan, "embeddings.LayerNorm", {2, h});
+  add_linear(plan, "encoder.layer.*.attention.self.{query,key,value} (stacked)", 3 * h, h, layers);
+  add_linear(plan, "encoder.layer.*.attention.output.dense", h, h, layers);
+  add_linear(plan, "encoder.layer.*.intermediate.dense", ffn, h, layers);
+  add_linear(plan, "encoder.layer.*.output.dense", h, ffn, layers);
+  add_weight(plan, "encoder.layer.*.{attention.output,output}.LayerNorm", {4, h}, layers);
+  if (in.colbert_head) add_linear(plan, "colbert_linear", h, h);
+  if (in.sparse_head) add_linear(plan, "sparse_linear", 1, h);
+
+  const int64_t t = padded_rows(in.max_batch_tokens);
+  plan.rows = t;
+  auto rows = [&](int64_t width) { return static_cast<uint64_t>(t) * static_cast<uint64_t>(width) * kF32; };
+  plan.hidden_offset = add_buffer(plan, "hidden (residual stream)", shape({t, h}), rows(h));
+  plan.qkv_offset = add_buffer(plan, "qkv", shape({t, 3 * h}), rows(3 * h));
+  plan.context_offset = add_buffer(plan, "attention output", shape({t, h}), rows(h));
+  // The FFN buffer is free after the last layer: the heads write their outputs there.
+  const int64_t head_width = (in.colbert_head ? h : 0) + (in.sparse_head ? 1 : 0);
+  const int64_t shared_width = std::max(ffn, head_width);
+  plan.intermediate_offset =
+      add_buffer(plan, "FFN intermediate / head outputs", shape({t, shared_width}), rows(shared_width));
+  plan.colbert_offset = plan.intermediate_offset;
+  plan.sparse_offset = plan.intermediate_offset + (in.colbert_head ? rows(h) : 0);
+  const int64_t scratch_rows = static_cast<int64_t>(in.threads) * in.query_tile;
+  plan.attention_scratch_offset =
+      add_buffer(plan, fmt::format("attention scores ({} threads x {} query rows)", in.threads, in.query_tile),
+                 shape({scratch_rows, in.max_seq_len}),
+                 static_cast<uint64_t>(scratch_rows) * static_cast<uint64_t>(in.max_seq_len) * kF32);
+  plan.library_workspace_offset =
+      add_buffer(plan, "GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
+  plan.bytes_per_batch_token = static_cast<uint64_t>(h + 3 * h + h + shared_width) * kF32;
+  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes;
+  return plan;
+}
+
+int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes) {
+  inputs.max_batch_tokens = inputs.max_seq_len;
+  const MemoryPlan smallest = plan_memory(inputs);
+  if (smallest.total_bytes > limit_bytes) {
+    fail("memory limit {} is too small: one {}-token sequence needs {} ({} weights + {} x {} arena); "
+         "raise the limit or lower the max sequence length",
+         format_bytes(limit_bytes), inputs.max_seq_len, format_bytes(smallest.total_bytes),
+         format_bytes(smallest.weight_bytes), inputs.replicas, format_bytes(smallest.arena_bytes));
+  }
+  // total(T) is affine in T (alignment aside): solve, then step down until it fits.
+  const uint64_t spare = (limit_bytes - smallest.total_bytes) / static_cast<uint64_t>(inputs.replicas);
+  int64_t t = inputs.max_seq_len + static_cast<int64_t>(spare / smallest.bytes_per_batch_token);
+  t = std::max<int64_t>(inputs.max_seq_len, t / 64 * 64);
+  while (t > inputs.max_seq_len) {
+    inputs.max_batch_tokens = t;
+    if (plan_memory(inputs).total_bytes <= limit_bytes) return t;
+    t = std::max<int64_t>(inputs.max_seq_len, t - 64);
+  }
+  return inputs.max_seq_len;
+}
+
+std::string format_bytes(uint64_t bytes) {
+  const double b = static_cast<double>(bytes);
+  if (bytes >= (uint64_t{1} << 30)) return fmt::format("{:.2f} GiB", b / (1 << 30));
+  if (bytes >= (uint64_t{1} << 20)) return fmt::format("{:.2f} MiB", b / (1 << 20));
+  if (bytes >= (uint64_t{1} << 10)) return fmt::format("{:.2f} KiB", b / (1 << 10));
+  return fmt::format("{} B", bytes);
+}
+
+uint64_t parse_bytes(const std::string& text) {
+  size_t pos = 0;
+  double value = 0;
+  try {
+    value = std::stod(text, &pos);
+  } catch (const std::exception&) {
+    fail("\"{}\" is not a size (examples: 2147483648, 512MiB, 1.5GiB, 800MB)", text);
+  }
+  std::string unit;
+  for (char ch : text.substr(pos)) {
+    if (!std::isspace(static_cast<unsigned char>(ch))) unit += static_cast<char>(std::toupper(ch));
+  }
+  double scale = 0;
+  if (unit.empty() || unit == "B") scale = 1;
+  else if (unit == "K" || unit == "KIB") scale = 1024.0;
+  else if (unit == "M" || unit == "MIB") scale = 1024.0 * 1024;
+  else if (unit == "G" || unit == "GIB") scale = 1024.0 * 1024 * 1024;
+  else if (unit == "T" || unit == "TIB") scale = 1024.0 * 1024 * 1024 * 1024;
+  else if (unit == "KB") scale = 1e3;
+  else if (unit == "MB") scale = 1e6;
+  else if (unit == "GB") scale = 1e9;
+  else if (unit == "TB") scale = 1e12;
+  else fail("\"{}\": unknown unit \"{}\" (use B, KiB, MiB, GiB, TiB, K, M, G, or KB, MB, GB)", text, unit);
+  if (!(value > 0) || !std::isfinite(value)) fail("\"{}\" must be a positive size", text);
+  return static_cast<uint64_t>(std::llround(value * scale));
+}
+
+}  // namespace m3

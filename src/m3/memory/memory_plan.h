@@ -1,0 +1,70 @@
+// MemoryPlan: the bytes one replica needs, computed before anything is allocated, as a
+// pure function of the model config and the limits. The arena offsets the encoder uses
+// come from here, so what is planned is what is used.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "m3/model/model_config.h"
+
+namespace m3 {
+
+struct PlanInputs {
+  ModelConfig config;
+  int64_t max_batch_tokens = 16384;  // rows of every activation buffer
+  int64_t max_seq_len = 8192;        // longest sequence (attention scratch)
+  int threads = 1;                   // attention scratch is per thread
+  int64_t query_tile = 64;           // attention rows per tile
+  bool sparse_head = true;           // sparse_linear.pt present
+  bool colbert_head = true;          // colbert_linear.pt present
+  int replicas = 1;                  // replicas share the weights; each has its own arena
+  // GEMM library workspace (oneDNN scratchpads), as the backend reports it for these
+  // shapes (CpuBackend::library_workspace_bytes); one per replica, in its arena.
+  uint64_t library_workspace_bytes = 0;
+};
+
+struct PlanItem {
+  std::string name;   // e.g. "hidden", "encoder.layer.*.intermediate.dense"
+  std::string shape;  // e.g. "[16384, 1024] f32"
+  uint64_t bytes = 0;
+  uint64_t offset = 0;  // arena items: byte offset in the arena (64-byte aligned)
+};
+
+struct MemoryPlan {
+  PlanInputs inputs;
+  std::vector<PlanItem> weights;  // shared by all replicas
+  std::vector<PlanItem> arena;    // per replica: activations, head outputs, attention scratch
+  uint64_t weight_bytes = 0;
+  uint64_t arena_bytes = 0;       // one replica's arena
+  uint64_t total_bytes = 0;       // weights + replicas * arena
+
+  // Arena offsets the encoder uses (bytes). Head outputs reuse the FFN buffer, which
+  // is free once the last layer has run.
+  uint64_t hidden_offset = 0, qkv_offset = 0, context_offset = 0, intermediate_offset = 0;
+  uint64_t sparse_offset = 0, colbert_offset = 0, attention_scratch_offset = 0, library_workspace_offset = 0;
+  // Rows of every activation buffer: max_batch_tokens rounded up to the GEMM row
+  // granularity (kRowGranularity), since a batch runs on a whole number of row blocks.
+  int64_t rows = 0;
+  uint64_t bytes_per_batch_token = 0;  // arena growth per unit of max_batch_tokens
+};
+
+// GEMMs run on row counts that are exact up to this many rows and multiples of it above.
+constexpr int64_t kRowGranularity = 64;
+int64_t padded_rows(int64_t rows);
+
+// Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs.
+MemoryPlan plan_memory(const PlanInputs& inputs);
+
+// The largest max_batch_tokens (a multiple of 64, at least max_seq_len) whose total fits
+// `limit_bytes`; throws m3::Error giving the minimum limit when even max_seq_len does not fit.
+int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes);
+
+// "1.50 GiB", "640.00 MiB", "4096 B".
+std::string format_bytes(uint64_t bytes);
+// Parses "2147483648", "512MiB", "1.5GiB", "800MB", "2G" (K/M/G/T are binary, KB/MB/GB
+// decimal). Throws m3::Error on anything else.
+uint64_t parse_bytes(const std::string& text);
+
+}  // namespace m3
