@@ -157,6 +157,22 @@ TEST_F(CliTest, TruncationIsReportedOrRefused) {
   EXPECT_THAT(r.output, HasSubstr("using 128"));
 }
 
+TEST_F(CliTest, MemoryLimitIsPlannedOrRefused) {
+  auto r = encode(model_, "hello\n", "--memory-limit 100KiB");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("memory limit 100.00 KiB is too small: one 128-token sequence needs"));
+  r = encode(model_, "hello\n", "--memory-limit 12XB");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_THAT(r.output, HasSubstr("unknown unit"));
+  r = encode(model_, "hello\nworld\n", "--memory-limit 8MiB --replicas 2");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_THAT(r.output, HasSubstr("2 x"));
+  const auto limited = lines_of(tmp_ / "out.jsonl");
+  r = encode(model_, "hello\nworld\n", "");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(lines_of(tmp_ / "out.jsonl"), limited);
+}
+
 TEST_F(CliTest, BadModelArgument) {
   auto r = encode(tmp_ / "no-such-dir", "hello\n");
   EXPECT_EQ(r.exit_code, 1);

@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   m3::cli::add_score_command(app);
   m3::cli::add_tokenize_command(app);
   m3::cli::add_download_command(app);
+  m3::cli::add_plan_command(app);
 
   try {
     app.parse(argc, argv);

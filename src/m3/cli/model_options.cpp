@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/core/error.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/hub.h"
 
 namespace m3::cli {
@@ -18,16 +19,28 @@ void add_model_options(CLI::App& command, ModelOptions& o) {
                      "Directory used instead when --model is a hub id, the hub cannot be reached and nothing is "
                      "cached (the README points it at the bundled demo model, which has random weights)")
       ->envname("M3_FALLBACK_MODEL");
-  command.add_option("-t,--threads", o.threads, "CPU threads (0: all available cores)")
+  command.add_option("-t,--threads", o.threads, "CPU threads, shared by the replicas (0: all available cores)")
       ->envname("M3_THREADS")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
-  command.add_option("--batch-tokens", o.max_batch_tokens,
-                     "Tokens per forward pass: texts are packed, without padding, into batches of at most this "
-                     "many tokens (must be at least the max length)")
-      ->envname("M3_MAX_BATCH_TOKENS")
-      ->check(CLI::PositiveNumber)
+  command.add_option("--replicas", o.replicas,
+                     "Model replicas: each has its own planned arena and threads, all share one copy of the weights")
+      ->envname("M3_REPLICAS")
+      ->check(CLI::Range(1, 256))
       ->capture_default_str();
+  auto* batch = command
+                    .add_option("--max-batch-tokens,--batch-tokens", o.max_batch_tokens,
+                                "Tokens per forward pass: texts are packed, without padding, into batches of at "
+                                "most this many tokens (at least the max length); sizes the memory plan")
+                    ->envname("M3_MAX_BATCH_TOKENS")
+                    ->check(CLI::PositiveNumber)
+                    ->capture_default_str();
+  command
+      .add_option("--memory-limit", o.memory_limit,
+                  "Memory for weights + all arenas (e.g. 6GiB, 800MB): picks the largest max batch tokens that "
+                  "fits; refused at start, with the minimum, when one max-length sequence does not fit")
+      ->envname("M3_MEMORY_LIMIT")
+      ->excludes(batch);
 }
 
 std::filesystem::path resolve_model_dir(const ModelOptions& o) {
@@ -57,8 +70,10 @@ std::unique_ptr<Embedder> load_embedder(const ModelOptions& o, int64_t max_lengt
   }
   EmbedderOptions options;
   options.threads = o.threads;
+  options.replicas = o.replicas;
   options.max_seq_len = max_seq_len;
   options.max_batch_tokens = o.max_batch_tokens;
+  if (!o.memory_limit.empty()) options.memory_limit = parse_bytes(o.memory_limit);
   return Embedder::load(dir, options);
 }
 

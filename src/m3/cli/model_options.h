@@ -17,7 +17,9 @@ struct ModelOptions {
   std::string model = "BAAI/bge-m3";
   std::string fallback_model;
   int threads = 0;
+  int replicas = 1;
   int64_t max_batch_tokens = 16384;
+  std::string memory_limit;  // e.g. "6GiB"; empty: use max_batch_tokens
 };
 
 void add_model_options(CLI::App& command, ModelOptions& options);

@@ -21,6 +21,7 @@
 #include "m3/memory/corpus_stats.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/model/model_config.h"
+#include "m3/runtime/embedder.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 
 namespace m3::cli {
@@ -48,7 +49,7 @@ struct CorpusReport {
 
 struct LimitReport {
   uint64_t limit_bytes = 0;
-  uint64_t minimum_bytes = 0;  // total with max_batch_tokens = max_seq_len
+  uint64_t minimum_bytes = 0;  // the least a limit must hold: max_batch_tokens = max_seq_len
 };
 
 struct Report {
@@ -145,6 +146,8 @@ std::string render_text(const Report& report) {
   total.add({"weights", std::to_string(plan.weight_bytes), format_bytes(plan.weight_bytes)});
   total.add({fmt::format("arenas ({} x {})", in.replicas, format_bytes(plan.arena_bytes)), std::to_string(arenas),
              format_bytes(arenas)});
+  total.add({fmt::format("request queue ({} tokens)", plan.queue_tokens), std::to_string(plan.queue_bytes),
+             format_bytes(plan.queue_bytes)});
   total.add({"total", std::to_string(plan.total_bytes), format_bytes(plan.total_bytes)});
   out += total.render();
 
@@ -155,8 +158,9 @@ std::string render_text(const Report& report) {
     t.add({"minimum", fmt::format("{} (one {}-token sequence per pass)", format_bytes(limit->minimum_bytes),
                                   in.max_seq_len)});
     t.add({"chosen max batch tokens", std::to_string(in.max_batch_tokens)});
-    t.add({"used", fmt::format("{} ({} of the limit)", format_bytes(plan.total_bytes),
-                               percent(static_cast<double>(plan.total_bytes) / static_cast<double>(limit->limit_bytes)))});
+    t.add({"used", fmt::format("{} ({:.2f}% of the limit; {} left)", format_bytes(plan.total_bytes),
+                               100.0 * static_cast<double>(plan.total_bytes) / static_cast<double>(limit->limit_bytes),
+                               format_bytes(limit->limit_bytes - plan.total_bytes))});
     out += t.render();
   }
 
@@ -262,6 +266,7 @@ nlohmann::ordered_json render_json(const Report& report) {
                 {"total_bytes", plan.arena_bytes},
                 {"bytes_per_batch_token", plan.bytes_per_batch_token}};
   j["replicas"] = in.replicas;
+  j["queue"] = {{"tokens", plan.queue_tokens}, {"bytes", plan.queue_bytes}};
   j["total_bytes"] = plan.total_bytes;
 
   j["memory_limit"] = nullptr;
@@ -316,8 +321,8 @@ nlohmann::ordered_json render_json(const Report& report) {
 
 CorpusReport measure_corpus(const std::filesystem::path& dir, const PlanOptions& o, int64_t max_seq_len,
                             int64_t max_batch_tokens) {
-  const auto texts = read_texts(o.corpus, parse_input_format(o.format), o.field);
   const auto tokenizer = XlmrTokenizer::load(dir);
+  const auto texts = read_texts(o.corpus, parse_input_format(o.format), o.field);
   CorpusReport report;
   report.path = o.corpus;
   std::vector<int64_t> lengths;
@@ -337,33 +342,33 @@ void run_plan(const PlanOptions& o) {
   model.model = o.model;
   const auto dir = resolve_model_dir(model);
 
-  // The same inputs Embedder::load plans with, so this is what a replica allocates.
-  PlanInputs in;
-  in.config = ModelConfig::load(dir);
-  in.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : in.config.max_tokens();
-  const int threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
-  in.replicas = o.replicas;
-  in.threads = std::max(1, threads / o.replicas);  // the cores are shared among the replicas
-  in.sparse_head = std::filesystem::exists(dir / "sparse_linear.pt");
-  in.colbert_head = std::filesystem::exists(dir / "colbert_linear.pt");
+  // The plan Embedder::load makes with these options: what a replica allocates.
+  const ModelConfig config = ModelConfig::load(dir);
+  EmbedderOptions options;
+  options.threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
+  options.replicas = o.replicas;
+  options.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : config.max_tokens();
   // The default budget grows to one full sequence for models longer than 16384 tokens.
-  in.max_batch_tokens = o.max_batch_tokens_given ? o.max_batch_tokens : std::max(o.max_batch_tokens, in.max_seq_len);
-
+  options.max_batch_tokens =
+      o.max_batch_tokens_given ? o.max_batch_tokens : std::max(o.max_batch_tokens, options.max_seq_len);
   std::optional<LimitReport> limit;
   if (!o.memory_limit.empty()) {
-    LimitReport l;
-    l.limit_bytes = parse_bytes(o.memory_limit);
-    if (in.max_seq_len > in.config.max_tokens()) plan_memory(in);  // fails naming the model's limit
-    // The GEMM workspace grows with the rows: size it for the most a limit could allow.
-    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(in.config, 1 << 16);
+    limit = LimitReport{};
+    limit->limit_bytes = options.memory_limit = parse_bytes(o.memory_limit);
+  }
+  const MemoryPlan plan = Embedder::plan_for(dir, config, options);
+  const PlanInputs& in = plan.inputs;
+  if (limit) {
+    // What the limit is checked against: one full sequence per pass, with the workspace
+    // sized for the largest budget a limit may choose.
     PlanInputs smallest = in;
     smallest.max_batch_tokens = in.max_seq_len;
-    l.minimum_bytes = plan_memory(smallest).total_bytes;
-    in.max_batch_tokens = max_batch_tokens_for_limit(in, l.limit_bytes);
-    limit = l;
+    smallest.library_workspace_bytes =
+        CpuBackend::library_workspace_bytes(config, Embedder::kMaxBatchTokensForLimit);
+    limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
-  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(in.config, in.max_batch_tokens);
-  Report report{dir, threads, plan_memory(in), limit, std::nullopt};
+
+  Report report{dir, options.threads, plan, limit, std::nullopt};
   if (!o.corpus.empty()) report.corpus = measure_corpus(dir, o, in.max_seq_len, in.max_batch_tokens);
 
   const std::string out = o.json ? render_json(report).dump(2) + "\n" : render_text(report);
@@ -379,7 +384,7 @@ constexpr const char* kFooter =
     "--json keys: model {path, hidden_size, num_layers, num_heads, intermediate_size, vocab_size, "
     "max_position_embeddings, max_tokens, heads[]}; limits {dtype, max_seq_len, max_batch_tokens, threads, "
     "threads_per_replica, query_tile, replicas}; weights {items[] {name, shape, bytes}, total_bytes}; arena {items[] {name, shape, "
-    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; total_bytes (weights + "
+    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; queue {tokens, bytes}; total_bytes (queue + weights + "
     "replicas x arena); memory_limit (null without --memory-limit) {limit_bytes, minimum_bytes, "
     "max_batch_tokens, used_bytes, used_fraction}; corpus (null without --corpus) {path, texts, tokens, "
     "max_seq_len, truncated, longest_before_truncation, min, max, mean, percentiles {p50, p90, p95, p99, "

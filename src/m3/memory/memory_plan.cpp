@@ -100,7 +100,13 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   plan.library_workspace_offset =
       add_buffer(plan, "GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
   plan.bytes_per_batch_token = static_cast<uint64_t>(h + 3 * h + h + shared_width) * kF32;
-  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes;
+  plan.queue_tokens = in.max_queue_tokens > 0 ? in.max_queue_tokens : 16 * in.max_batch_tokens;
+  if (plan.queue_tokens < in.max_seq_len) {
+    fail("the request queue ({} tokens) must hold at least one max-length sequence ({})", plan.queue_tokens,
+         in.max_seq_len);
+  }
+  plan.queue_bytes = static_cast<uint64_t>(plan.queue_tokens) * sizeof(int32_t);
+  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes;
   return plan;
 }
 
@@ -115,7 +121,8 @@ int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes) {
   }
   // total(T) is affine in T (alignment aside): solve, then step down until it fits.
   const uint64_t spare = (limit_bytes - smallest.total_bytes) / static_cast<uint64_t>(inputs.replicas);
-  int64_t t = inputs.max_seq_len + static_cast<int64_t>(spare / smallest.bytes_per_batch_token);
+  const uint64_t queue_per_token = inputs.max_queue_tokens > 0 ? 0 : 16 * sizeof(int32_t);
+  int64_t t = inputs.max_seq_len + static_cast<int64_t>(spare / (smallest.bytes_per_batch_token + queue_per_token));
   t = std::max<int64_t>(inputs.max_seq_len, t / 64 * 64);
   while (t > inputs.max_seq_len) {
     inputs.max_batch_tokens = t;

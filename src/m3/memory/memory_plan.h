@@ -23,6 +23,8 @@ struct PlanInputs {
   // GEMM library workspace (oneDNN scratchpads), as the backend reports it for these
   // shapes (CpuBackend::library_workspace_bytes); one per replica, in its arena.
   uint64_t library_workspace_bytes = 0;
+  // Tokens the request queue may hold (0: 16 x max_batch_tokens); host memory for their ids.
+  int64_t max_queue_tokens = 0;
 };
 
 struct PlanItem {
@@ -38,7 +40,9 @@ struct MemoryPlan {
   std::vector<PlanItem> arena;    // per replica: activations, head outputs, attention scratch
   uint64_t weight_bytes = 0;
   uint64_t arena_bytes = 0;       // one replica's arena
-  uint64_t total_bytes = 0;       // weights + replicas * arena
+  int64_t queue_tokens = 0;       // the request queue's bound
+  uint64_t queue_bytes = 0;       // its token ids
+  uint64_t total_bytes = 0;       // weights + replicas * arena + queue
 
   // Arena offsets the encoder uses (bytes). Head outputs reuse the FFN buffer, which
   // is free once the last layer has run.

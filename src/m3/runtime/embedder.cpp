@@ -1,6 +1,8 @@
 #include "m3/runtime/embedder.h"
 
 #include <algorithm>
+#include <condition_variable>
+#include <mutex>
 #include <numeric>
 
 #include <spdlog/spdlog.h>
@@ -11,7 +13,32 @@
 
 namespace m3 {
 
-Embedder::~Embedder() = default;
+Embedder::~Embedder() {
+  if (scheduler_) scheduler_->shutdown();
+  for (auto& worker : workers_) worker.join();
+}
+
+namespace {
+
+// A replica's thread: batches from the scheduler until it shuts down.
+void serve_batches(Replica& replica, Scheduler& scheduler) {
+  replica.backend().attach_thread();
+  Batch batch;
+  std::vector<M3Output> outputs;
+  while (scheduler.next_batch(batch)) {
+    try {
+      const float* hidden = replica.forward(batch.packed, batch.outputs);
+      replica.extract(batch.packed, hidden, batch.outputs, outputs);
+      scheduler.complete(batch, std::move(outputs));
+    } catch (const std::exception& e) {
+      spdlog::error("replica {}: batch of {} tokens failed: {}", replica.index(), batch.packed.tokens(), e.what());
+      scheduler.fail(batch, e.what());
+    }
+    outputs.clear();
+  }
+}
+
+}  // namespace
 
 std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir, const EmbedderOptions& options) {
   std::unique_ptr<Embedder> e(new Embedder());
@@ -24,29 +51,10 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
     fail("{}: the tokenizer has {} ids but config.json's vocab_size is {}",
          (model_dir / "sentencepiece.bpe.model").string(), e->tokenizer_->vocab_size(), config.vocab_size);
   }
-  if (options.replicas < 1) fail("replicas must be at least 1, got {}", options.replicas);
 
   // The plan first: a limit that cannot work is refused before any weight is read.
-  PlanInputs in;
-  in.config = config;
-  in.max_seq_len = options.max_seq_len > 0 ? options.max_seq_len : config.max_tokens();
-  if (in.max_seq_len > config.max_tokens()) {
-    fail("max sequence length {} exceeds the model's limit of {} tokens (max_position_embeddings {})",
-         in.max_seq_len, config.max_tokens(), config.max_position_embeddings);
-  }
-  const int threads = options.threads > 0 ? options.threads : CpuBackend::default_threads();
-  in.replicas = options.replicas;
-  in.threads = std::max(1, threads / options.replicas);
-  in.sparse_head = std::filesystem::exists(model_dir / "sparse_linear.pt");
-  in.colbert_head = std::filesystem::exists(model_dir / "colbert_linear.pt");
-  in.max_batch_tokens = options.memory_limit > 0 ? in.max_seq_len : options.max_batch_tokens;
-  if (options.memory_limit > 0) {
-    // The library workspace grows with the rows: size it for the most the limit could allow.
-    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, 1 << 16);
-    in.max_batch_tokens = max_batch_tokens_for_limit(in, options.memory_limit);
-  }
-  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens);
-  e->plan_ = plan_memory(in);
+  e->plan_ = plan_for(model_dir, config, options);
+  const PlanInputs& in = e->plan_.inputs;
   spdlog::info("memory plan: {} weights + {} x {} arena = {} (max batch {} tokens, max sequence {} tokens)",
                format_bytes(e->plan_.weight_bytes), in.replicas, format_bytes(e->plan_.arena_bytes),
                format_bytes(e->plan_.total_bytes), in.max_batch_tokens, in.max_seq_len);
@@ -71,7 +79,41 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                    format_bytes(e->plan_.total_bytes), format_bytes(w.rss_after), format_bytes(w.peak_rss));
     }
   }
+  SchedulerOptions scheduling;
+  scheduling.max_batch_tokens = in.max_batch_tokens;
+  scheduling.max_seq_len = in.max_seq_len;
+  scheduling.max_queue_tokens = e->plan_.queue_tokens;
+  e->scheduler_ = std::make_unique<Scheduler>(scheduling);
+  for (auto& replica : e->replicas_) {
+    e->workers_.emplace_back(serve_batches, std::ref(*replica), std::ref(*e->scheduler_));
+  }
   return e;
+}
+
+MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const ModelConfig& config,
+                              const EmbedderOptions& options) {
+  if (options.replicas < 1) fail("replicas must be at least 1, got {}", options.replicas);
+  PlanInputs in;
+  in.config = config;
+  in.max_seq_len = options.max_seq_len > 0 ? options.max_seq_len : config.max_tokens();
+  if (in.max_seq_len > config.max_tokens()) {
+    fail("max sequence length {} exceeds the model's limit of {} tokens (max_position_embeddings {})",
+         in.max_seq_len, config.max_tokens(), config.max_position_embeddings);
+  }
+  const int threads = options.threads > 0 ? options.threads : CpuBackend::default_threads();
+  in.replicas = options.replicas;
+  in.threads = std::max(1, threads / options.replicas);
+  in.sparse_head = std::filesystem::exists(model_dir / "sparse_linear.pt");
+  in.colbert_head = std::filesystem::exists(model_dir / "colbert_linear.pt");
+  in.max_batch_tokens = options.max_batch_tokens;
+  in.max_queue_tokens = options.max_queue_tokens;
+  if (options.memory_limit > 0) {
+    // The GEMM workspace grows with the rows: size it for the most a limit could allow.
+    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, kMaxBatchTokensForLimit);
+    in.max_batch_tokens = std::min(max_batch_tokens_for_limit(in, options.memory_limit), kMaxBatchTokensForLimit);
+  }
+  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens);
+  return plan_memory(in);
 }
 
 void Embedder::check(const OutputRequest& request) const { replicas_.front()->check(request); }
@@ -88,33 +130,48 @@ std::vector<M3Output> Embedder::encode(const std::vector<std::vector<int32_t>>& 
     const auto len = static_cast<int64_t>(sequences[i].size());
     if (len < 2 || len > max_seq_len()) fail("sequence {} has {} tokens; the limit is {}", i, len, max_seq_len());
   }
-  std::lock_guard lock(mutex_);
-  Replica& replica = *replicas_.front();
-  replica.backend().attach_thread();
-  // Longest first, as the reference does; packing by token budget removes the padding.
-  std::vector<size_t> order(sequences.size());
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](size_t a, size_t b) { return sequences[a].size() > sequences[b].size(); });
-
+  // Requests of at most a quarter of the queue each, so several are in flight at once.
+  const int64_t chunk_tokens = std::max(max_seq_len(), plan_.queue_tokens / 4);
   std::vector<M3Output> results(sequences.size());
-  std::vector<M3Output> batch_outputs;
-  PackedBatch batch;
-  size_t next = 0;
-  const int32_t pad = static_cast<int32_t>(config().pad_token_id);
-  while (next < order.size()) {
-    batch.clear();
-    const size_t first = next;
-    while (next < order.size() &&
-           batch.tokens() + static_cast<int64_t>(sequences[order[next]].size()) <= max_batch_tokens()) {
-      batch.add(sequences[order[next]], pad);
-      ++next;
+  std::mutex mutex;
+  std::condition_variable done_cv;
+  size_t pending = 0, finished = 0;
+  std::string error;
+  size_t first = 0;
+  while (first < sequences.size()) {
+    size_t last = first;
+    int64_t tokens = 0;
+    std::vector<std::vector<int32_t>> chunk;
+    while (last < sequences.size() && (chunk.empty() || tokens + int64_t(sequences[last].size()) <= chunk_tokens)) {
+      tokens += static_cast<int64_t>(sequences[last].size());
+      chunk.push_back(sequences[last++]);
     }
-    const float* hidden = replica.forward(batch, request);
-    replica.extract(batch, hidden, request, batch_outputs);
-    for (size_t i = first; i < next; ++i) results[order[i]] = std::move(batch_outputs[i - first]);
-    if (progress) progress(next);
+    {
+      std::lock_guard lock(mutex);
+      ++pending;
+    }
+    auto on_done = [&, first](RequestResult&& result) {
+      std::lock_guard lock(mutex);
+      if (!result.error.empty() && error.empty()) error = result.error;
+      for (size_t i = 0; i < result.outputs.size(); ++i) results[first + i] = std::move(result.outputs[i]);
+      finished += result.outputs.size();
+      if (progress) progress(finished);
+      --pending;
+      done_cv.notify_all();
+    };
+    try {
+      scheduler_->submit_wait(std::move(chunk), request, on_done);
+    } catch (const std::exception& e) {  // shutting down: wait for what is queued, then report
+      std::lock_guard lock(mutex);
+      --pending;
+      if (error.empty()) error = e.what();
+      break;
+    }
+    first = last;
   }
+  std::unique_lock lock(mutex);
+  done_cv.wait(lock, [&] { return pending == 0; });
+  if (!error.empty()) fail("{}", error);
   return results;
 }
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 #include <functional>
 #include <memory>
-#include <mutex>
+#include <thread>
 #include <string>
 #include <vector>
 
@@ -14,6 +14,7 @@
 #include "m3/model/m3_output.h"
 #include "m3/runtime/packed_batch.h"
 #include "m3/runtime/replica.h"
+#include "m3/runtime/scheduler.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 
 namespace m3 {
@@ -24,6 +25,7 @@ struct EmbedderOptions {
   int64_t max_batch_tokens = 16384;  // tokens per forward pass (ignored with memory_limit)
   int64_t max_seq_len = 0;           // 0: the model's limit (max_position_embeddings - 2)
   uint64_t memory_limit = 0;         // bytes; > 0 chooses the largest max_batch_tokens that fits
+  int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
 };
 
@@ -31,6 +33,11 @@ class Embedder {
  public:
   // Loads config, tokenizer and weights, plans memory, builds and warms up the replicas.
   static std::unique_ptr<Embedder> load(const std::filesystem::path& model_dir, const EmbedderOptions& options);
+  // The plan load() would use, without reading any weights (`m3embed plan` prints it).
+  static MemoryPlan plan_for(const std::filesystem::path& model_dir, const ModelConfig& config,
+                             const EmbedderOptions& options);
+  // --memory-limit never picks more tokens per pass than this.
+  static constexpr int64_t kMaxBatchTokensForLimit = 1 << 17;
   ~Embedder();
 
   const ModelConfig& config() const { return model_.config; }
@@ -48,8 +55,12 @@ class Embedder {
   // Tokenizes with truncation to min(max_length, max_seq_len()) tokens.
   std::vector<int32_t> tokenize(std::string_view text, int64_t max_length, bool* truncated = nullptr) const;
 
-  // Outputs in input order. Every sequence must fit max_seq_len(). `progress`, when
-  // set, is called with the number of sequences finished so far.
+  // The scheduler feeding the replicas (the server submits to it directly).
+  Scheduler& scheduler() { return *scheduler_; }
+
+  // Outputs in input order, through the scheduler (split into requests that fit its
+  // queue). Every sequence must fit max_seq_len(). `progress`, when set, is called with
+  // the number of sequences finished so far, from replica threads.
   std::vector<M3Output> encode(const std::vector<std::vector<int32_t>>& sequences, const OutputRequest& request,
                                const std::function<void(size_t)>& progress = {});
 
@@ -61,7 +72,8 @@ class Embedder {
   MemoryPlan plan_;
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<WarmupReport> warmups_;
-  std::mutex mutex_;  // one encode at a time until the scheduler feeds the replicas
+  std::unique_ptr<Scheduler> scheduler_;
+  std::vector<std::thread> workers_;  // one per replica: next_batch -> forward -> complete
 };
 
 }  // namespace m3

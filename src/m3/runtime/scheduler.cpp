@@ -121,7 +121,8 @@ std::vector<M3Output> Scheduler::run(std::vector<std::vector<int32_t>> sequences
   // Shared so the promise outlives set_value even when this thread returns first.
   auto promise = std::make_shared<std::promise<RequestResult>>();
   auto future = promise->get_future();
-  submit_wait(std::move(sequences), outputs, [promise](RequestResult&& result) { promise->set_value(std::move(result)); });
+  submit_wait(std::move(sequences), outputs,
+              [promise](RequestResult&& result) { promise->set_value(std::move(result)); });
   RequestResult result = future.get();
   if (!result.error.empty()) throw Error(result.error);
   return std::move(result.outputs);
@@ -172,6 +173,8 @@ std::shared_ptr<RequestHandle> Scheduler::enqueue(std::vector<std::vector<int32_
 }
 
 bool Scheduler::next_batch(Batch& batch) {
+  // A batch neither completed nor failed would leave its requests waiting forever.
+  if (!batch.items.empty()) fail(batch, "internal error: a replica dropped its batch");
   batch.clear();
   // A batch holds at most sort_window sequences of at least 2 tokens each.
   const auto max_items = std::min<size_t>(options_.sort_window, static_cast<size_t>(options_.max_batch_tokens / 2));

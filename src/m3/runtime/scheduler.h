@@ -117,6 +117,7 @@ class Scheduler {
   std::vector<M3Output> run(std::vector<std::vector<int32_t>> sequences, const OutputRequest& outputs);
 
   // Replica side. Blocks until there is work; false once shut down and the queue is empty.
+  // Complete or fail each batch before asking for the next (a dropped one is failed).
   bool next_batch(Batch& batch);
   // outputs[i] belongs to batch.items[i]. Runs the callbacks of requests now complete,
   // then clears the batch.

@@ -85,9 +85,15 @@ uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_r
   const std::tuple<int64_t, int64_t, Epilogue> shapes[] = {
       {3 * h, h, Epilogue::kStore}, {h, h, Epilogue::kAccumulate}, {ffn, h, Epilogue::kGelu},
       {h, ffn, Epilogue::kAccumulate}, {h, h, Epilogue::kStore}, {1, h, Epilogue::kStore}};
+  // Every row block up to 4096 rows, then powers of two and the largest block (the
+  // scratchpad stops growing long before; kernels_for() checks every block against this).
+  std::vector<int64_t> probes;
+  for (int64_t rows : row_blocks(std::min<int64_t>(max_rows, 4096))) probes.push_back(rows);
+  for (int64_t rows = 8192; rows < max_rows; rows *= 2) probes.push_back(rows);
+  probes.push_back(padded_rows(max_rows));
   uint64_t most = 0;
   for (const auto& [out, in, epilogue] : shapes) {
-    for (int64_t rows : row_blocks(max_rows)) {
+    for (int64_t rows : probes) {
       most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue).scratchpad_desc().get_size());
     }
   }
