@@ -101,10 +101,17 @@ TEST(ForwardAllocations, NoneFromM3AfterWarmUp) {
   ASSERT_NE(dladdr(reinterpret_cast<void*>(&make_batch), &self), 0);
   own_base = self.dli_fbase;
 
+  // A replica on its own (no scheduler threads running beside the count).
+  SharedModel model;
+  model.model_dir = test::fixtures() / "tiny-st";
+  model.config = ModelConfig::load(model.model_dir);
+  model.encoder = load_encoder_weights(model.model_dir, model.config);
+  model.heads = load_head_weights(model.model_dir, model.config);
   EmbedderOptions options;
   options.max_batch_tokens = 512;
-  auto embedder = Embedder::load(test::fixtures() / "tiny-st", options);
-  Replica& replica = embedder->replica(0);
+  const MemoryPlan plan = Embedder::plan_for(model.model_dir, model.config, options);
+  Replica replica(0, model, plan, plan.inputs.threads);
+  replica.warm_up();
   const OutputRequest all{true, true, true};
   // Batches of several shapes, built before counting starts.
   const PackedBatch batches[] = {make_batch({128}), make_batch({2, 17, 128, 64, 3}), make_batch({40, 40, 40, 40}),

@@ -45,7 +45,7 @@ class Backend {
   virtual void attach_thread() = 0;
 
   // `weights` must outlive the returned object. Linear calls may compute whole row
-  // blocks (padded_rows(rows) rows, see memory_plan.h): x and y must have that many rows.
+  // chunks (padded_rows(rows) rows, gemm_row_blocks.h): x and y must have that many rows.
   virtual std::unique_ptr<PreparedLinear> prepare_linear(const LinearWeights& weights, Epilogue epilogue) = 0;
   // y[rows, out] (epilogue) x[rows, in] W^T + b.
   virtual void linear(const PreparedLinear& op, const float* x, int64_t rows, float* y) = 0;

@@ -49,11 +49,6 @@ uint64_t add_buffer(MemoryPlan& plan, std::string name, std::string shape_text, 
 
 }  // namespace
 
-int64_t padded_rows(int64_t rows) {
-  if (rows <= kRowGranularity) return rows;
-  return (rows + kRowGranularity - 1) / kRowGranularity * kRowGranularity;
-}
-
 MemoryPlan plan_memory(const PlanInputs& in) {
   const auto& c = in.config;
   if (in.max_seq_len < 2 || in.max_seq_len > c.max_tokens()) {
@@ -79,7 +74,11 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   if (in.colbert_head) add_linear(plan, "colbert_linear", h, h);
   if (in.sparse_head) add_linear(plan, "sparse_linear", 1, h);
 
-  const int64_t t = padded_rows(in.max_batch_tokens);
+  // Any batch of up to max_batch_tokens rows covers at most this many rows in GEMM chunks.
+  int64_t t = in.max_batch_tokens;
+  for (int64_t rows = std::max<int64_t>(1, in.max_batch_tokens - kRowGranularity); rows <= in.max_batch_tokens; ++rows) {
+    t = std::max(t, padded_rows(rows));
+  }
   plan.rows = t;
   auto rows = [&](int64_t width) { return static_cast<uint64_t>(t) * static_cast<uint64_t>(width) * kF32; };
   plan.hidden_offset = add_buffer(plan, "hidden (residual stream)", shape({t, h}), rows(h));

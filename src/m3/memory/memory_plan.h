@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "m3/memory/gemm_row_blocks.h"
 #include "m3/model/model_config.h"
 
 namespace m3 {
@@ -48,15 +49,11 @@ struct MemoryPlan {
   // is free once the last layer has run.
   uint64_t hidden_offset = 0, qkv_offset = 0, context_offset = 0, intermediate_offset = 0;
   uint64_t sparse_offset = 0, colbert_offset = 0, attention_scratch_offset = 0, library_workspace_offset = 0;
-  // Rows of every activation buffer: max_batch_tokens rounded up to the GEMM row
-  // granularity (kRowGranularity), since a batch runs on a whole number of row blocks.
+  // Rows of every activation buffer: the most rows GEMM chunks of any batch up to
+  // max_batch_tokens cover (gemm_row_blocks.h): at most 63 more than max_batch_tokens.
   int64_t rows = 0;
   uint64_t bytes_per_batch_token = 0;  // arena growth per unit of max_batch_tokens
 };
-
-// GEMMs run on row counts that are exact up to this many rows and multiples of it above.
-constexpr int64_t kRowGranularity = 64;
-int64_t padded_rows(int64_t rows);
 
 // Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs.
 MemoryPlan plan_memory(const PlanInputs& inputs);

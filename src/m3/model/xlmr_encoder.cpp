@@ -28,7 +28,7 @@ XlmrEncoder::XlmrEncoder(const ModelConfig& config, const EncoderWeights& weight
   }
 }
 
-const float* XlmrEncoder::forward(const PackedBatch& batch) {
+const float* XlmrEncoder::forward(const PackedBatch& batch, int layers) {
   const int64_t t = batch.tokens();
   if (t > max_batch_tokens_) fail("batch of {} tokens exceeds the planned {} tokens", t, max_batch_tokens_);
   if (batch.max_seq_len > max_seq_len_) {
@@ -45,7 +45,8 @@ const float* XlmrEncoder::forward(const PackedBatch& batch) {
   std::memset(context_ + t * h, 0, (padded - t) * h * sizeof(float));
 
   backend_.embed(batch, weights_, eps, h, hidden_);
-  for (size_t i = 0; i < layers_.size(); ++i) {
+  const size_t count = layers < 0 ? layers_.size() : std::min(layers_.size(), static_cast<size_t>(layers));
+  for (size_t i = 0; i < count; ++i) {
     const auto& w = weights_.layers[i];
     const auto& p = layers_[i];
     backend_.linear(*p.qkv, hidden_, t, qkv_);

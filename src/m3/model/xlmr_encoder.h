@@ -21,7 +21,8 @@ class XlmrEncoder {
               Arena& arena);
 
   // Last hidden state [batch.tokens(), hidden] in the arena; valid until the next forward.
-  const float* forward(const PackedBatch& batch);
+  // `layers` < 0 runs them all; warm-up runs one (every layer uses the same buffers).
+  const float* forward(const PackedBatch& batch, int layers = -1);
 
  private:
   struct PreparedLayer {

@@ -61,9 +61,12 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
 
   e->model_.encoder = load_encoder_weights(model_dir, config);
   e->model_.heads = load_head_weights(model_dir, config);
+  const uint64_t rss_weights = current_rss_bytes();
   for (int r = 0; r < options.replicas; ++r) {
     e->replicas_.push_back(std::make_unique<Replica>(r, e->model_, e->plan_, in.threads));
   }
+  spdlog::debug("resident: {} at start, {} with weights, {} with replicas (kernels compiled)",
+                format_bytes(rss_at_start), format_bytes(rss_weights), format_bytes(current_rss_bytes()));
   spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}) with {} replica(s) x {} threads",
                model_dir.string(), config.num_layers, config.hidden_size, config.num_heads,
                std::filesystem::path(e->model_.encoder.source).filename().string(),

@@ -24,8 +24,8 @@ Replica::Replica(int index, const SharedModel& model, const MemoryPlan& plan, in
   heads_ = std::make_unique<M3Heads>(model.config, model.heads, *backend_, plan_, arena_, model.model_dir);
 }
 
-const float* Replica::forward(const PackedBatch& batch, const OutputRequest& request) {
-  const float* hidden = encoder_->forward(batch);
+const float* Replica::forward(const PackedBatch& batch, const OutputRequest& request, int layers) {
+  const float* hidden = encoder_->forward(batch, layers);
   heads_->forward(batch, hidden, request);
   return hidden;
 }
@@ -56,12 +56,12 @@ WarmupReport Replica::warm_up() {
     return ids;
   };
   batch.add(sequence(max_len), pad);  // the longest sequence: the largest attention scratch
-  forward(batch, all);
+  forward(batch, all, 1);
   batch.clear();
   const int64_t short_len = std::min<int64_t>(max_len, 64);
   while (batch.tokens() + short_len <= budget) batch.add(sequence(short_len), pad);  // the most rows
   if (batch.tokens() < budget && budget - batch.tokens() >= 2) batch.add(sequence(budget - batch.tokens()), pad);
-  forward(batch, all);
+  forward(batch, all, 1);
 
   report.rss_after = current_rss_bytes();
   report.peak_rss = peak_rss_bytes();

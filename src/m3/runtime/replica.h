@@ -38,13 +38,15 @@ class Replica {
   Backend& backend() { return *backend_; }
 
   // Encoder and head GEMMs over the batch, in the arena (no allocation after warm-up).
-  const float* forward(const PackedBatch& batch, const OutputRequest& request);
+  // `layers` < 0: all of them.
+  const float* forward(const PackedBatch& batch, const OutputRequest& request, int layers = -1);
   // Copies each sequence's outputs out of the arena: outputs[i] for sequence i.
   void extract(const PackedBatch& batch, const float* hidden, const OutputRequest& request,
                std::vector<M3Output>& outputs) const;
   void check(const OutputRequest& request) const { heads_->check(request); }
 
-  // Touches the arena and runs the worst cases: one max_seq_len sequence, then a full
+  // Touches the arena and runs the worst cases through one layer and the heads (every
+  // layer computes in the same buffers): one max_seq_len sequence, then a full
   // max_batch_tokens batch of short ones. Call on the thread that will run batches.
   WarmupReport warm_up();
 

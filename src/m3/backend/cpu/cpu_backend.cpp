@@ -3,7 +3,7 @@
 #include <omp.h>
 
 #include "m3/core/error.h"
-#include "m3/memory/memory_plan.h"
+#include "m3/memory/gemm_row_blocks.h"
 
 namespace m3 {
 namespace {
@@ -11,19 +11,6 @@ namespace {
 using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
-
-// Row counts a batch can be computed at: 1..64 exactly, then multiples of 64.
-std::vector<int64_t> row_blocks(int64_t max_rows) {
-  std::vector<int64_t> blocks;
-  for (int64_t r = 1; r <= std::min(max_rows, kRowGranularity); ++r) blocks.push_back(r);
-  for (int64_t r = 2 * kRowGranularity; r <= padded_rows(max_rows); r += kRowGranularity) blocks.push_back(r);
-  return blocks;
-}
-
-size_t block_index(int64_t rows) {
-  if (rows <= kRowGranularity) return static_cast<size_t>(rows - 1);
-  return static_cast<size_t>(kRowGranularity - 1 + padded_rows(rows) / kRowGranularity - 1);
-}
 
 dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows, int64_t out, int64_t in,
                                        Epilogue epilogue) {
@@ -85,15 +72,9 @@ uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_r
   const std::tuple<int64_t, int64_t, Epilogue> shapes[] = {
       {3 * h, h, Epilogue::kStore}, {h, h, Epilogue::kAccumulate}, {ffn, h, Epilogue::kGelu},
       {h, ffn, Epilogue::kAccumulate}, {h, h, Epilogue::kStore}, {1, h, Epilogue::kStore}};
-  // Every row block up to 4096 rows, then powers of two and the largest block (the
-  // scratchpad stops growing long before; kernels_for() checks every block against this).
-  std::vector<int64_t> probes;
-  for (int64_t rows : row_blocks(std::min<int64_t>(max_rows, 4096))) probes.push_back(rows);
-  for (int64_t rows = 8192; rows < max_rows; rows *= 2) probes.push_back(rows);
-  probes.push_back(padded_rows(max_rows));
   uint64_t most = 0;
   for (const auto& [out, in, epilogue] : shapes) {
-    for (int64_t rows : probes) {
+    for (int64_t rows : gemm_block_sizes(max_rows)) {
       most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue).scratchpad_desc().get_size());
     }
   }
@@ -104,8 +85,9 @@ CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Ep
   auto [it, inserted] = kernels_.try_emplace({out, in, epilogue});
   RowBlockKernels& k = it->second;
   if (!inserted) return k;
-  for (int64_t rows : row_blocks(options_.max_rows)) {
+  for (int64_t rows : gemm_block_sizes(options_.max_rows)) {
     const auto pd = gemm_desc(engine_, rows, out, in, epilogue);
+    k.index[rows] = k.primitives.size();
     if (pd.scratchpad_desc().get_size() > workspace_.library_bytes) {
       fail("oneDNN needs a {}-byte scratchpad for a {}x{}x{} GEMM, more than the {} planned", pd.scratchpad_desc().get_size(),
            rows, out, in, workspace_.library_bytes);
@@ -124,22 +106,24 @@ std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearWeights& 
 
 void CpuBackend::linear(const PreparedLinear& prepared, const float* x, int64_t rows, float* y) {
   if (rows <= 0) return;
+  if (rows > options_.max_rows) fail("a batch of {} rows exceeds the planned {}", rows, options_.max_rows);
   const auto& op = static_cast<const CpuLinear&>(prepared);
-  const size_t block = block_index(rows);
-  if (block >= op.kernels.primitives.size()) fail("a batch of {} rows exceeds the planned {}", rows, options_.max_rows);
-  memory& src = op.kernels.src[block];
-  memory& dst = op.kernels.dst[block];
-  src.set_data_handle(const_cast<float*>(x));
-  dst.set_data_handle(y);
-  // The C API takes the arguments as a plain array: nothing is built per call.
-  const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
-                                  {DNNL_ARG_WEIGHTS, op.weight_memory.get()},
-                                  {DNNL_ARG_BIAS, op.bias_memory.get()},
-                                  {DNNL_ARG_DST, dst.get()},
-                                  {DNNL_ARG_SCRATCHPAD, op.kernels.scratchpad[block].get()}};
-  if (dnnl_primitive_execute(op.kernels.primitives[block].get(), stream_.get(), 5, args) != dnnl_success) {
-    fail("oneDNN GEMM failed ({} rows, {} -> {})", rows, op.weights.in, op.weights.out);
-  }
+  for_each_gemm_chunk(rows, [&](int64_t first, int64_t chunk) {
+    const size_t k = op.kernels.index.at(chunk);
+    memory& src = op.kernels.src[k];
+    memory& dst = op.kernels.dst[k];
+    src.set_data_handle(const_cast<float*>(x + first * op.weights.in));
+    dst.set_data_handle(y + first * op.weights.out);
+    // The C API takes the arguments as a plain array: nothing is built per call.
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
+                                    {DNNL_ARG_WEIGHTS, op.weight_memory.get()},
+                                    {DNNL_ARG_BIAS, op.bias_memory.get()},
+                                    {DNNL_ARG_DST, dst.get()},
+                                    {DNNL_ARG_SCRATCHPAD, op.kernels.scratchpad[k].get()}};
+    if (dnnl_primitive_execute(op.kernels.primitives[k].get(), stream_.get(), 5, args) != dnnl_success) {
+      fail("oneDNN GEMM failed ({} rows, {} -> {})", chunk, op.weights.in, op.weights.out);
+    }
+  });
   stream_.wait();
 }
 

@@ -1,7 +1,6 @@
 // CpuBackend: float32 reference path. GEMMs are oneDNN matmul primitives with the
-// bias, GELU and residual fused as post-ops, compiled at start for every row block a
-// batch can have (exact up to 64 rows, then multiples of 64) so a forward pass creates
-// nothing; attention is tiled over queries so its scratch is threads x q_tile x
+// bias, GELU and residual fused as post-ops, compiled at start for the row chunks of
+// gemm_row_blocks.h (a batch runs as a few chunks) so a forward pass creates nothing; attention is tiled over queries so its scratch is threads x q_tile x
 // max_seq_len floats, never L x L for a batch.
 #pragma once
 
@@ -48,6 +47,7 @@ class CpuBackend final : public Backend {
   // One compiled GEMM per row block for one (out, in, epilogue) shape, shared by every
   // layer; source and destination memory objects are re-pointed per call.
   struct RowBlockKernels {
+    std::map<int64_t, size_t> index;  // chunk rows -> position in the vectors below
     std::vector<dnnl::matmul> primitives;
     std::vector<dnnl::memory> src, dst, scratchpad;
   };
