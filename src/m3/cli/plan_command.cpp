@@ -148,6 +148,8 @@ std::string render_text(const Report& report) {
              format_bytes(arenas)});
   total.add({fmt::format("request queue ({} tokens)", plan.queue_tokens), std::to_string(plan.queue_bytes),
              format_bytes(plan.queue_bytes)});
+  total.add({fmt::format("outputs in flight (2 batches x {} replica(s))", in.replicas),
+             std::to_string(plan.output_bytes), format_bytes(plan.output_bytes)});
   total.add({"total", std::to_string(plan.total_bytes), format_bytes(plan.total_bytes)});
   out += total.render();
 
@@ -267,6 +269,7 @@ nlohmann::ordered_json render_json(const Report& report) {
                 {"bytes_per_batch_token", plan.bytes_per_batch_token}};
   j["replicas"] = in.replicas;
   j["queue"] = {{"tokens", plan.queue_tokens}, {"bytes", plan.queue_bytes}};
+  j["output_bytes"] = plan.output_bytes;
   j["total_bytes"] = plan.total_bytes;
 
   j["memory_limit"] = nullptr;
@@ -384,7 +387,7 @@ constexpr const char* kFooter =
     "--json keys: model {path, hidden_size, num_layers, num_heads, intermediate_size, vocab_size, "
     "max_position_embeddings, max_tokens, heads[]}; limits {dtype, max_seq_len, max_batch_tokens, threads, "
     "threads_per_replica, query_tile, replicas}; weights {items[] {name, shape, bytes}, total_bytes}; arena {items[] {name, shape, "
-    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; queue {tokens, bytes}; total_bytes (queue + weights + "
+    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; queue {tokens, bytes}; output_bytes; total_bytes (outputs + queue + weights + "
     "replicas x arena); memory_limit (null without --memory-limit) {limit_bytes, minimum_bytes, "
     "max_batch_tokens, used_bytes, used_fraction}; corpus (null without --corpus) {path, texts, tokens, "
     "max_seq_len, truncated, longest_before_truncation, min, max, mean, percentiles {p50, p90, p95, p99, "

@@ -105,7 +105,12 @@ MemoryPlan plan_memory(const PlanInputs& in) {
          in.max_seq_len);
   }
   plan.queue_bytes = static_cast<uint64_t>(plan.queue_tokens) * sizeof(int32_t);
-  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes;
+  // Per output row: a ColBERT vector (hidden floats) or a share of the dense vectors
+  // (at most rows / 2 sequences), plus a lexical (id, weight) pair.
+  plan.output_bytes = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(t) *
+                      static_cast<uint64_t>(h + 2) * kF32;
+  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes +
+                     plan.output_bytes;
   return plan;
 }
 
@@ -121,7 +126,9 @@ int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes) {
   // total(T) is affine in T (alignment aside): solve, then step down until it fits.
   const uint64_t spare = (limit_bytes - smallest.total_bytes) / static_cast<uint64_t>(inputs.replicas);
   const uint64_t queue_per_token = inputs.max_queue_tokens > 0 ? 0 : 16 * sizeof(int32_t);
-  int64_t t = inputs.max_seq_len + static_cast<int64_t>(spare / (smallest.bytes_per_batch_token + queue_per_token));
+  const uint64_t outputs_per_token = 2 * static_cast<uint64_t>(inputs.config.hidden_size + 2) * kF32;
+  int64_t t = inputs.max_seq_len +
+              static_cast<int64_t>(spare / (smallest.bytes_per_batch_token + queue_per_token + outputs_per_token));
   t = std::max<int64_t>(inputs.max_seq_len, t / 64 * 64);
   while (t > inputs.max_seq_len) {
     inputs.max_batch_tokens = t;

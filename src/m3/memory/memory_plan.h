@@ -43,7 +43,10 @@ struct MemoryPlan {
   uint64_t arena_bytes = 0;       // one replica's arena
   int64_t queue_tokens = 0;       // the request queue's bound
   uint64_t queue_bytes = 0;       // its token ids
-  uint64_t total_bytes = 0;       // weights + replicas * arena + queue
+  // Outputs copied out of the arena for callers (ColBERT vectors are tokens x hidden
+  // floats): two batches per replica, the one being extracted and the one being delivered.
+  uint64_t output_bytes = 0;
+  uint64_t total_bytes = 0;       // weights + replicas * arena + queue + outputs
 
   // Arena offsets the encoder uses (bytes). Head outputs reuse the FFN buffer, which
   // is free once the last layer has run.

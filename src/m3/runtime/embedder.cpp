@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <condition_variable>
+#include <future>
 #include <mutex>
 #include <numeric>
 
@@ -20,8 +21,15 @@ Embedder::~Embedder() {
 
 namespace {
 
-// A replica's thread: batches from the scheduler until it shuts down.
-void serve_batches(Replica& replica, Scheduler& scheduler) {
+// A replica's thread: warm-up (on this thread, so the memory it touches is this
+// thread's), then batches from the scheduler until it shuts down.
+void serve_batches(Replica& replica, Scheduler& scheduler, bool warm_up, std::promise<WarmupReport> warmed) {
+  try {
+    warmed.set_value(warm_up ? replica.warm_up() : WarmupReport{});
+  } catch (...) {
+    warmed.set_exception(std::current_exception());
+    return;
+  }
   replica.backend().attach_thread();
   Batch batch;
   std::vector<M3Output> outputs;
@@ -72,23 +80,26 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                std::filesystem::path(e->model_.encoder.source).filename().string(),
                e->model_.heads.sparse ? " sparse" : "", e->model_.heads.colbert ? " colbert" : "", in.replicas,
                in.threads);
-  if (options.warm_up) {
-    for (auto& replica : e->replicas_) {
-      e->warmups_.push_back(replica->warm_up());
-      const auto& w = e->warmups_.back();
-      spdlog::info("warm-up of replica {}: {:.2f} s; resident memory grew {} since loading began (planned {}), "
-                   "process resident {}, peak during warm-up {}",
-                   replica->index(), w.seconds, format_bytes(w.rss_after - std::min(w.rss_after, rss_at_start)),
-                   format_bytes(e->plan_.total_bytes), format_bytes(w.rss_after), format_bytes(w.peak_rss));
-    }
-  }
   SchedulerOptions scheduling;
   scheduling.max_batch_tokens = in.max_batch_tokens;
   scheduling.max_seq_len = in.max_seq_len;
   scheduling.max_queue_tokens = e->plan_.queue_tokens;
   e->scheduler_ = std::make_unique<Scheduler>(scheduling);
+  std::vector<std::future<WarmupReport>> warmups;
   for (auto& replica : e->replicas_) {
-    e->workers_.emplace_back(serve_batches, std::ref(*replica), std::ref(*e->scheduler_));
+    std::promise<WarmupReport> warmed;
+    warmups.push_back(warmed.get_future());
+    e->workers_.emplace_back(serve_batches, std::ref(*replica), std::ref(*e->scheduler_), options.warm_up,
+                             std::move(warmed));
+  }
+  for (size_t r = 0; r < warmups.size(); ++r) {
+    e->warmups_.push_back(warmups[r].get());  // rethrows a failed warm-up (the destructor stops the threads)
+    if (!options.warm_up) continue;
+    const auto& w = e->warmups_.back();
+    spdlog::info("warm-up of replica {}: {:.2f} s; resident memory grew {} since loading began (planned {}), "
+                 "process resident {}, peak during warm-up {}",
+                 r, w.seconds, format_bytes(w.rss_after - std::min(w.rss_after, rss_at_start)),
+                 format_bytes(e->plan_.total_bytes), format_bytes(w.rss_after), format_bytes(w.peak_rss));
   }
   return e;
 }

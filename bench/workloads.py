@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Deterministic benchmark workloads: token-length mixes, as token ids and as texts.
+
+A length is the number of ids the model sees, `<s>` and `</s>` included (so 2 is the
+empty text, 8192 the model's maximum).
+
+| name | what |
+| --- | --- |
+| W1 | 64 texts x 128 tokens (short, uniform: the throughput case) |
+| W2 | 64 texts, lengths 16..512 evenly spaced, shuffled (padding waste) |
+| W3 | 2 texts x 2048 tokens |
+| W4 | 1 text x 8192 tokens (the longest input the model takes) |
+| soak(n, seed) | n lengths, log-uniform in 1..8192, clipped to [2, 8192], grouped in requests of 1..8 texts |
+
+W1..W4 are one request each (all texts in one call); a soak is many small requests.
+
+Two renderings of the same lengths:
+- `token_ids(w, seed)`: `[0, random ids in 4..1200, 2]`, for engines that take ids. 4..1200
+  are the fixture tokenizer's ordinary pieces (1201 would be `<mask>`).
+- `texts(w, seed)`: strings that the fixture tokenizer (tests/fixtures/tiny-st, which the
+  random benchmark models ship) turns into exactly that many ids. They are made of words from
+  the fixture's multilingual training sentences, whose token counts are measured once.
+  The two renderings are independent: the ids of a text are not `token_ids(...)`.
+
+    .venv/bin/python bench/workloads.py            # summary of every workload
+    .venv/bin/python bench/workloads.py --check    # self-check: exact lengths, determinism
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures"
+TOKENIZER_DIR = FIXTURES / "tiny-st"
+MAX_LEN = 8192
+MIN_LEN = 2
+ID_LO, ID_HI = 4, 1200  # inclusive; the fixture tokenizer's ordinary pieces
+CLS, EOS = 0, 2
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    lengths: tuple[int, ...]        # ids per text, specials included
+    request_sizes: tuple[int, ...]  # texts per request, in order; sums to len(lengths)
+
+    def requests(self) -> list[range]:
+        """Index ranges of the texts of each request."""
+        out, start = [], 0
+        for k in self.request_sizes:
+            out.append(range(start, start + k))
+            start += k
+        return out
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.lengths)
+
+    def padded_tokens(self) -> int:
+        """Tokens a pad-to-longest engine processes when each request is one batch."""
+        return sum(len(r) * max(self.lengths[i] for i in r) for r in self.requests())
+
+
+def _fixed(name: str, lengths: list[int]) -> Workload:
+    return Workload(name, tuple(lengths), (len(lengths),))
+
+
+def _w2_lengths() -> list[int]:
+    lengths = [round(16 + i * (512 - 16) / 63) for i in range(64)]
+    random.Random(2).shuffle(lengths)
+    return lengths
+
+
+FIXED = {
+    "W1": _fixed("W1", [128] * 64),
+    "W2": _fixed("W2", _w2_lengths()),
+    "W3": _fixed("W3", [2048] * 2),
+    "W4": _fixed("W4", [8192]),
+}
+
+
+def soak(n: int = 2000, seed: int = 0, max_request: int = 8) -> Workload:
+    """n lengths log-uniform in 1..8192 (clipped to [2, 8192]), in requests of 1..max_request."""
+    rng = random.Random(f"soak-lengths-{seed}")
+    lengths = [min(MAX_LEN, max(MIN_LEN, round(math.exp(rng.uniform(0.0, math.log(MAX_LEN))))))
+               for _ in range(n)]
+    rng = random.Random(f"soak-requests-{seed}")
+    sizes, left = [], n
+    while left > 0:
+        k = min(left, rng.randint(1, max_request))
+        sizes.append(k)
+        left -= k
+    return Workload(f"soak-n{n}-s{seed}", tuple(lengths), tuple(sizes))
+
+
+def resolve(workload) -> Workload:
+    """A Workload, or a name: W1..W4, 'soak' (n=2000, seed=0) or 'soak:N' / 'soak:N:SEED'."""
+    if isinstance(workload, Workload):
+        return workload
+    name = str(workload)
+    if name in FIXED:
+        return FIXED[name]
+    if name == "soak" or name.startswith("soak:"):
+        parts = name.split(":")[1:]
+        n = int(parts[0]) if parts else 2000
+        seed = int(parts[1]) if len(parts) > 1 else 0
+        return soak(n, seed)
+    raise ValueError(f"unknown workload {name!r}: W1, W2, W3, W4, soak[:N[:SEED]]")
+
+
+def lengths(workload) -> list[int]:
+    return list(resolve(workload).lengths)
+
+
+def token_ids(workload, seed: int = 0) -> list[list[int]]:
+    """One id list per text: <s>, random ordinary piece ids, </s>; exactly the workload lengths."""
+    w = resolve(workload)
+    rng = random.Random(f"ids-{w.name}-{seed}")
+    return [[CLS] + [rng.randint(ID_LO, ID_HI) for _ in range(n - 2)] + [EOS] for n in w.lengths]
+
+
+# ---------------------------------------------------------------------------------------
+# Texts of exact token lengths
+# ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def tokenizer():
+    """The fixture tokenizer (what the random benchmark models ship), via AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(TOKENIZER_DIR), model_max_length=10**9)
+
+
+@functools.lru_cache(maxsize=1)
+def _word_table() -> tuple[tuple[str, ...], ...]:
+    """table[k] = words that tokenize to exactly k pieces (k = 1..8), no <unk>, sorted.
+
+    The XLM-R tokenizer splits on whitespace before SentencePiece, so the pieces of
+    "w1 w2 ..." are the pieces of each word: a text's length is 2 + the sum of its words'.
+    """
+    if str(FIXTURES) not in sys.path:
+        sys.path.insert(0, str(FIXTURES))
+    from make_fixtures import TRAIN  # the sentences the fixture tokenizer was trained on
+
+    words = sorted({w for sents in TRAIN.values() for s in sents for w in s.split() if w})
+    tok = tokenizer()
+    enc = tok(words, add_special_tokens=False)["input_ids"]
+    table: list[list[str]] = [[] for _ in range(9)]
+    for w, ids in zip(words, enc):
+        if 1 <= len(ids) <= 8 and tok.unk_token_id not in ids:
+            table[len(ids)].append(w)
+    if not table[1]:
+        raise RuntimeError("no one-piece words: cannot build exact lengths")
+    return tuple(tuple(ws) for ws in table)
+
+
+def _text_of_length(rng: random.Random, n: int, table) -> str:
+    budget = n - 2
+    words = []
+    counts = [k for k in range(1, len(table)) if table[k]]
+    while budget > 0:
+        k = rng.choice([c for c in counts if c <= budget])
+        words.append(rng.choice(table[k]))
+        budget -= k
+    return " ".join(words)
+
+
+def texts(workload, seed: int = 0) -> list[str]:
+    """One text per length; the fixture tokenizer gives each exactly its length in ids."""
+    w = resolve(workload)
+    table = _word_table()
+    rng = random.Random(f"texts-{w.name}-{seed}")
+    return [_text_of_length(rng, n, table) for n in w.lengths]
+
+
+def text_lengths(strings: list[str]) -> list[int]:
+    """Ids per text with the fixture tokenizer, specials included, no truncation."""
+    return [len(ids) for ids in tokenizer()(strings, add_special_tokens=True)["input_ids"]]
+
+
+# ---------------------------------------------------------------------------------------
+# Self-check and summary
+# ---------------------------------------------------------------------------------------
+
+
+def self_check(soak_n: int = 2000, verbose: bool = True) -> None:
+    """Raise AssertionError unless every workload's ids and texts have exactly its lengths,
+    ids are framed and in range, and everything is deterministic."""
+    names = list(FIXED) + [soak(soak_n, 0), soak(200, 1)]
+    for spec in names:
+        w = resolve(spec)
+        assert len(w.lengths) == sum(w.request_sizes), w.name
+        assert all(MIN_LEN <= n <= MAX_LEN for n in w.lengths), w.name
+        ids = token_ids(w, seed=0)
+        assert [len(x) for x in ids] == list(w.lengths), f"{w.name}: id lengths"
+        assert all(x[0] == CLS and x[-1] == EOS and all(ID_LO <= t <= ID_HI for t in x[1:-1])
+                   for x in ids), f"{w.name}: id framing/range"
+        assert ids == token_ids(w, seed=0) and (len(w.lengths) < 2 or ids != token_ids(w, seed=1)), \
+            f"{w.name}: id determinism"
+        t = texts(w, seed=0)
+        got = text_lengths(t)
+        bad = [(i, n, g) for i, (n, g) in enumerate(zip(w.lengths, got)) if n != g]
+        assert not bad, f"{w.name}: {len(bad)} texts of the wrong length, e.g. (index, want, got) {bad[:3]}"
+        assert t == texts(w, seed=0) and t != texts(w, seed=1), f"{w.name}: text determinism"
+        if verbose:
+            print(f"ok {w.name}: {len(w.lengths)} texts, {w.total_tokens} tokens, "
+                  f"{len(w.request_sizes)} requests")
+    assert soak(50, 3) == soak(50, 3) and soak(50, 3) != soak(50, 4)
+    big = soak(soak_n, 0).lengths
+    assert soak_n < 1000 or (min(big) == MIN_LEN and max(big) > MAX_LEN // 2), "soak does not span the range"
+    if verbose:
+        print("workloads self-check passed")
+
+
+def summary(w: Workload) -> str:
+    s = sorted(w.lengths)
+    med = s[len(s) // 2]
+    return (f"{w.name:>14}: {len(s):5d} texts, {len(w.request_sizes):4d} requests, tokens {w.total_tokens:8d} "
+            f"(min {s[0]}, median {med}, max {s[-1]}), padded per request {w.padded_tokens():8d}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Benchmark workloads (see the module doc).")
+    ap.add_argument("--check", action="store_true", help="run the self-check")
+    ap.add_argument("--soak-n", type=int, default=2000)
+    args = ap.parse_args(argv)
+    if args.check:
+        self_check(args.soak_n)
+        return 0
+    for w in [*FIXED.values(), soak(args.soak_n, 0)]:
+        print(summary(w))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+// MemoryPlan arithmetic for the full BGE-M3 config, worked out by hand, and the size
+// parser used by --memory-limit.
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "m3/core/error.h"
+#include "m3/memory/gemm_row_blocks.h"
+#include "m3/memory/memory_plan.h"
+
+namespace m3 {
+namespace {
+
+ModelConfig bge_m3() {
+  ModelConfig c;
+  c.vocab_size = 250002;
+  c.hidden_size = 1024;
+  c.num_layers = 24;
+  c.num_heads = 16;
+  c.intermediate_size = 4096;
+  c.max_position_embeddings = 8194;
+  return c;
+}
+
+TEST(MemoryPlan, BgeM3ByHand) {
+  PlanInputs in;
+  in.config = bge_m3();
+  in.max_batch_tokens = 16384;
+  in.max_seq_len = 8192;
+  in.threads = 2;
+  const auto plan = plan_memory(in);
+  // word 250002x1024 + position 8194x1024 + type 1024 + LN 2048
+  // + 24 x (QKV 3x(1024x1024+1024) + out 1024x1024+1024 + FFN 4096x1024+4096 + 1024x4096+1024 + LN 4x1024)
+  // + colbert 1024x1024+1024 + sparse 1024+1 parameters, 4 bytes each.
+  EXPECT_EQ(plan.weight_bytes, 2271023108u);
+  // hidden + qkv + context + FFN: 16384 x (1024 + 3072 + 1024 + 4096) x 4 = 576 MiB
+  EXPECT_EQ(plan.bytes_per_batch_token, 36864u);
+  EXPECT_EQ(plan.rows, 16384);
+  EXPECT_EQ(plan.hidden_offset, 0u);
+  EXPECT_EQ(plan.qkv_offset, 16384u * 1024 * 4);
+  EXPECT_EQ(plan.context_offset, 16384u * 4096 * 4);
+  EXPECT_EQ(plan.intermediate_offset, 16384u * 5120 * 4);
+  EXPECT_EQ(plan.colbert_offset, plan.intermediate_offset);  // heads reuse the FFN buffer
+  EXPECT_EQ(plan.sparse_offset, plan.intermediate_offset + 16384u * 1024 * 4);
+  EXPECT_EQ(plan.attention_scratch_offset, 16384u * 9216 * 4);
+  // attention scores: 2 threads x 64 rows x 8192 keys x 4 bytes = 4 MiB; no library workspace given
+  EXPECT_EQ(plan.arena_bytes, 16384u * 9216 * 4 + 2 * 64 * 8192 * 4);
+  EXPECT_LT(plan.arena_bytes, 1536ull << 20);  // the goal: under 1.5 GiB
+  EXPECT_EQ(plan.queue_bytes, 16u * 16384 * 4);
+  EXPECT_EQ(plan.output_bytes, 2u * 16384 * 1026 * 4);
+  EXPECT_EQ(plan.total_bytes, plan.weight_bytes + plan.arena_bytes + plan.queue_bytes + plan.output_bytes);
+
+  in.replicas = 3;
+  const auto three = plan_memory(in);
+  EXPECT_EQ(three.weight_bytes, plan.weight_bytes);  // shared
+  EXPECT_EQ(three.total_bytes,
+            plan.weight_bytes + 3 * plan.arena_bytes + plan.queue_bytes + 3 * plan.output_bytes);
+}
+
+TEST(MemoryPlan, RowsCoverEveryGemmChunk) {
+  for (int64_t max_tokens : {1, 7, 64, 65, 100, 1000, 1025, 3000, 16384, 16383}) {
+    PlanInputs in;
+    in.config = bge_m3();
+    in.max_seq_len = std::min<int64_t>(max_tokens, 8192);
+    in.max_seq_len = std::max<int64_t>(in.max_seq_len, 2);
+    in.max_batch_tokens = std::max(max_tokens, in.max_seq_len);
+    const auto plan = plan_memory(in);
+    for (int64_t rows = 1; rows <= in.max_batch_tokens; ++rows) {
+      ASSERT_LE(padded_rows(rows), plan.rows) << rows;
+      ASSERT_LE(padded_rows(rows) - rows, 63) << rows;
+      const auto sizes = gemm_block_sizes(in.max_batch_tokens);
+      for_each_gemm_chunk(rows, [&](int64_t, int64_t chunk) {
+        ASSERT_TRUE(std::find(sizes.begin(), sizes.end(), chunk) != sizes.end()) << rows << " " << chunk;
+      });
+    }
+  }
+}
+
+TEST(MemoryPlan, LimitPicksTheLargestBudgetOrNamesTheMinimum) {
+  PlanInputs in;
+  in.config = bge_m3();
+  in.max_seq_len = 8192;
+  const uint64_t limit = 6ull << 30;
+  const int64_t t = max_batch_tokens_for_limit(in, limit);
+  in.max_batch_tokens = t;
+  EXPECT_LE(plan_memory(in).total_bytes, limit);
+  in.max_batch_tokens = t + 64;
+  EXPECT_GT(plan_memory(in).total_bytes, limit);
+  try {
+    max_batch_tokens_for_limit(in, 2ull << 30);
+    FAIL();
+  } catch (const Error& e) {
+    EXPECT_THAT(e.what(), ::testing::HasSubstr("too small: one 8192-token sequence needs"));
+  }
+}
+
+TEST(MemoryPlan, ParsesAndFormatsSizes) {
+  EXPECT_EQ(parse_bytes("2147483648"), 2147483648u);
+  EXPECT_EQ(parse_bytes("512MiB"), 512ull << 20);
+  EXPECT_EQ(parse_bytes("1.5GiB"), 3ull << 29);
+  EXPECT_EQ(parse_bytes("2G"), 2ull << 30);
+  EXPECT_EQ(parse_bytes("800MB"), 800000000u);
+  EXPECT_EQ(parse_bytes("4 kib"), 4096u);
+  EXPECT_THROW(parse_bytes("lots"), Error);
+  EXPECT_THROW(parse_bytes("12XB"), Error);
+  EXPECT_THROW(parse_bytes("-5GiB"), Error);
+  EXPECT_EQ(format_bytes(1536ull << 20), "1.50 GiB");
+  EXPECT_EQ(format_bytes(4096), "4.00 KiB");
+  EXPECT_EQ(format_bytes(17), "17 B");
+}
+
+}  // namespace
+}  // namespace m3
