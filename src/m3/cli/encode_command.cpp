@@ -18,7 +18,7 @@ struct EncodeOptions {
   ModelOptions model;
   std::string input, output = "-", format = "auto", field = "text";
   bool dense = false, sparse = false, colbert = false, no_truncate = false, quiet = false;
-  int64_t max_length = 8192;
+  int64_t max_length = 0;  // 0: the model's limit (8192 for BGE-M3)
 };
 
 // Texts per chunk: outputs are written after each chunk, so memory stays bounded.
@@ -30,7 +30,8 @@ void run_encode(const EncodeOptions& o) {
   const auto texts = read_texts(o.input, parse_input_format(o.format), o.field);
   auto embedder = load_embedder(o.model, o.max_length);
   embedder->check(request);
-  const int64_t max_length = effective_length(*embedder, o.max_length, "--max-length");
+  const int64_t max_length =
+      o.max_length > 0 ? effective_length(*embedder, o.max_length, "--max-length") : embedder->max_seq_len();
 
   std::vector<std::vector<int32_t>> sequences(texts.size());
   size_t truncated = 0, tokens = 0;
@@ -83,10 +84,10 @@ void add_encode_command(CLI::App& app) {
   cmd->add_flag("--dense", o->dense, "Output dense_vecs (normalized CLS vector)");
   cmd->add_flag("--sparse", o->sparse, "Output lexical_weights (needs sparse_linear.pt)");
   cmd->add_flag("--colbert", o->colbert, "Output colbert_vecs (needs colbert_linear.pt)");
-  cmd->add_option("--max-length", o->max_length, "Maximum tokens per text, <s> and </s> included")
+  cmd->add_option("--max-length", o->max_length,
+                  "Maximum tokens per text, <s> and </s> included (default: the model's limit, 8192 for BGE-M3)")
       ->envname("M3_MAX_SEQ_LEN")
-      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20))
-      ->capture_default_str();
+      ->check(CLI::Range(int64_t{2}, int64_t{1} << 20));
   cmd->add_flag("--no-truncate", o->no_truncate, "Fail instead of truncating texts longer than --max-length");
   cmd->add_flag("-q,--quiet", o->quiet, "No progress bar");
   cmd->callback([o] { run_encode(*o); });

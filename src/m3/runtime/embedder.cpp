@@ -1,5 +1,7 @@
 #include "m3/runtime/embedder.h"
 
+#include <malloc.h>
+
 #include <algorithm>
 #include <condition_variable>
 #include <future>
@@ -20,6 +22,16 @@ Embedder::~Embedder() {
 }
 
 namespace {
+
+// Outputs copied out of the arena live on the heap until their caller is done with them.
+// glibc would return large freed blocks to the OS and map them again for the next batch,
+// so resident memory would rise and fall with every request. A fixed 32 MiB mmap threshold
+// (its maximum: one 8191-token ColBERT result still fits under it) and no trimming keep
+// those blocks for reuse: warm-up grows the heap to its working size once.
+void keep_freed_memory_for_reuse() {
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+}
 
 // A replica's thread: warm-up (on this thread, so the memory it touches is this
 // thread's), then batches from the scheduler until it shuts down.
@@ -50,6 +62,7 @@ void serve_batches(Replica& replica, Scheduler& scheduler, bool warm_up, std::pr
 
 std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir, const EmbedderOptions& options) {
   std::unique_ptr<Embedder> e(new Embedder());
+  keep_freed_memory_for_reuse();
   const uint64_t rss_at_start = current_rss_bytes();
   e->model_.model_dir = model_dir;
   e->model_.config = ModelConfig::load(model_dir);
