@@ -18,8 +18,11 @@ APT_PACKAGES=(
   libsimdjson-dev          # config.json, safetensors headers, JSONL input
   libspdlog-dev libfmt-dev # logging, formatting
   libcli11-dev             # command line
+  libboost1.81-dev         # Beast/Asio: the HTTP server
   nlohmann-json3-dev       # JSON string escaping in outputs
   libgtest-dev libgmock-dev  # C++ tests
+  clang-14 libclang-rt-14-dev  # libFuzzer for the request-parsing fuzz test
+  wrk                      # HTTP load generator for bench/
   python3 python3-venv python3-pip  # test oracles (virtualenv)
 )
 

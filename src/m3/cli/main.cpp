@@ -6,6 +6,7 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/cli/commands.h"
+#include "m3/cli/serve_command.h"
 #include "m3/core/error.h"
 
 int main(int argc, char** argv) {
@@ -16,6 +17,7 @@ int main(int argc, char** argv) {
   CLI::App app{"m3embed " M3_VERSION ": BGE-M3 embeddings (dense, sparse/lexical, ColBERT) on CPU, with the same "
                "numbers as FlagEmbedding"};
   app.require_subcommand(1);
+  app.fallthrough();  // --log-level may also follow the subcommand
   app.set_version_flag("--version", std::string("m3embed ") + M3_VERSION);
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "Log level: trace, debug, info, warn, error, off")
@@ -28,6 +30,7 @@ int main(int argc, char** argv) {
   m3::cli::add_tokenize_command(app);
   m3::cli::add_download_command(app);
   m3::cli::add_plan_command(app);
+  m3::cli::add_serve_command(app);
 
   try {
     app.parse(argc, argv);

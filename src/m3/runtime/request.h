@@ -4,6 +4,7 @@
 // Batch can point at the request each packed sequence belongs to.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -18,6 +19,10 @@ namespace m3 {
 struct RequestResult {
   std::vector<M3Output> outputs;  // in the request's order; empty when error is set
   std::string error;              // empty on success; "cancelled" after RequestHandle::cancel
+  // For metrics (0 when it never ran): submit -> its first sequence taken into a batch, and
+  // from then -> its last output.
+  double queue_seconds = 0;
+  double inference_seconds = 0;
 };
 
 // Runs once per request, on a replica thread (or on the thread that cancels, fails or
@@ -36,6 +41,8 @@ struct Request {
   int64_t queued_tokens = 0;  // their tokens
   size_t in_flight = 0;       // sequences in a batch that a replica is running
   bool finished = false;      // the callback has run or is about to: nothing more comes
+  std::chrono::steady_clock::time_point submitted{};  // enqueue time
+  std::chrono::steady_clock::time_point started{};    // its first sequence batched ({}: not yet)
 };
 
 class Scheduler;

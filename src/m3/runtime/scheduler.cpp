@@ -4,6 +4,7 @@
 #include "m3/runtime/scheduler.h"
 
 #include <algorithm>
+#include <chrono>
 #include <future>
 #include <limits>
 
@@ -52,6 +53,15 @@ int64_t validate(const std::vector<std::vector<int32_t>>& sequences, const Sched
   if (total > options.max_queue_tokens)
     m3::fail("request has {} tokens, more than the queue holds (max_queue_tokens {})", total, options.max_queue_tokens);
   return total;
+}
+
+// The result of a request whose every sequence is done, with its timing.
+RequestResult completed_result(Request& request) {
+  RequestResult result{std::move(request.outputs), {}};
+  const auto now = std::chrono::steady_clock::now();
+  result.queue_seconds = std::chrono::duration<double>(request.started - request.submitted).count();
+  result.inference_seconds = std::chrono::duration<double>(now - request.started).count();
+  return result;
 }
 
 }  // namespace
@@ -135,6 +145,7 @@ std::shared_ptr<RequestHandle> Scheduler::enqueue(std::vector<std::vector<int32_
   auto request = std::make_shared<Request>();
   request->wanted = outputs;
   request->callback = std::move(on_done);
+  request->submitted = std::chrono::steady_clock::now();
   request->outputs.resize(count);
 
   std::unique_lock lock(mutex_);
@@ -192,17 +203,20 @@ bool Scheduler::next_batch(Batch& batch) {
   if (queue_.empty()) return false;  // shut down and drained
   form_batch(batch);
   const bool more = !queue_.empty();
+  const auto observer = batch_observer_;
   lock.unlock();
   if (more) work_cv_.notify_one();
   space_cv_.notify_all();
 
   for (const auto& ids : batch.incoming_) batch.packed.add(ids, kPadTokenId);
   batch.incoming_.clear();  // frees the request's copy of the ids, off the lock
+  if (observer) (*observer)(batch.packed.tokens(), batch.items.size());
   return true;
 }
 
 void Scheduler::form_batch(Batch& batch) {
   const size_t window = std::min(options_.sort_window, queue_.size());
+  const auto now = std::chrono::steady_clock::now();
   taken_.assign(window, 0);
   int64_t budget = options_.max_batch_tokens;
   uint64_t newest = 0;  // latest serial taken: untaken entries older than it are overtaken
@@ -266,6 +280,7 @@ void Scheduler::form_batch(Batch& batch) {
       continue;
     }
     Request& request = *entry.request;
+    if (request.started == std::chrono::steady_clock::time_point{}) request.started = now;
     batch.incoming_.push_back(std::move(request.sequences[entry.index]));
     batch.outputs.dense |= request.wanted.dense;
     batch.outputs.sparse |= request.wanted.sparse;
@@ -306,7 +321,7 @@ void Scheduler::complete(Batch& batch, std::vector<M3Output>&& outputs) {
       }
     }
   }
-  for (auto& request : finished) invoke(*request, RequestResult{std::move(request->outputs), {}});
+  for (auto& request : finished) invoke(*request, completed_result(*request));
   finished.clear();
   batch.clear();
 }
@@ -363,6 +378,12 @@ void Scheduler::shutdown() {
   }
   work_cv_.notify_all();
   space_cv_.notify_all();
+}
+
+void Scheduler::set_batch_observer(BatchObserver observer) {
+  auto shared = observer ? std::make_shared<const BatchObserver>(std::move(observer)) : nullptr;
+  std::lock_guard lock(mutex_);
+  batch_observer_ = std::move(shared);
 }
 
 SchedulerStats Scheduler::stats() const {

@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -126,6 +127,11 @@ class Scheduler {
   // are dropped), then clears the batch.
   void fail(Batch& batch, std::string error);
 
+  // Called on the replica thread for every batch formed, outside the lock, with its tokens
+  // and sequences (the server's batch-size histogram). Set it once, before traffic.
+  using BatchObserver = std::function<void(int64_t tokens, size_t sequences)>;
+  void set_batch_observer(BatchObserver observer);
+
   // Stops accepting work; queued work still drains through next_batch.
   void shutdown();
   SchedulerStats stats() const;
@@ -161,6 +167,7 @@ class Scheduler {
   uint64_t next_ticket_ = 0;     // submit_wait arrival order
   uint64_t serving_ticket_ = 0;  // the waiter allowed to enqueue next
   SchedulerStats stats_;
+  std::shared_ptr<const BatchObserver> batch_observer_;
   // form_batch scratch, reused: window indices sorted by length, taken flags.
   std::vector<uint32_t> order_;
   std::vector<char> taken_;

@@ -1,0 +1,52 @@
+// A route's answer: either a response now, or an InferenceJob: sequences for the scheduler
+// plus the function that turns their outputs into the response. Routes run synchronously
+// on an I/O thread (parse, validate, tokenize); the session runs the job asynchronously.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "m3/model/m3_output.h"
+#include "m3/runtime/embedder.h"
+#include "m3/server/http_types.h"
+#include "m3/server/server_context.h"
+
+namespace m3::server {
+
+struct InferenceJob {
+  std::vector<std::vector<int32_t>> sequences;
+  OutputRequest outputs;
+  int64_t tokens = 0;
+  uint64_t response_bytes = 0;  // estimated size of the JSON answer (--max-response-bytes)
+  // Runs on an I/O thread with the outputs in sequence order; may throw ApiError.
+  std::function<HttpResponse(std::vector<M3Output>&&)> respond;
+};
+
+struct RouteResult {
+  HttpResponse response;
+  std::optional<InferenceJob> job;
+};
+
+// Handlers of the routes that need the model; they throw ApiError to refuse.
+RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+
+// Handlers that answer in any state.
+HttpResponse health_response(const ServerContext& context);
+HttpResponse info_response(const ServerContext& context);  // 503 while loading
+HttpResponse metrics_response(const ServerContext& context);
+HttpResponse models_response(const ServerContext& context);
+
+// 422 naming the missing head file when the model cannot produce `outputs`.
+void check_outputs(const Embedder& embedder, const OutputRequest& outputs);
+// Bytes of JSON for `floats` numbers (a generous per-number estimate).
+constexpr uint64_t json_bytes_for_floats(uint64_t floats) { return floats * 14; }
+
+}  // namespace m3::server

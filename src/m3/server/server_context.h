@@ -1,0 +1,50 @@
+// What every connection and route shares: the options, the model once loaded, the server's
+// state, the admission limiter and the metrics.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <string>
+
+#include "m3/runtime/embedder.h"
+#include "m3/server/api_limits.h"
+#include "m3/server/in_flight.h"
+#include "m3/server/metrics.h"
+#include "m3/server/request_limiter.h"
+#include "m3/server/server_options.h"
+
+namespace m3::server {
+
+enum class ServerState {
+  kLoading,  // listening, model not ready: /health and model routes answer 503
+  kReady,
+  kDraining,  // SIGTERM: in-flight requests finish, new ones get 503
+};
+
+struct ServerContext {
+  explicit ServerContext(ServerOptions server_options, std::string model)
+      : options(std::move(server_options)), model_name(std::move(model)), limiter(options.max_concurrent_requests) {}
+
+  const ServerOptions options;
+  const std::string model_name;
+  RequestLimiter limiter;
+  InFlightRequests in_flight;
+  Metrics metrics;
+  std::atomic<ServerState> state{ServerState::kLoading};
+  std::atomic<size_t> connections{0};
+
+  // Set once, before state becomes kReady; read only after seeing kReady (or kDraining).
+  std::atomic<Embedder*> embedder{nullptr};
+  ApiLimits limits;  // filled with the model's numbers when it is set
+
+  void set_ready(Embedder* engine) {
+    limits.max_client_batch_size = options.max_client_batch_size;
+    limits.vocab_size = engine->config().vocab_size;  // rows of the embedding table
+    limits.hidden_size = engine->config().hidden_size;
+    embedder.store(engine);
+    ServerState expected = ServerState::kLoading;
+    state.compare_exchange_strong(expected, ServerState::kReady);  // not if already draining
+  }
+};
+
+}  // namespace m3::server

@@ -1,0 +1,116 @@
+// GET /health, /info and /metrics: what orchestrators, people and Prometheus ask.
+#include <fmt/format.h>
+
+#include "m3/core/process_memory.h"
+#include "m3/server/json_writer.h"
+#include "m3/server/route.h"
+
+namespace m3::server {
+namespace {
+
+const char* state_name(ServerState state) {
+  switch (state) {
+    case ServerState::kLoading: return "loading";
+    case ServerState::kReady: return "ready";
+    case ServerState::kDraining: return "shutting down";
+  }
+  return "unknown";
+}
+
+void append_plan(std::string& out, const MemoryPlan& plan) {
+  fmt::format_to(std::back_inserter(out),
+                 "{{\"weights_bytes\":{},\"arena_bytes_per_replica\":{},\"replicas\":{},\"queue_tokens\":{},"
+                 "\"queue_bytes\":{},\"output_bytes\":{},\"total_bytes\":{},\"max_batch_tokens\":{},"
+                 "\"max_seq_len\":{},\"threads_per_replica\":{},\"arena\":[",
+                 plan.weight_bytes, plan.arena_bytes, plan.inputs.replicas, plan.queue_tokens, plan.queue_bytes,
+                 plan.output_bytes, plan.total_bytes, plan.inputs.max_batch_tokens, plan.inputs.max_seq_len,
+                 plan.inputs.threads);
+  for (size_t i = 0; i < plan.arena.size(); ++i) {
+    out += i ? ",{\"name\":" : "{\"name\":";
+    append_json_string(out, plan.arena[i].name);
+    out += ",\"shape\":";
+    append_json_string(out, plan.arena[i].shape);
+    fmt::format_to(std::back_inserter(out), ",\"bytes\":{}}}", plan.arena[i].bytes);
+  }
+  out += "]}";
+}
+
+}  // namespace
+
+HttpResponse health_response(const ServerContext& context) {
+  const ServerState state = context.state.load();
+  HttpResponse response;
+  response.status = state == ServerState::kReady ? 200 : 503;
+  response.body = fmt::format("{{\"status\":\"{}\"}}", state_name(state));
+  return response;
+}
+
+HttpResponse info_response(const ServerContext& context) {
+  const Embedder* embedder = context.embedder.load();
+  HttpResponse response;
+  if (!embedder) {
+    response.status = 503;
+    response.body =
+        fmt::format("{{\"status\":\"{}\",\"version\":\"{}\"}}", state_name(context.state.load()), M3_VERSION);
+    return response;
+  }
+  const ServerOptions& o = context.options;
+  const ModelConfig& c = embedder->config();
+  const MemoryPlan& plan = embedder->plan();
+  std::string& out = response.body;
+  out += "{\"model_id\":";
+  append_json_string(out, context.model_name);
+  out += ",\"model_dir\":";
+  append_json_string(out, embedder->model_dir().string());
+  fmt::format_to(std::back_inserter(out),
+                 ",\"model_dtype\":\"float32\",\"model_type\":{{\"embedding\":{{\"pooling\":\"cls\"}}}},"
+                 "\"version\":\"{}\",\"status\":\"{}\",\"max_concurrent_requests\":{},\"max_input_length\":{},"
+                 "\"max_batch_tokens\":{},\"max_client_batch_size\":{},\"auto_truncate\":{},",
+                 M3_VERSION, state_name(context.state.load()), o.max_concurrent_requests, embedder->max_seq_len(),
+                 embedder->max_batch_tokens(), o.max_client_batch_size, o.auto_truncate);
+  fmt::format_to(std::back_inserter(out),
+                 "\"config\":{{\"vocab_size\":{},\"hidden_size\":{},\"num_hidden_layers\":{},"
+                 "\"num_attention_heads\":{},\"intermediate_size\":{},\"max_position_embeddings\":{}}},"
+                 "\"outputs\":{{\"dense\":true,\"sparse\":{},\"colbert\":{}}},",
+                 c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size, c.max_position_embeddings,
+                 plan.inputs.sparse_head, plan.inputs.colbert_head);
+  fmt::format_to(std::back_inserter(out),
+                 "\"limits\":{{\"payload_limit\":{},\"max_header_bytes\":{},\"max_response_bytes\":{},"
+                 "\"max_connections\":{},\"read_timeout_s\":{},\"write_timeout_s\":{},\"shutdown_timeout_s\":{},"
+                 "\"http_threads\":{},\"max_queue_tokens\":{}}},\"memory\":{{\"plan\":",
+                 o.payload_limit, o.max_header_bytes, o.max_response_bytes, o.max_connections, o.read_timeout_s,
+                 o.write_timeout_s, o.shutdown_timeout_s, o.http_threads, plan.queue_tokens);
+  append_plan(out, plan);
+  fmt::format_to(std::back_inserter(out), ",\"resident_bytes\":{},\"peak_resident_bytes\":{},\"warmup\":[",
+                 current_rss_bytes(), peak_rss_bytes());
+  const auto& warmups = embedder->warmup_reports();
+  for (size_t i = 0; i < warmups.size(); ++i) {
+    const WarmupReport& w = warmups[i];
+    fmt::format_to(std::back_inserter(out),
+                   "{}{{\"replica\":{},\"rss_before\":{},\"rss_after\":{},\"peak_rss\":{},\"seconds\":{}}}",
+                   i ? "," : "", i, w.rss_before, w.rss_after, w.peak_rss, w.seconds);
+  }
+  out += "]}}";
+  return response;
+}
+
+HttpResponse metrics_response(const ServerContext& context) {
+  RuntimeGauges gauges;
+  gauges.ready = context.state.load() == ServerState::kReady;
+  gauges.connections = context.connections.load();
+  gauges.active_requests = context.limiter.active();
+  if (Embedder* embedder = context.embedder.load()) {
+    gauges.scheduler = embedder->scheduler().stats();
+    gauges.plan = &embedder->plan();
+  }
+  gauges.resident_bytes = current_rss_bytes();
+  gauges.peak_resident_bytes = peak_rss_bytes();
+  gauges.model = context.model_name;
+  gauges.version = M3_VERSION;
+  HttpResponse response;
+  response.content_type = "text/plain; version=0.0.4; charset=utf-8";
+  response.body = context.metrics.render(gauges);
+  return response;
+}
+
+}  // namespace m3::server

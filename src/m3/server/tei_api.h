@@ -1,0 +1,46 @@
+// Hugging Face text-embeddings-inference (TEI) compatible routes: request parsing and
+// response encoding for /embed, /embed_sparse, /embed_all and /tokenize. Pure functions.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "m3/model/m3_output.h"
+#include "m3/server/api_limits.h"
+#include "m3/server/input_list.h"
+
+namespace m3::server {
+
+// /embed, /embed_sparse and /embed_all share this shape (normalize and dimensions are
+// /embed's; the others ignore them).
+struct TeiEmbedRequest {
+  std::vector<Input> inputs;
+  std::optional<bool> truncate;  // absent: the server's --auto-truncate
+  bool normalize = true;
+  int64_t dimensions = 0;  // 0: all
+};
+
+struct TeiTokenizeRequest {
+  std::vector<Input> inputs;
+  bool add_special_tokens = true;
+};
+
+struct TeiToken {
+  int32_t id = 0;
+  std::string text;
+  bool special = false;
+};
+
+TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& limits);
+TeiTokenizeRequest parse_tei_tokenize_request(std::string_view body, const ApiLimits& limits);
+
+std::string tei_embed_response(const std::vector<M3Output>& outputs, int64_t dimensions);  // [[f32]]
+std::string tei_sparse_response(const std::vector<M3Output>& outputs);                     // [[{"index", "value"}]]
+std::string tei_all_response(const std::vector<M3Output>& outputs, int64_t hidden);        // [[[f32]]]: ColBERT rows
+// [[{"id", "text", "special", "start", "stop"}]]; offsets are null (see docs/API.md).
+std::string tei_tokenize_response(const std::vector<std::vector<TeiToken>>& tokens);
+
+}  // namespace m3::server

@@ -1,0 +1,80 @@
+// The TEI-compatible routes: /embed (dense), /embed_sparse (lexical weights), /embed_all
+// (ColBERT vectors, one per token after <s>) and /tokenize.
+#include "m3/server/route.h"
+#include "m3/server/tei_api.h"
+#include "m3/server/tokenize_inputs.h"
+
+namespace m3::server {
+namespace {
+
+using Encoder = std::function<std::string(const std::vector<M3Output>&)>;
+
+RouteResult tei_job(ServerContext& context, Embedder& embedder, const TeiEmbedRequest& request,
+                    const OutputRequest& outputs, Encoder encode) {
+  check_outputs(embedder, outputs);
+  LengthRule rule;
+  rule.max_length = embedder.max_seq_len();
+  rule.truncate = request.truncate.value_or(context.options.auto_truncate);
+  TokenizedInputs tokenized = tokenize_inputs(embedder.tokenizer(), request.inputs, rule, "inputs");
+
+  InferenceJob job;
+  job.outputs = outputs;
+  job.tokens = tokenized.tokens;
+  const auto hidden = static_cast<uint64_t>(embedder.config().hidden_size);
+  if (outputs.colbert)
+    job.response_bytes = json_bytes_for_floats(static_cast<uint64_t>(job.tokens) * hidden);
+  else if (outputs.sparse)
+    job.response_bytes = static_cast<uint64_t>(job.tokens) * 40;
+  else
+    job.response_bytes = json_bytes_for_floats(tokenized.sequences.size() * hidden);
+  job.sequences = std::move(tokenized.sequences);
+  job.respond = [encode = std::move(encode)](std::vector<M3Output>&& results) {
+    HttpResponse response;
+    response.body = encode(results);
+    return response;
+  };
+  return {{}, std::move(job)};
+}
+
+}  // namespace
+
+RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+  return tei_job(context, embedder, request, {true, false, false},
+                 [dims = request.dimensions](const std::vector<M3Output>& o) { return tei_embed_response(o, dims); });
+}
+
+RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+  return tei_job(context, embedder, request, {false, true, false},
+                 [](const std::vector<M3Output>& o) { return tei_sparse_response(o); });
+}
+
+RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+  const int64_t hidden = embedder.config().hidden_size;
+  return tei_job(context, embedder, request, {false, false, true},
+                 [hidden](const std::vector<M3Output>& o) { return tei_all_response(o, hidden); });
+}
+
+RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiTokenizeRequest request = parse_tei_tokenize_request(http.body, context.limits);
+  const XlmrTokenizer& tokenizer = embedder.tokenizer();
+  std::vector<std::vector<TeiToken>> tokens;
+  tokens.reserve(request.inputs.size());
+  for (const Input& input : request.inputs) {
+    std::vector<int32_t> ids = tokenizer.encode(input.text);
+    if (!request.add_special_tokens) ids = std::vector<int32_t>(ids.begin() + 1, ids.end() - 1);
+    auto& list = tokens.emplace_back();
+    list.reserve(ids.size());
+    for (int32_t id : ids) {
+      const bool special = (id >= XlmrTokenizer::kCls && id <= XlmrTokenizer::kUnk) || id == tokenizer.mask_id();
+      list.push_back(TeiToken{id, tokenizer.id_to_piece(id), special});
+    }
+  }
+  RouteResult result;
+  result.response.body = tei_tokenize_response(tokens);
+  return result;
+}
+
+}  // namespace m3::server
