@@ -57,9 +57,8 @@ std::string m3_output_json(const M3Output& o, const OutputRequest& request, int6
   return out;
 }
 
-std::string scores_json(const PairScores& s) {
-  std::string out;
-  out += "{\"dense\":";
+void append_score_fields(std::string& out, const PairScores& s) {
+  out += "\"dense\":";
   append_float(out, s.dense);
   out += ",\"sparse\":";
   append_float(out, s.sparse);
@@ -69,6 +68,11 @@ std::string scores_json(const PairScores& s) {
   append_float(out, s.sparse_dense);
   out += ",\"colbert+sparse+dense\":";
   append_float(out, s.colbert_sparse_dense);
+}
+
+std::string scores_json(const PairScores& s) {
+  std::string out = "{";
+  append_score_fields(out, s);
   out += '}';
   return out;
 }

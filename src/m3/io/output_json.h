@@ -13,6 +13,8 @@ namespace m3 {
 
 std::string m3_output_json(const M3Output& output, const OutputRequest& request, int64_t hidden);
 std::string scores_json(const PairScores& scores);
+// The five keys of scores_json, without the braces (for responses that add their own).
+void append_score_fields(std::string& out, const PairScores& scores);
 std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces);
 
 }  // namespace m3

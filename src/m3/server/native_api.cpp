@@ -1,5 +1,7 @@
 #include "m3/server/native_api.h"
 
+#include "m3/io/output_json.h"
+
 #include <unordered_map>
 
 #include <fmt/format.h>
@@ -167,16 +169,8 @@ std::string native_score_response(const std::vector<PairScores>& scores, std::st
   std::string out = "{\"object\":\"list\",\"data\":[";
   for (size_t i = 0; i < scores.size(); ++i) {
     const PairScores& s = scores[i];
-    fmt::format_to(std::back_inserter(out), "{}{{\"index\":{},\"dense\":", i ? "," : "", i);
-    append_json_float(out, s.dense);
-    out += ",\"sparse\":";
-    append_json_float(out, s.sparse);
-    out += ",\"colbert\":";
-    append_json_float(out, s.colbert);
-    out += ",\"sparse+dense\":";
-    append_json_float(out, s.sparse_dense);
-    out += ",\"colbert+sparse+dense\":";
-    append_json_float(out, s.colbert_sparse_dense);
+    fmt::format_to(std::back_inserter(out), "{}{{\"index\":{},", i ? "," : "", i);
+    append_score_fields(out, s);  // the keys `m3embed score` writes
     out += '}';
   }
   append_usage(out, model, tokens);
