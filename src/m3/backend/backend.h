@@ -33,6 +33,13 @@ struct BackendWorkspace {
   int64_t max_seq_len = 0;
   void* library = nullptr;  // GEMM library scratchpad
   uint64_t library_bytes = 0;
+  // Low-precision GEMMs: their inputs rounded to bf16 or quantized to int8 (rows x the
+  // widest input), the int8 per-row scales, and the int8 accumulators of the linears
+  // that add into the residual (rows x hidden; it may alias a buffer free at that time).
+  void* gemm_input = nullptr;
+  uint64_t gemm_input_bytes = 0;
+  float* row_scales = nullptr;
+  float* int8_accumulator = nullptr;
 };
 
 class Backend {

@@ -41,6 +41,10 @@ void add_model_options(CLI::App& command, ModelOptions& o) {
                   "fits; refused at start, with the minimum, when one max-length sequence does not fit")
       ->envname("M3_MEMORY_LIMIT")
       ->excludes(batch);
+  command.add_option("--dtype", o.dtype, kDtypeHelp)
+      ->envname("M3_DTYPE")
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}))
+      ->capture_default_str();
 }
 
 std::filesystem::path resolve_model_dir(const ModelOptions& o) {
@@ -73,6 +77,7 @@ std::unique_ptr<Embedder> load_embedder(const ModelOptions& o, int64_t max_lengt
   options.replicas = o.replicas;
   options.max_seq_len = max_seq_len;
   options.max_batch_tokens = o.max_batch_tokens;
+  options.precision = parse_precision(o.dtype);
   if (!o.memory_limit.empty()) options.memory_limit = parse_bytes(o.memory_limit);
   return Embedder::load(dir, options);
 }

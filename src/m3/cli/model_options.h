@@ -20,7 +20,15 @@ struct ModelOptions {
   int replicas = 1;
   int64_t max_batch_tokens = 16384;
   std::string memory_limit;  // e.g. "6GiB"; empty: use max_batch_tokens
+  std::string dtype = "fp32";  // fp32 | bf16 | int8
 };
+
+// Help text of --dtype, shared with `plan`.
+inline constexpr const char* kDtypeHelp =
+    "Precision of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and inputs, float32 "
+    "accumulation; needs AVX512-BF16 or AMX, else fp32 is used with a warning) or int8 (int8 weights with "
+    "per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, softmax and the heads "
+    "stay float32";
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 

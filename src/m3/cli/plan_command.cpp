@@ -35,6 +35,7 @@ struct PlanOptions {
   std::string memory_limit;
   int threads = 0;  // 0: all available cores
   int replicas = 1;
+  std::string dtype = "fp32";
   std::string corpus, format = "auto", field = "text";
   int64_t batch_size = 256;
   bool json = false;
@@ -250,7 +251,7 @@ nlohmann::ordered_json render_json(const Report& report) {
                 {"max_position_embeddings", c.max_position_embeddings},
                 {"max_tokens", c.max_tokens()},
                 {"heads", heads}};
-  j["limits"] = {{"dtype", "f32"},
+  j["limits"] = {{"dtype", std::string(precision_name(in.precision))},
                  {"max_seq_len", in.max_seq_len},
                  {"max_batch_tokens", in.max_batch_tokens},
                  {"threads", threads},
@@ -350,6 +351,7 @@ void run_plan(const PlanOptions& o) {
   EmbedderOptions options;
   options.threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
   options.replicas = o.replicas;
+  options.precision = parse_precision(o.dtype);
   options.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : config.max_tokens();
   // The default budget grows to one full sequence for models longer than 16384 tokens.
   options.max_batch_tokens =
@@ -367,7 +369,7 @@ void run_plan(const PlanOptions& o) {
     PlanInputs smallest = in;
     smallest.max_batch_tokens = in.max_seq_len;
     smallest.library_workspace_bytes =
-        CpuBackend::library_workspace_bytes(config, Embedder::kMaxBatchTokensForLimit);
+        CpuBackend::library_workspace_bytes(config, Embedder::kMaxBatchTokensForLimit, in.precision);
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
 
@@ -420,6 +422,9 @@ void add_plan_command(CLI::App& app) {
                                 "Memory for weights and all arenas (e.g. 6GiB, 800MB, 2147483648): plans the largest "
                                 "max batch tokens (a multiple of 64) that fits, or fails naming the minimum");
   tokens->excludes(limit);
+  cmd->add_option("--dtype", o->dtype, kDtypeHelp)
+      ->check(CLI::IsMember({"fp32", "bf16", "int8"}))
+      ->capture_default_str();
   cmd->add_option("-t,--threads", o->threads, "Threads in all, shared among the replicas; each has its own attention scratch (0: all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

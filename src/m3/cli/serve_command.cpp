@@ -19,7 +19,6 @@ namespace {
 struct ServeOptions {
   ModelOptions model;
   server::ServerOptions server;
-  std::string dtype = "float32";
   int64_t max_seq_len = 0;
   int64_t max_queue_tokens = 0;
   std::string payload_limit = "2000000";
@@ -35,6 +34,7 @@ std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
   options.replicas = o.model.replicas;
   options.max_batch_tokens = o.model.max_batch_tokens;
   options.max_queue_tokens = o.max_queue_tokens;
+  options.precision = parse_precision(o.model.dtype);
   if (!o.model.memory_limit.empty()) options.memory_limit = parse_bytes(o.model.memory_limit);
   if (o.max_seq_len > config.max_tokens()) {
     spdlog::warn("--max-seq-len {} is more than this model's {} positions allow; using {}", o.max_seq_len,
@@ -45,9 +45,6 @@ std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
 }
 
 void run_serve(ServeOptions o) {
-  if (o.dtype != "float32") {
-    fail("--dtype {}: only float32 is implemented (the CPU bf16/int8 and CUDA paths are not built yet)", o.dtype);
-  }
   o.server.payload_limit = parse_bytes(o.payload_limit);
   o.server.max_response_bytes = parse_bytes(o.max_response_bytes);
   std::string name = o.server.served_model_name;
@@ -98,9 +95,6 @@ void add_serve_command(CLI::App& app) {
       ->envname("M3_API_KEY");
   cmd->add_option("--served-model-name", s.served_model_name, "Model name in responses and /info (default: --model)")
       ->envname("M3_SERVED_MODEL_NAME");
-  cmd->add_option("--dtype", o->dtype, "Precision of the weights and activations (only float32 so far)")
-      ->envname("M3_DTYPE")
-      ->capture_default_str();
   cmd->add_option("--max-seq-len", o->max_seq_len,
                   "Longest input in tokens, <s> and </s> included (0: the model's limit, 8192 for BGE-M3); longer "
                   "inputs get 413 unless truncated")

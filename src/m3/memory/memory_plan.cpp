@@ -22,9 +22,18 @@ std::string shape(std::initializer_list<int64_t> dims) {
 }
 
 // A Linear layer: weight [out, in] and bias [out], `copies` times (once per layer).
-void add_linear(MemoryPlan& plan, std::string name, int64_t out, int64_t in, int64_t copies = 1) {
-  const uint64_t bytes = static_cast<uint64_t>(out * in + out) * kF32 * static_cast<uint64_t>(copies);
-  std::string s = fmt::format("[{}, {}] + [{}] f32", out, in, out);
+// bf16 weights take 2 bytes, int8 1 byte plus a float scale per output channel; the
+// bias stays float32.
+void add_linear(MemoryPlan& plan, std::string name, int64_t out, int64_t in, int64_t copies = 1,
+                Precision precision = Precision::kFp32) {
+  const uint64_t weight_bytes = precision == Precision::kFp32 ? kF32 : precision == Precision::kBf16 ? 2 : 1;
+  const uint64_t scales = precision == Precision::kInt8 ? static_cast<uint64_t>(out) * kF32 : 0;
+  const uint64_t bytes = (static_cast<uint64_t>(out * in) * weight_bytes + scales + static_cast<uint64_t>(out) * kF32) *
+                         static_cast<uint64_t>(copies);
+  std::string s = precision == Precision::kFp32
+                      ? fmt::format("[{}, {}] + [{}] f32", out, in, out)
+                      : fmt::format("[{}, {}] {}{} + [{}] f32", out, in, precision_name(precision),
+                                    precision == Precision::kInt8 ? fmt::format(" + [{}] scales", out) : "", out);
   if (copies > 1) s = fmt::format("{} x ({})", copies, s);
   plan.weights.push_back({std::move(name), std::move(s), bytes, 0});
   plan.weight_bytes += bytes;
@@ -66,10 +75,11 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   add_weight(plan, "embeddings.position_embeddings", {c.max_position_embeddings, h});
   add_weight(plan, "embeddings.token_type_embeddings[0]", {h});
   add_weight(plan, "embeddings.LayerNorm", {2, h});
-  add_linear(plan, "encoder.layer.*.attention.self.{query,key,value} (stacked)", 3 * h, h, layers);
-  add_linear(plan, "encoder.layer.*.attention.output.dense", h, h, layers);
-  add_linear(plan, "encoder.layer.*.intermediate.dense", ffn, h, layers);
-  add_linear(plan, "encoder.layer.*.output.dense", h, ffn, layers);
+  const Precision p = in.precision;
+  add_linear(plan, "encoder.layer.*.attention.self.{query,key,value} (stacked)", 3 * h, h, layers, p);
+  add_linear(plan, "encoder.layer.*.attention.output.dense", h, h, layers, p);
+  add_linear(plan, "encoder.layer.*.intermediate.dense", ffn, h, layers, p);
+  add_linear(plan, "encoder.layer.*.output.dense", h, ffn, layers, p);
   add_weight(plan, "encoder.layer.*.{attention.output,output}.LayerNorm", {4, h}, layers);
   if (in.colbert_head) add_linear(plan, "colbert_linear", h, h);
   if (in.sparse_head) add_linear(plan, "sparse_linear", 1, h);
@@ -99,6 +109,22 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   plan.library_workspace_offset =
       add_buffer(plan, "GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
   plan.bytes_per_batch_token = static_cast<uint64_t>(h + 3 * h + h + shared_width) * kF32;
+  if (p != Precision::kFp32) {
+    // The widest GEMM input is the FFN's; GEMM chunks may read up to 63 rows past t.
+    const uint64_t element = p == Precision::kBf16 ? 2 : 1;
+    const int64_t input_rows = t + kRowGranularity;
+    plan.gemm_input_bytes = static_cast<uint64_t>(input_rows) * static_cast<uint64_t>(ffn) * element;
+    plan.gemm_input_offset = add_buffer(plan, fmt::format("GEMM inputs ({})", precision_name(p)),
+                                        fmt::format("[{}, {}] {}", input_rows, ffn, precision_name(p)),
+                                        plan.gemm_input_bytes);
+    plan.bytes_per_batch_token += static_cast<uint64_t>(ffn) * element;
+    if (p == Precision::kInt8) {
+      plan.row_scales_offset = add_buffer(plan, "int8 row scales", shape({input_rows}),
+                                          static_cast<uint64_t>(input_rows) * kF32);
+      plan.bytes_per_batch_token += kF32;
+      plan.int8_accumulator_offset = plan.qkv_offset;  // [t, h] of the [t, 3h] qkv buffer
+    }
+  }
   plan.queue_tokens = in.max_queue_tokens > 0 ? in.max_queue_tokens : 16 * in.max_batch_tokens;
   if (plan.queue_tokens < in.max_seq_len) {
     fail("the request queue ({} tokens) must hold at least one max-length sequence ({})", plan.queue_tokens,

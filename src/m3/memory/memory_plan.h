@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "m3/core/precision.h"
 #include "m3/memory/gemm_row_blocks.h"
 #include "m3/model/model_config.h"
 
@@ -21,6 +22,8 @@ struct PlanInputs {
   bool sparse_head = true;           // sparse_linear.pt present
   bool colbert_head = true;          // colbert_linear.pt present
   int replicas = 1;                  // replicas share the weights; each has its own arena
+  // Encoder linears are stored and computed in this precision (the heads stay float32).
+  Precision precision = Precision::kFp32;
   // GEMM library workspace (oneDNN scratchpads), as the backend reports it for these
   // shapes (CpuBackend::library_workspace_bytes); one per replica, in its arena.
   uint64_t library_workspace_bytes = 0;
@@ -52,6 +55,9 @@ struct MemoryPlan {
   // is free once the last layer has run.
   uint64_t hidden_offset = 0, qkv_offset = 0, context_offset = 0, intermediate_offset = 0;
   uint64_t sparse_offset = 0, colbert_offset = 0, attention_scratch_offset = 0, library_workspace_offset = 0;
+  // bf16/int8 only: GEMM inputs in that precision, int8 row scales, int8 accumulators of
+  // the residual linears (these alias the qkv buffer, which is dead by then).
+  uint64_t gemm_input_offset = 0, gemm_input_bytes = 0, row_scales_offset = 0, int8_accumulator_offset = 0;
   // Rows of every activation buffer: the most rows GEMM chunks of any batch up to
   // max_batch_tokens cover (gemm_row_blocks.h): at most 63 more than max_batch_tokens.
   int64_t rows = 0;

@@ -79,10 +79,20 @@ class SafetensorsCheckpoint final : public Checkpoint {
     const uint64_t n = (e.end - e.begin) / dtype_size(e.info.dtype);
     std::vector<float> out(n);
     if (n > 0) convert_to_f32(e.info.dtype, base_ + data_start_ + e.begin, out.data(), n);
+    release_pages(data_start_ + e.begin, data_start_ + e.end);
     return out;
   }
 
  private:
+  // The copy is what is used from now on: drop the file's pages from this mapping so
+  // they do not count as resident twice while the model loads (they are read again
+  // from the file if touched; the mapping is private and read-only).
+  void release_pages(uint64_t begin, uint64_t end) const {
+    const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+    const uint64_t first = (begin + page - 1) / page * page, last = end / page * page;
+    if (last > first) ::madvise(const_cast<uint8_t*>(base_) + first, last - first, MADV_DONTNEED);
+  }
+
   const Entry& entry(const std::string& name) const {
     auto it = entries_.find(name);
     if (it == entries_.end()) fail("{}: no tensor named '{}'", path_.string(), name);

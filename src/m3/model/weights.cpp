@@ -50,7 +50,7 @@ LinearWeights stack_qkv(const Reader& r, const std::string& base, int64_t hidden
 
 }  // namespace
 
-EncoderWeights load_encoder_weights(const fs::path& model_dir, const ModelConfig& c) {
+EncoderWeights load_encoder_weights(const fs::path& model_dir, const ModelConfig& c, const LinearLoadedHook& on_linear) {
   fs::path file;
   for (const char* name : {"model.safetensors", "pytorch_model.bin"}) {
     if (fs::exists(model_dir / name)) {
@@ -94,6 +94,9 @@ EncoderWeights load_encoder_weights(const fs::path& model_dir, const ModelConfig
     l.intermediate = r.linear(base + "intermediate.dense", c.intermediate_size, h);
     l.output = r.linear(base + "output.dense", h, c.intermediate_size);
     l.output_norm = r.layer_norm(base + "output.LayerNorm", h);
+    if (on_linear) {
+      for (LinearWeights* linear : {&l.qkv, &l.attention_out, &l.intermediate, &l.output}) on_linear(*linear);
+    }
     w.layers.push_back(std::move(l));
   }
   if (checkpoint->has(prefix + "encoder.layer." + std::to_string(c.num_layers) + ".attention.self.query.weight")) {

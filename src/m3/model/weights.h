@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -12,13 +14,25 @@
 
 namespace m3 {
 
+// Weights converted at load into a backend's low-precision GEMM layout (bf16, int8);
+// opaque here, each backend knows its own.
+struct PackedWeights {
+  virtual ~PackedWeights() = default;
+  virtual uint64_t bytes() const = 0;
+};
+
 // y = x W^T + b with W stored [out, in] as in PyTorch.
 struct LinearWeights {
   int64_t out = 0;
   int64_t in = 0;
-  std::vector<float> weight;  // [out, in]
+  std::vector<float> weight;  // [out, in]; empty once `packed` holds the weights
   std::vector<float> bias;    // [out]
+  std::shared_ptr<const PackedWeights> packed;
 };
+
+// Called on each encoder linear layer as soon as it is read, so a low-precision backend
+// can pack it and drop the float32 copy before the next one is read.
+using LinearLoadedHook = std::function<void(LinearWeights&)>;
 
 struct LayerNormWeights {
   std::vector<float> gamma;
@@ -50,7 +64,8 @@ struct HeadWeights {
 
 // `model.safetensors` if present, else `pytorch_model.bin`; tolerates a `roberta.`
 // prefix, ignores the pooler and `embeddings.position_ids`.
-EncoderWeights load_encoder_weights(const std::filesystem::path& model_dir, const ModelConfig& config);
+EncoderWeights load_encoder_weights(const std::filesystem::path& model_dir, const ModelConfig& config,
+                                    const LinearLoadedHook& on_linear = {});
 // Missing head files leave the head empty; a present but broken file is an error.
 HeadWeights load_head_weights(const std::filesystem::path& model_dir, const ModelConfig& config);
 

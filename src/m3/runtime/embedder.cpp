@@ -11,6 +11,7 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/backend/cpu/cpu_backend.h"
+#include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
 #include "m3/core/process_memory.h"
 
@@ -80,7 +81,17 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                format_bytes(e->plan_.weight_bytes), in.replicas, format_bytes(e->plan_.arena_bytes),
                format_bytes(e->plan_.total_bytes), in.max_batch_tokens, in.max_seq_len);
 
-  e->model_.encoder = load_encoder_weights(model_dir, config);
+  if (in.precision != options.precision) {
+    spdlog::warn("--dtype {}: this CPU has no {} instructions (oneDNN reports ISA {}); computing in fp32 instead",
+                 precision_name(options.precision),
+                 options.precision == Precision::kBf16 ? "AVX512-BF16/AMX" : "VNNI/AMX int8",
+                 static_cast<int>(dnnl::get_effective_cpu_isa()));
+  }
+  // Low precision: each encoder linear is packed as soon as it is read and its float32
+  // copy freed, so the float32 encoder never sits in memory whole.
+  LinearLoadedHook pack;
+  if (in.precision != Precision::kFp32) pack = [p = in.precision](LinearWeights& w) { pack_linear_weights(w, p); };
+  e->model_.encoder = load_encoder_weights(model_dir, config, pack);
   e->model_.heads = load_head_weights(model_dir, config);
   const uint64_t rss_weights = current_rss_bytes();
   for (int r = 0; r < options.replicas; ++r) {
@@ -134,12 +145,13 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   in.colbert_head = std::filesystem::exists(model_dir / "colbert_linear.pt");
   in.max_batch_tokens = options.max_batch_tokens;
   in.max_queue_tokens = options.max_queue_tokens;
+  in.precision = cpu_supports(options.precision) ? options.precision : Precision::kFp32;
   if (options.memory_limit > 0) {
     // The GEMM workspace grows with the rows: size it for the most a limit could allow.
-    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, kMaxBatchTokensForLimit);
+    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, kMaxBatchTokensForLimit, in.precision);
     in.max_batch_tokens = std::min(max_batch_tokens_for_limit(in, options.memory_limit), kMaxBatchTokensForLimit);
   }
-  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens);
+  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens, in.precision);
   return plan_memory(in);
 }
 

@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "m3/core/precision.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/model/m3_output.h"
 #include "m3/runtime/packed_batch.h"
@@ -27,6 +28,7 @@ struct EmbedderOptions {
   uint64_t memory_limit = 0;         // bytes; > 0 chooses the largest max_batch_tokens that fits
   int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
+  Precision precision = Precision::kFp32;  // --dtype: what the encoder GEMMs compute in
 };
 
 class Embedder {

@@ -19,6 +19,14 @@ Replica::Replica(int index, const SharedModel& model, const MemoryPlan& plan, in
   workspace.max_seq_len = plan.inputs.max_seq_len;
   workspace.library = arena_.at<void>(plan.library_workspace_offset);
   workspace.library_bytes = plan.inputs.library_workspace_bytes;
+  if (plan.gemm_input_bytes > 0) {
+    workspace.gemm_input = arena_.at<void>(plan.gemm_input_offset);
+    workspace.gemm_input_bytes = plan.gemm_input_bytes;
+  }
+  if (plan.inputs.precision == Precision::kInt8) {
+    workspace.row_scales = arena_.at<float>(plan.row_scales_offset);
+    workspace.int8_accumulator = arena_.at<float>(plan.int8_accumulator_offset);
+  }
   backend_->bind_workspace(workspace);
   encoder_ = std::make_unique<XlmrEncoder>(model.config, model.encoder, *backend_, plan_, arena_);
   heads_ = std::make_unique<M3Heads>(model.config, model.heads, *backend_, plan_, arena_, model.model_dir);

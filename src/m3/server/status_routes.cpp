@@ -8,6 +8,11 @@
 namespace m3::server {
 namespace {
 
+// TEI's model_dtype names: float32, bfloat16; int8 is m3embed's own.
+const char* dtype_label(Precision p) {
+  return p == Precision::kBf16 ? "bfloat16" : p == Precision::kInt8 ? "int8" : "float32";
+}
+
 const char* state_name(ServerState state) {
   switch (state) {
     case ServerState::kLoading: return "loading";
@@ -63,10 +68,10 @@ HttpResponse info_response(const ServerContext& context) {
   out += ",\"model_dir\":";
   append_json_string(out, embedder->model_dir().string());
   fmt::format_to(std::back_inserter(out),
-                 ",\"model_dtype\":\"float32\",\"model_type\":{{\"embedding\":{{\"pooling\":\"cls\"}}}},"
+                 ",\"model_dtype\":\"{}\",\"model_type\":{{\"embedding\":{{\"pooling\":\"cls\"}}}},"
                  "\"version\":\"{}\",\"status\":\"{}\",\"max_concurrent_requests\":{},\"max_input_length\":{},"
                  "\"max_batch_tokens\":{},\"max_client_batch_size\":{},\"auto_truncate\":{},",
-                 M3_VERSION, state_name(context.state.load()), o.max_concurrent_requests, embedder->max_seq_len(),
+                 dtype_label(plan.inputs.precision), M3_VERSION, state_name(context.state.load()), o.max_concurrent_requests, embedder->max_seq_len(),
                  embedder->max_batch_tokens(), o.max_client_batch_size, o.auto_truncate);
   fmt::format_to(std::back_inserter(out),
                  "\"config\":{{\"vocab_size\":{},\"hidden_size\":{},\"num_hidden_layers\":{},"

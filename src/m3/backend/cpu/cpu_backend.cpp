@@ -2,6 +2,8 @@
 
 #include <omp.h>
 
+#include "m3/backend/cpu/gemm_inputs.h"
+#include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
 #include "m3/memory/gemm_row_blocks.h"
 
@@ -12,33 +14,55 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
+Precision precision_of(const LinearWeights& w) {
+  return w.packed ? static_cast<const CpuPackedWeights&>(*w.packed).precision : Precision::kFp32;
+}
+
+// fp32 and bf16: y (epilogue)= x W^T + b in one primitive. int8: the raw accumulators
+// only (x and W are quantized), int8_epilogue applies the scales, bias and epilogue.
 dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows, int64_t out, int64_t in,
-                                       Epilogue epilogue) {
-  const memory::desc src_md({rows, in}, dt::f32, tag::ab);
-  const memory::desc wei_md({in, out}, dt::f32, tag::ba);  // W^T of PyTorch's [out, in]
-  const memory::desc bias_md({1, out}, dt::f32, tag::ab);
+                                       Epilogue epilogue, Precision precision) {
   const memory::desc dst_md({rows, out}, dt::f32, tag::ab);
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
+  if (precision == Precision::kInt8) {
+    const memory::desc src_md({rows, in}, dt::s8, tag::ab);
+    const memory::desc wei_md = packed_weights_desc(engine, precision, out, in);
+    return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
+  }
+  const bool bf16 = precision == Precision::kBf16;
+  const memory::desc src_md({rows, in}, bf16 ? dt::bf16 : dt::f32, tag::ab);
+  // fp32 keeps PyTorch's [out, in] in place (format ba of W^T); bf16 uses the packed layout.
+  const memory::desc wei_md =
+      bf16 ? packed_weights_desc(engine, precision, out, in) : memory::desc({in, out}, dt::f32, tag::ba);
+  const memory::desc bias_md({1, out}, dt::f32, tag::ab);
   dnnl::post_ops post_ops;
   if (epilogue == Epilogue::kAccumulate) post_ops.append_sum(1.0f);
   if (epilogue == Epilogue::kGelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
-  dnnl::primitive_attr attr;
   attr.set_post_ops(post_ops);
-  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md), attr, engine);
 }
 
 class CpuLinear final : public PreparedLinear {
  public:
-  CpuLinear(const LinearWeights& w, CpuBackend::RowBlockKernels& k, const dnnl::engine& engine)
-      : weights(w),
-        kernels(k),
-        weight_memory(memory::desc({w.in, w.out}, dt::f32, tag::ba), engine, const_cast<float*>(w.weight.data())),
-        bias_memory(memory::desc({1, w.out}, dt::f32, tag::ab), engine, const_cast<float*>(w.bias.data())) {}
+  CpuLinear(const LinearWeights& w, CpuBackend::RowBlockKernels& k, Epilogue e, const dnnl::engine& engine)
+      : weights(w), kernels(k), epilogue(e), precision(precision_of(w)), bias_memory(memory::desc({1, w.out}, dt::f32, tag::ab), engine, const_cast<float*>(w.bias.data())) {
+    if (w.packed) {
+      const auto& packed = static_cast<const CpuPackedWeights&>(*w.packed);
+      weight_memory = memory(packed.desc, engine, packed.data.get());
+      channel_scales = packed.channel_scales.data();
+    } else {
+      weight_memory = memory(memory::desc({w.in, w.out}, dt::f32, tag::ba), engine, const_cast<float*>(w.weight.data()));
+    }
+  }
 
   const LinearWeights& weights;
   CpuBackend::RowBlockKernels& kernels;
+  Epilogue epilogue;
+  Precision precision;
   memory weight_memory;
   memory bias_memory;
+  const float* channel_scales = nullptr;  // int8
 };
 
 void normalize_row(float* x, int64_t n, const float* gamma, const float* beta, float eps) {
@@ -66,31 +90,33 @@ CpuBackend::CpuBackend(CpuBackendOptions options)
 
 void CpuBackend::attach_thread() { omp_set_num_threads(threads_); }
 
-uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows) {
+uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows, Precision precision) {
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   const int64_t h = c.hidden_size, ffn = c.intermediate_size;
-  const std::tuple<int64_t, int64_t, Epilogue> shapes[] = {
-      {3 * h, h, Epilogue::kStore}, {h, h, Epilogue::kAccumulate}, {ffn, h, Epilogue::kGelu},
-      {h, ffn, Epilogue::kAccumulate}, {h, h, Epilogue::kStore}, {1, h, Epilogue::kStore}};
+  const std::tuple<int64_t, int64_t, Epilogue, Precision> shapes[] = {
+      {3 * h, h, Epilogue::kStore, precision}, {h, h, Epilogue::kAccumulate, precision},
+      {ffn, h, Epilogue::kGelu, precision},    {h, ffn, Epilogue::kAccumulate, precision},
+      {h, h, Epilogue::kStore, Precision::kFp32}, {1, h, Epilogue::kStore, Precision::kFp32}};
   uint64_t most = 0;
-  for (const auto& [out, in, epilogue] : shapes) {
+  for (const auto& [out, in, epilogue, p] : shapes) {
     for (int64_t rows : gemm_block_sizes(max_rows)) {
-      most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue).scratchpad_desc().get_size());
+      most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue, p).scratchpad_desc().get_size());
     }
   }
   return most;
 }
 
-CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Epilogue epilogue) {
-  auto [it, inserted] = kernels_.try_emplace({out, in, epilogue});
+CpuBackend::RowBlockKernels& CpuBackend::kernels_for(const LinearWeights& w, Epilogue epilogue) {
+  const Precision precision = precision_of(w);
+  auto [it, inserted] = kernels_.try_emplace({w.out, w.in, epilogue, precision});
   RowBlockKernels& k = it->second;
   if (!inserted) return k;
   for (int64_t rows : gemm_block_sizes(options_.max_rows)) {
-    const auto pd = gemm_desc(engine_, rows, out, in, epilogue);
+    const auto pd = gemm_desc(engine_, rows, w.out, w.in, epilogue, precision);
     k.index[rows] = k.primitives.size();
     if (pd.scratchpad_desc().get_size() > workspace_.library_bytes) {
       fail("oneDNN needs a {}-byte scratchpad for a {}x{}x{} GEMM, more than the {} planned", pd.scratchpad_desc().get_size(),
-           rows, out, in, workspace_.library_bytes);
+           rows, w.out, w.in, workspace_.library_bytes);
     }
     k.primitives.emplace_back(pd);
     k.src.emplace_back(pd.src_desc(), engine_, static_cast<void*>(DNNL_MEMORY_NONE));
@@ -101,30 +127,63 @@ CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Ep
 }
 
 std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearWeights& weights, Epilogue epilogue) {
-  return std::make_unique<CpuLinear>(weights, kernels_for(weights.out, weights.in, epilogue), engine_);
+  const Precision precision = precision_of(weights);
+  if (precision != Precision::kFp32) {
+    const uint64_t need = static_cast<uint64_t>(options_.max_rows + kRowGranularity) * weights.in *
+                          (precision == Precision::kBf16 ? 2 : 1);
+    if (workspace_.gemm_input == nullptr || workspace_.gemm_input_bytes < need) {
+      fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), weights.in, need);
+    }
+    if (precision == Precision::kInt8 && (workspace_.row_scales == nullptr ||
+                                          (epilogue == Epilogue::kAccumulate && workspace_.int8_accumulator == nullptr))) {
+      fail("an int8 GEMM needs planned row scales and accumulators");
+    }
+  }
+  return std::make_unique<CpuLinear>(weights, kernels_for(weights, epilogue), epilogue, engine_);
 }
 
 void CpuBackend::linear(const PreparedLinear& prepared, const float* x, int64_t rows, float* y) {
   if (rows <= 0) return;
   if (rows > options_.max_rows) fail("a batch of {} rows exceeds the planned {}", rows, options_.max_rows);
   const auto& op = static_cast<const CpuLinear&>(prepared);
+  const int64_t in = op.weights.in, out = op.weights.out;
+  const int64_t covered = padded_rows(rows);
+  // The GEMM's own input and output: x and y (fp32), x rounded (bf16), x quantized and
+  // raw accumulators (int8; the residual linears accumulate aside, then add).
+  const void* src = x;
+  size_t src_element = sizeof(float);
+  float* dst = y;
+  if (op.precision == Precision::kBf16) {
+    round_rows_to_bf16(x, covered, in, static_cast<uint16_t*>(workspace_.gemm_input));
+    src = workspace_.gemm_input;
+    src_element = 2;
+  } else if (op.precision == Precision::kInt8) {
+    quantize_rows_to_int8(x, covered, in, static_cast<int8_t*>(workspace_.gemm_input), workspace_.row_scales);
+    src = workspace_.gemm_input;
+    src_element = 1;
+    if (op.epilogue == Epilogue::kAccumulate) dst = workspace_.int8_accumulator;
+  }
+  const dnnl_memory_t bias = op.precision == Precision::kInt8 ? nullptr : op.bias_memory.get();
   for_each_gemm_chunk(rows, [&](int64_t first, int64_t chunk) {
     const size_t k = op.kernels.index.at(chunk);
-    memory& src = op.kernels.src[k];
-    memory& dst = op.kernels.dst[k];
-    src.set_data_handle(const_cast<float*>(x + first * op.weights.in));
-    dst.set_data_handle(y + first * op.weights.out);
+    memory& src_memory = op.kernels.src[k];
+    memory& dst_memory = op.kernels.dst[k];
+    src_memory.set_data_handle(const_cast<char*>(static_cast<const char*>(src)) + first * in * src_element);
+    dst_memory.set_data_handle(dst + first * out);
     // The C API takes the arguments as a plain array: nothing is built per call.
-    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src.get()},
+    const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src_memory.get()},
                                     {DNNL_ARG_WEIGHTS, op.weight_memory.get()},
-                                    {DNNL_ARG_BIAS, op.bias_memory.get()},
-                                    {DNNL_ARG_DST, dst.get()},
-                                    {DNNL_ARG_SCRATCHPAD, op.kernels.scratchpad[k].get()}};
-    if (dnnl_primitive_execute(op.kernels.primitives[k].get(), stream_.get(), 5, args) != dnnl_success) {
-      fail("oneDNN GEMM failed ({} rows, {} -> {})", chunk, op.weights.in, op.weights.out);
+                                    {DNNL_ARG_DST, dst_memory.get()},
+                                    {DNNL_ARG_SCRATCHPAD, op.kernels.scratchpad[k].get()},
+                                    {DNNL_ARG_BIAS, bias}};
+    if (dnnl_primitive_execute(op.kernels.primitives[k].get(), stream_.get(), bias ? 5 : 4, args) != dnnl_success) {
+      fail("oneDNN GEMM failed ({} rows, {} -> {})", chunk, in, out);
     }
   });
   stream_.wait();
+  if (op.precision == Precision::kInt8) {
+    int8_epilogue(dst, rows, out, workspace_.row_scales, op.channel_scales, op.weights.bias.data(), op.epilogue, y);
+  }
 }
 
 void CpuBackend::layer_norm(float* x, int64_t rows, const LayerNormWeights& w, float eps) {

@@ -1,7 +1,10 @@
-// CpuBackend: float32 reference path. GEMMs are oneDNN matmul primitives with the
-// bias, GELU and residual fused as post-ops, compiled at start for the row chunks of
-// gemm_row_blocks.h (a batch runs as a few chunks) so a forward pass creates nothing; attention is tiled over queries so its scratch is threads x q_tile x
-// max_seq_len floats, never L x L for a batch.
+// CpuBackend: GEMMs are oneDNN matmul primitives compiled at start for the row chunks of
+// gemm_row_blocks.h (a batch runs as a few chunks), so a forward pass creates nothing.
+// A linear whose weights are float32 runs in float32 with the bias, GELU and residual
+// fused as post-ops; one whose weights were packed at load (packed_linear_weights.h)
+// runs in bf16 (same post-ops, inputs rounded first) or int8 (inputs quantized per
+// token, then int8_epilogue). Attention is tiled over queries so its scratch is
+// threads x q_tile x max_seq_len floats, never L x L for a batch.
 #pragma once
 
 #include <map>
@@ -12,6 +15,7 @@
 #include <oneapi/dnnl/dnnl.hpp>
 
 #include "m3/backend/backend.h"
+#include "m3/core/precision.h"
 #include "m3/model/model_config.h"
 
 namespace m3 {
@@ -25,10 +29,11 @@ struct CpuBackendOptions {
 class CpuBackend final : public Backend {
  public:
   explicit CpuBackend(CpuBackendOptions options = {});
-  std::string name() const override { return "cpu-fp32"; }
+  std::string name() const override { return "cpu"; }
 
   // The largest oneDNN scratchpad any GEMM of this model needs up to max_rows rows.
-  static uint64_t library_workspace_bytes(const ModelConfig& config, int64_t max_rows);
+  // Encoder linears compute in `precision`, the heads in float32.
+  static uint64_t library_workspace_bytes(const ModelConfig& config, int64_t max_rows, Precision precision);
   static int default_threads();
 
   void bind_workspace(const BackendWorkspace& workspace) override { workspace_ = workspace; }
@@ -53,14 +58,14 @@ class CpuBackend final : public Backend {
   };
 
  private:
-  RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue);
+  RowBlockKernels& kernels_for(const LinearWeights& weights, Epilogue epilogue);
 
   CpuBackendOptions options_;
   int threads_ = 1;
   dnnl::engine engine_;
   dnnl::stream stream_;
   BackendWorkspace workspace_;
-  std::map<std::tuple<int64_t, int64_t, Epilogue>, RowBlockKernels> kernels_;
+  std::map<std::tuple<int64_t, int64_t, Epilogue, Precision>, RowBlockKernels> kernels_;
 };
 
 }  // namespace m3

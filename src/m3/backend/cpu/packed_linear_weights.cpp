@@ -1,0 +1,88 @@
+#include "m3/backend/cpu/packed_linear_weights.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+
+#include "m3/core/error.h"
+
+namespace m3 {
+namespace {
+
+using dnnl::memory;
+using dt = memory::data_type;
+using tag = memory::format_tag;
+
+dt weight_type(Precision p) { return p == Precision::kInt8 ? dt::s8 : dt::bf16; }
+
+std::shared_ptr<void> aligned_bytes(size_t n) {
+  void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
+  if (p == nullptr) fail("out of memory packing {} bytes of weights", n);
+  return {p, std::free};
+}
+
+}  // namespace
+
+memory::desc packed_weights_desc(const dnnl::engine& engine, Precision precision, int64_t out, int64_t in) {
+  // oneDNN's brgemm kernels choose the same blocked layout for every row count (checked
+  // from 1 to 8192 rows), so one chunk size stands for all of them.
+  const dt t = weight_type(precision);
+  const memory::desc src({1024, in}, t, tag::ab);
+  const memory::desc wei({in, out}, t, tag::any);
+  const memory::desc dst({1024, out}, dt::f32, tag::ab);
+  return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, wei, dst), engine).weights_desc();
+}
+
+void pack_linear_weights(LinearWeights& w, Precision precision) {
+  if (precision == Precision::kFp32) return;
+  if (w.weight.size() != static_cast<size_t>(w.out * w.in)) fail("linear weights are already packed");
+  const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  dnnl::stream stream(engine);
+  auto packed = std::make_shared<CpuPackedWeights>();
+  packed->precision = precision;
+  packed->desc = packed_weights_desc(engine, precision, w.out, w.in);
+  packed->data = aligned_bytes(packed->desc.get_size());
+  memory dst(packed->desc, engine, packed->data.get());
+
+  if (precision == Precision::kBf16) {
+    // PyTorch's [out, in] is W^T [in, out] in format ba; the reorder rounds to nearest even.
+    memory src({{w.in, w.out}, dt::f32, tag::ba}, engine, w.weight.data());
+    dnnl::reorder(src, dst).execute(stream, src, dst);
+  } else {
+    // Symmetric per output channel: q = round(W / scale), scale = max|W[c, :]| / 127.
+    std::vector<int8_t> q(w.weight.size());
+    packed->channel_scales.resize(static_cast<size_t>(w.out));
+    for (int64_t c = 0; c < w.out; ++c) {
+      const float* row = w.weight.data() + c * w.in;
+      float most = 0.f;
+      for (int64_t k = 0; k < w.in; ++k) most = std::max(most, std::fabs(row[k]));
+      const float scale = most > 0.f ? most / 127.f : 1.f;
+      packed->channel_scales[c] = scale;
+      for (int64_t k = 0; k < w.in; ++k) {
+        q[c * w.in + k] = static_cast<int8_t>(std::clamp(std::nearbyint(row[k] / scale), -127.f, 127.f));
+      }
+    }
+    // The reorder also writes the compensation oneDNN's s8 x s8 kernels need.
+    memory src({{w.in, w.out}, dt::s8, tag::ba}, engine, q.data());
+    dnnl::reorder(src, dst).execute(stream, src, dst);
+  }
+  stream.wait();
+  w.packed = std::move(packed);
+  std::vector<float>().swap(w.weight);
+}
+
+bool cpu_supports(Precision precision) {
+  using isa = dnnl::cpu_isa;
+  // oneDNN's ISA values are bit sets: an ISA includes every ISA whose bits it has.
+  const int have = static_cast<int>(dnnl::get_effective_cpu_isa());
+  auto at_least = [&](isa need) { return (have & static_cast<int>(need)) == static_cast<int>(need); };
+  switch (precision) {
+    case Precision::kFp32: return true;
+    case Precision::kBf16: return at_least(isa::avx512_core_bf16) || at_least(isa::avx512_core_amx);
+    case Precision::kInt8:
+      return at_least(isa::avx512_core_vnni) || at_least(isa::avx2_vnni) || at_least(isa::avx512_core_amx);
+  }
+  return false;
+}
+
+}  // namespace m3

@@ -1,0 +1,20 @@
+// The precision the encoder's GEMMs compute in (`--dtype`). Activations, layer norms,
+// softmax and the heads' normalizations stay float32 in every mode.
+#pragma once
+
+#include <string>
+#include <string_view>
+
+namespace m3 {
+
+enum class Precision {
+  kFp32,  // float32 weights and inputs: the reference path
+  kBf16,  // bfloat16 weights and GEMM inputs, float32 accumulation
+  kInt8,  // int8 weights (per output channel scales), int8 inputs (per token scales)
+};
+
+// "fp32" | "bf16" | "int8" (also "float32", "bfloat16"); throws m3::Error otherwise.
+Precision parse_precision(std::string_view text);
+std::string_view precision_name(Precision p);
+
+}  // namespace m3

@@ -1,0 +1,147 @@
+"""m3embed --dtype bf16 / int8 against FlagEmbedding computing the same arithmetic.
+
+The fixture models are deliberately chaotic (large random gains, see make_fixtures.py), so
+any rounding grows from layer to layer and their float32 goldens cannot tell a correct
+bf16 path from a subtly wrong one. Here the oracle is FlagEmbedding's BGEM3FlagModel with
+every encoder Linear replaced by the rounding m3embed documents:
+
+  bf16: y = bf16(x) bf16(W)^T + b, float32 accumulation
+  int8: y = s_row * s_channel * (q(x) q(W)^T) + b, q(x) = round(x / s_row), s_row = max|x_row| / 127,
+        q(W) = round(W / s_channel), s_channel = max|W_channel| / 127 (round half to even)
+
+Everything else (embeddings, layer norms, attention, heads) stays float32, as in m3embed.
+Then m3embed must match that oracle several times more tightly than it matches float32
+(not exactly: a value on a rounding boundary may round the other way after a float32
+summation in another order, and these models amplify that too).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+SOURCE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
+FIXTURES = Path(os.environ.get("M3_FIXTURES_DIR", str(SOURCE_FIXTURES)))
+BINARY = os.environ.get("M3_BINARY")
+
+pytestmark = pytest.mark.skipif(not BINARY, reason="M3_BINARY is not set (ctest sets it)")
+
+
+def _import_bge_m3():
+    sys.path.insert(0, str(SOURCE_FIXTURES))
+    try:
+        from make_fixtures import import_bge_m3
+    finally:
+        sys.path.pop(0)
+    return import_bge_m3()
+
+
+def _bf16(t):
+    import torch
+    return t.to(torch.bfloat16).to(torch.float32)
+
+
+def _quantize(t, dim):
+    import torch
+    scale = t.abs().amax(dim=dim, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    return torch.round(t / scale).clamp(-127, 127), scale
+
+
+def emulate(linear, dtype: str) -> None:
+    """Replaces linear.forward by m3embed's rounding for `dtype`."""
+    import torch
+    import torch.nn.functional as F
+
+    weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
+    if dtype == "bf16":
+        w = _bf16(weight)
+        linear.forward = lambda x: F.linear(_bf16(x), w, bias)
+    else:
+        qw, s_channel = _quantize(weight.double(), dim=1)  # [out, 1]
+
+        def forward(x):
+            qx, s_row = _quantize(x.double(), dim=-1)  # [..., 1]
+            acc = qx @ qw.T  # exact: int8 products summed in double
+            return (acc * s_row * s_channel.T + bias.double()).to(torch.float32)
+
+        linear.forward = forward
+
+
+def oracle_outputs(model: str, dtype: str, texts: list[str], max_len: int):
+    cls = _import_bge_m3()
+    m = cls(str(FIXTURES / model), use_fp16=False, devices="cpu")
+    encoder = m.model.model if hasattr(m.model, "model") else m.model
+    for layer in encoder.encoder.layer:
+        for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
+                    layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
+            emulate(lin, dtype)
+    return m.encode(texts, batch_size=4, max_length=max_len,
+                    return_dense=True, return_sparse=True, return_colbert_vecs=True)
+
+
+def m3embed_outputs(tmp_path: Path, model: str, dtype: str, texts: list[str], max_len: int) -> list[dict]:
+    inp, out = tmp_path / "in.jsonl", tmp_path / f"out-{dtype}.jsonl"
+    inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    subprocess.run([BINARY, "encode", "--model", str(FIXTURES / model), "--input", str(inp), "--output", str(out),
+                    "--dense", "--sparse", "--colbert", "--max-length", str(max_len), "--dtype", dtype],
+                   check=True, capture_output=True, text=True, timeout=300)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.maximum(np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1), 1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "int8"])
+@pytest.mark.parametrize("model", ["tiny-st", "tiny-bin"])
+def test_matches_flagembedding_with_the_same_rounding(tmp_path, model, dtype):
+    golden = json.loads((FIXTURES / "golden" / f"{model}.json").read_text(encoding="utf-8"))
+    texts, max_len = golden["texts"], golden["max_length"]
+    want = oracle_outputs(model, dtype, texts, max_len)
+    got = m3embed_outputs(tmp_path, model, dtype, texts, max_len)
+    assert len(got) == len(texts)
+
+    dense_want = np.asarray(want["dense_vecs"], dtype=np.float64)
+    dense_got = np.asarray([g["dense_vecs"] for g in got], dtype=np.float64)
+    dense_fp32 = np.asarray(golden["dense_vecs"], dtype=np.float64)
+    err_oracle = np.abs(dense_got - dense_want).max()
+    err_fp32 = np.abs(dense_got - dense_fp32).max()
+    print(f"{model} {dtype}: dense max abs error vs same-rounding oracle {err_oracle:.2e}, vs fp32 {err_fp32:.2e}")
+    # The rounding path ran (it is not float32) and is the documented one.
+    assert err_fp32 > 1e-4
+    # Most texts come out equal to the oracle to float32 noise; a few, where a rounding
+    # boundary was crossed, drift further, but nowhere near as far as float32 is.
+    same = np.abs(dense_got - dense_want).max(axis=1) < 1e-5
+    assert same.mean() >= 0.5, f"only {same.sum()} of {len(same)} texts equal the oracle"
+    assert cosines(dense_got, dense_want).min() >= 0.99
+    assert err_oracle < err_fp32 / 3
+
+    colbert_cos, lexical_diff, lexical_diff_fp32 = [], [], []
+    for i, g in enumerate(got):
+        cw = np.asarray(want["colbert_vecs"][i], dtype=np.float64)
+        cg = np.asarray(g["colbert_vecs"], dtype=np.float64)
+        assert cg.shape == cw.shape, f"text {i}"
+        colbert_cos.extend(cosines(cg, cw).tolist())
+        lw = {str(k): float(v) for k, v in want["lexical_weights"][i].items()}
+        lg = {str(k): float(v) for k, v in g["lexical_weights"].items()}
+        shared = set(lw) & set(lg)
+        # A weight near zero may land on either side of the ReLU: only those may be missing.
+        for k in set(lw) ^ set(lg):
+            assert max(lw.get(k, 0.0), lg.get(k, 0.0)) < 0.05, f"text {i} token {k}"
+        lexical_diff.extend(abs(lw[k] - lg[k]) for k in shared)
+        l32 = {str(k): float(v) for k, v in golden["lexical_weights"][i].items()}
+        lexical_diff_fp32.extend(abs(l32[k] - lg[k]) for k in set(l32) & set(lg))
+    colbert_cos = np.asarray(colbert_cos)
+    assert colbert_cos.min() >= 0.98 and np.median(colbert_cos) >= 0.9999, \
+        f"ColBERT cosine to the oracle: min {colbert_cos.min()}, median {np.median(colbert_cos)}"
+    lexical_diff = np.asarray(lexical_diff)
+    median_fp32 = np.median(lexical_diff_fp32)
+    assert np.median(lexical_diff) < median_fp32 / 3 and lexical_diff.max() < 0.2, \
+        f"lexical weight differences to the oracle: median {np.median(lexical_diff)} (to fp32: {median_fp32}), " \
+        f"max {lexical_diff.max()}"

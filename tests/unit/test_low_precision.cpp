@@ -1,0 +1,165 @@
+// The bf16 and int8 paths (--dtype) against the float32 goldens of FlagEmbedding on the
+// fixture models: dense and ColBERT cosine, lexical weights agreement. Each test first
+// checks that the outputs differ from float32 at all, so a path silently running in
+// float32 cannot pass. Skipped, with the reason, on a CPU without the instructions.
+// The fixtures are built chaotic (large random gains: make_fixtures.py), so rounding
+// grows through the layers and the bounds here are loose; the exact check of the
+// rounding is tests/python/test_low_precision_emulation.py, and the cosine on a
+// BGE-M3-sized model is in the benchmark's fidelity report (bench/fidelity.py).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <map>
+
+#include "m3/backend/cpu/gemm_inputs.h"
+#include "m3/backend/cpu/packed_linear_weights.h"
+#include "m3/runtime/embedder.h"
+#include "test_support.h"
+
+namespace m3 {
+namespace {
+
+double cosine(const float* a, const std::vector<float>& b) {
+  double dot = 0, na = 0, nb = 0;
+  for (size_t i = 0; i < b.size(); ++i) {
+    dot += a[i] * b[i];
+    na += double(a[i]) * a[i];
+    nb += double(b[i]) * b[i];
+  }
+  return dot / std::sqrt(na * nb);
+}
+
+struct Case {
+  std::string model;
+  Precision precision;
+  double dense_min;    // least dense cosine to the float32 golden
+  double colbert_min;  // least ColBERT vector cosine
+  double lexical_max;  // largest lexical weight difference on shared keys
+};
+
+std::string case_name(const ::testing::TestParamInfo<Case>& info) {
+  return info.param.model.substr(5) + "_" + std::string(precision_name(info.param.precision));
+}
+
+class LowPrecisionTest : public ::testing::TestWithParam<Case> {};
+
+TEST_P(LowPrecisionTest, OutputsStayCloseToTheFloat32Reference) {
+  const Case& c = GetParam();
+  if (!cpu_supports(c.precision)) GTEST_SKIP() << "this CPU has no " << precision_name(c.precision) << " instructions";
+  simdjson::dom::parser parser;
+  const simdjson::dom::element golden = parser.load((test::fixtures() / "golden" / (c.model + ".json")).string());
+  const int64_t max_length = int64_t(golden["max_length"]);
+  EmbedderOptions options;
+  options.max_seq_len = max_length;
+  options.max_batch_tokens = 4 * max_length;
+  options.precision = c.precision;
+  const auto embedder = Embedder::load(test::fixtures() / c.model, options);
+  ASSERT_EQ(embedder->plan().inputs.precision, c.precision);
+  std::vector<std::vector<int32_t>> sequences;
+  for (auto t : golden["texts"].get_array()) sequences.push_back(embedder->tokenize(std::string_view(t), max_length));
+  const auto outputs = embedder->encode(sequences, {true, true, true});
+  const int64_t h = embedder->config().hidden_size;
+
+  auto dense = golden["dense_vecs"].get_array();
+  auto colbert = golden["colbert_vecs"].get_array();
+  auto lexical = golden["lexical_weights"].get_array();
+  double least_dense = 1, least_colbert = 1, most_dense_diff = 0, most_lexical_diff = 0;
+  size_t shared_keys = 0, golden_keys = 0;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto want = test::floats(dense.at(i).get_array());
+    least_dense = std::min(least_dense, cosine(outputs[i].dense.data(), want));
+    for (size_t k = 0; k < want.size(); ++k) most_dense_diff = std::max(most_dense_diff, double(std::fabs(outputs[i].dense[k] - want[k])));
+    int64_t r = 0;
+    for (auto row : colbert.at(i).get_array()) {
+      least_colbert = std::min(least_colbert, cosine(outputs[i].colbert.data() + r * h, test::floats(row.get_array())));
+      ++r;
+    }
+    EXPECT_EQ(outputs[i].colbert_rows, r) << "text " << i;
+    std::map<std::string, float> got;
+    for (const auto& [id, w] : outputs[i].lexical) got[std::to_string(id)] = w;
+    for (auto field : lexical.at(i).get_object()) {
+      ++golden_keys;
+      auto it = got.find(std::string(field.key));
+      if (it == got.end()) continue;
+      ++shared_keys;
+      most_lexical_diff = std::max(most_lexical_diff, std::fabs(it->second - double(field.value)));
+    }
+  }
+  RecordProperty("dense_min_cosine", std::to_string(least_dense));
+  RecordProperty("colbert_min_cosine", std::to_string(least_colbert));
+  std::printf("%s %s: dense min cosine %.6f (max abs diff %.2e), ColBERT min cosine %.6f, lexical keys %zu/%zu shared, "
+              "max diff %.2e\n",
+              c.model.c_str(), std::string(precision_name(c.precision)).c_str(), least_dense, most_dense_diff,
+              least_colbert, shared_keys, golden_keys, most_lexical_diff);
+  EXPECT_GT(most_dense_diff, 1e-6) << "identical to float32: the low-precision path did not run";
+  EXPECT_GE(least_dense, c.dense_min);
+  EXPECT_GE(least_colbert, c.colbert_min);
+  EXPECT_LE(most_lexical_diff, c.lexical_max);
+  EXPECT_GE(double(shared_keys), 0.85 * double(golden_keys));
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, LowPrecisionTest,
+                         // Measured: bf16 dense >= 0.9985, ColBERT >= 0.969, lexical <= 0.11;
+                         // int8 dense >= 0.977, ColBERT >= 0.817, lexical <= 0.25.
+                         ::testing::Values(Case{"tiny-st", Precision::kBf16, 0.995, 0.95, 0.2},
+                                           Case{"tiny-bin", Precision::kBf16, 0.995, 0.95, 0.2},
+                                           Case{"tiny-st", Precision::kInt8, 0.97, 0.75, 0.4},
+                                           Case{"tiny-bin", Precision::kInt8, 0.97, 0.75, 0.4}),
+                         case_name);
+
+TEST(GemmInputs, Bf16RoundsToNearestEven) {
+  // 1 + 2^-8 is halfway between two bf16 values: it rounds to the even one (1.0);
+  // 1 + 3 * 2^-8 rounds up to 1 + 2^-6.
+  const float x[] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -2.5f, 0.f};
+  uint16_t y[4];
+  round_rows_to_bf16(x, 1, 4, y);
+  EXPECT_EQ(y[0], 0x3f80);
+  EXPECT_EQ(y[1], 0x3f82);
+  EXPECT_EQ(y[2], 0xc020);
+  EXPECT_EQ(y[3], 0x0000);
+}
+
+TEST(GemmInputs, Int8QuantizesEachRowByItsLargestMagnitude) {
+  const float x[] = {0.5f, -1.0f, 0.25f, 0.f, 0.f, 0.f, 10.f, 5.f, -2.5f};
+  int8_t q[9];
+  float scales[3];
+  quantize_rows_to_int8(x, 3, 3, q, scales);
+  EXPECT_FLOAT_EQ(scales[0], 1.0f / 127);
+  EXPECT_EQ(q[0], 64);  // 63.5 rounds to even
+  EXPECT_EQ(q[1], -127);
+  EXPECT_EQ(q[2], 32);
+  EXPECT_EQ(scales[1], 1.0f);  // an all-zero row keeps a usable scale
+  EXPECT_EQ(q[3], 0);
+  EXPECT_FLOAT_EQ(scales[2], 10.f / 127);
+  EXPECT_EQ(q[6], 127);
+  EXPECT_EQ(q[8], -32);
+}
+
+TEST(GemmInputs, Int8EpilogueScalesAddsBiasAndAppliesTheEpilogue) {
+  const float acc[] = {10.f, -20.f, 30.f, 40.f};
+  const float rows[] = {0.5f, 2.f}, channels[] = {0.1f, 1.f}, bias[] = {1.f, -1.f};
+  float y[4];
+  int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kStore, y);
+  EXPECT_FLOAT_EQ(y[0], 0.5f * 0.1f * 10 + 1);
+  EXPECT_FLOAT_EQ(y[1], 0.5f * 1 * -20 - 1);
+  EXPECT_FLOAT_EQ(y[3], 2 * 1 * 40.f - 1);
+  float acc_y[4] = {1, 1, 1, 1};
+  int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kAccumulate, acc_y);
+  EXPECT_FLOAT_EQ(acc_y[2], 1 + 2 * 0.1f * 30 + 1);
+  int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kGelu, y);
+  EXPECT_NEAR(y[1], gelu_erf(-11.f), 1e-6);
+  EXPECT_NEAR(y[0], 0.5 * 1.5 * (1 + std::erf(1.5 / std::sqrt(2.0))), 1e-6);
+}
+
+TEST(GemmInputs, GeluMatchesTheErfDefinition) {
+  double worst = 0;
+  for (int i = -8000; i <= 8000; ++i) {
+    const double x = i / 1000.0;
+    const double want = 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    worst = std::max(worst, std::fabs(gelu_erf(float(x)) - want) / std::max(1.0, std::fabs(want)));
+  }
+  EXPECT_LT(worst, 1e-6);
+}
+
+}  // namespace
+}  // namespace m3
