@@ -11,6 +11,7 @@
 #include <cmath>
 #include <map>
 
+#include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/runtime/embedder.h"
@@ -159,6 +160,29 @@ TEST(GemmInputs, GeluMatchesTheErfDefinition) {
     worst = std::max(worst, std::fabs(gelu_erf(float(x)) - want) / std::max(1.0, std::fabs(want)));
   }
   EXPECT_LT(worst, 1e-6);
+}
+
+}  // namespace
+}  // namespace m3
+
+namespace m3 {
+namespace {
+
+TEST(AttentionSoftmax, ExpShiftedRowMatchesLibm) {
+  for (int64_t n : {1, 7, 16, 17, 100, 1000}) {
+    std::vector<float> row(n);
+    for (int64_t j = 0; j < n; ++j) row[j] = std::sin(0.37f * float(j)) * 30.f - 5.f;
+    const float max = *std::max_element(row.begin(), row.end());
+    std::vector<double> want(n);
+    double want_sum = 0;
+    // The reference takes the same float32 difference: its rounding is not the exp's error.
+    for (int64_t j = 0; j < n; ++j) want_sum += want[j] = std::exp(double(row[j] - max));
+    const float sum = exp_shifted_row(row.data(), n);
+    EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum) << n;
+    for (int64_t j = 0; j < n; ++j) EXPECT_NEAR(row[j], want[j], 3e-7 * want[j] + 1e-37) << n << " " << j;
+  }
+  EXPECT_NEAR(exp_nonpositive(-1.f), std::exp(-1.f), 2e-7f * std::exp(-1.f));
+  EXPECT_EQ(exp_nonpositive(0.f), 1.f);
 }
 
 }  // namespace

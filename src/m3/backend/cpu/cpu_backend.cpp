@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
@@ -65,17 +66,19 @@ class CpuLinear final : public PreparedLinear {
   const float* channel_scales = nullptr;  // int8
 };
 
+// Layer norm of one row, two passes over it (it is in L1 by then): mean, then variance
+// of the centred values, as PyTorch computes it; the simd reductions let the compiler
+// vectorize the sums (float addition is not associative, so it would not otherwise).
 void normalize_row(float* x, int64_t n, const float* gamma, const float* beta, float eps) {
-  float mean = 0.f;
-  for (int64_t i = 0; i < n; ++i) mean += x[i];
-  mean /= static_cast<float>(n);
-  float var = 0.f;
-  for (int64_t i = 0; i < n; ++i) {
-    const float d = x[i] - mean;
-    var += d * d;
-  }
-  var /= static_cast<float>(n);
-  const float inv = 1.0f / std::sqrt(var + eps);
+  float sum = 0.f;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t i = 0; i < n; ++i) sum += x[i];
+  const float mean = sum / static_cast<float>(n);
+  float squares = 0.f;
+#pragma omp simd reduction(+ : squares)
+  for (int64_t i = 0; i < n; ++i) squares += (x[i] - mean) * (x[i] - mean);
+  const float inv = 1.0f / std::sqrt(squares / static_cast<float>(n) + eps);
+#pragma omp simd
   for (int64_t i = 0; i < n; ++i) x[i] = (x[i] - mean) * inv * gamma[i] + beta[i];
 }
 
@@ -85,6 +88,9 @@ int CpuBackend::default_threads() { return omp_get_max_threads(); }
 
 CpuBackend::CpuBackend(CpuBackendOptions options)
     : options_(options), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
+  if (options_.query_tile < 1 || options_.query_tile > kMaxQueryTile) {
+    fail("attention query tile {} is outside 1..{}", options_.query_tile, kMaxQueryTile);
+  }
   threads_ = options_.threads > 0 ? options_.threads : default_threads();
 }
 
@@ -230,21 +236,14 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
       const float* q = qkv + (begin + q0) * stride + head * head_dim;
       // scores[rows, len] = scale * Q K^T
       dnnl_sgemm('N', 'T', rows, len, head_dim, scale, q, stride, k, stride, 0.f, scores, len);
-      for (int64_t r = 0; r < rows; ++r) {
-        float* row = scores + r * len;
-        float max = row[0];
-        for (int64_t j = 1; j < len; ++j) max = std::max(max, row[j]);
-        float sum = 0.f;
-        for (int64_t j = 0; j < len; ++j) {
-          row[j] = std::exp(row[j] - max);
-          sum += row[j];
-        }
-        const float inv = 1.0f / sum;
-        for (int64_t j = 0; j < len; ++j) row[j] *= inv;
-      }
+      float inverse_sums[kMaxQueryTile];
+      for (int64_t r = 0; r < rows; ++r) inverse_sums[r] = 1.0f / exp_shifted_row(scores + r * len, len);
       // out[rows, head_dim] = P V
       float* o = out + (begin + q0) * hidden + head * head_dim;
       dnnl_sgemm('N', 'N', rows, head_dim, len, 1.f, scores, len, v, stride, 0.f, o, hidden);
+      for (int64_t r = 0; r < rows; ++r) {
+        for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= inverse_sums[r];
+      }
     }
   }
 }

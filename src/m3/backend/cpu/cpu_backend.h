@@ -20,6 +20,8 @@
 
 namespace m3 {
 
+inline constexpr int64_t kMaxQueryTile = 256;
+
 struct CpuBackendOptions {
   int threads = 0;           // 0: OpenMP's default (the cores available)
   int64_t query_tile = 64;   // attention rows per tile

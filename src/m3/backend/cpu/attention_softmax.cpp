@@ -1,0 +1,88 @@
+#include "m3/backend/cpu/attention_softmax.h"
+
+#include <immintrin.h>
+
+// gcc 12 warns about the undefined registers inside its own AVX-512 reduce intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <algorithm>
+#include <cmath>
+
+namespace m3 {
+namespace {
+
+constexpr float kLog2e = 1.44269504088896341f;
+// ln 2 split in two (Cody and Waite) so x - r ln2 stays exact for |r| up to 126.
+constexpr float kLn2High = 0.693145751953125f;
+constexpr float kLn2Low = 1.42860682030941723e-6f;
+constexpr float kLowest = -87.0f;  // exp(-87) ~ 1.6e-38: the smallest normal float is near
+
+// Taylor coefficients of e^g, 1/k!, k = 2..6.
+constexpr float kC2 = 0.5f, kC3 = 1.0f / 6, kC4 = 1.0f / 24, kC5 = 1.0f / 120, kC6 = 1.0f / 720;
+
+__attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
+  x = _mm512_max_ps(x, _mm512_set1_ps(kLowest));
+  const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 g = _mm512_fnmadd_ps(r, _mm512_set1_ps(kLn2High), x);  // x - r ln2, |g| <= ln2 / 2
+  g = _mm512_fnmadd_ps(r, _mm512_set1_ps(kLn2Low), g);
+  __m512 p = _mm512_set1_ps(kC6);
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(kC5));
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(kC4));
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(kC3));
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(kC2));
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
+  p = _mm512_fmadd_ps(p, g, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, r);  // p * 2^r
+}
+
+__attribute__((target("avx512f"))) float exp_shifted_row_avx512(float* row, int64_t n) {
+  __m512 most = _mm512_set1_ps(-INFINITY);
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) most = _mm512_max_ps(most, _mm512_loadu_ps(row + j));
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
+  most = _mm512_mask_max_ps(most, tail, most, _mm512_maskz_loadu_ps(tail, row + j));
+  const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(most));
+  __m512 sum = _mm512_setzero_ps();
+  for (j = 0; j + 16 <= n; j += 16) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(row + j), max));
+    _mm512_storeu_ps(row + j, e);
+    sum = _mm512_add_ps(sum, e);
+  }
+  if (tail != 0) {
+    const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, row + j), max));
+    _mm512_mask_storeu_ps(row + j, tail, e);
+    sum = _mm512_mask_add_ps(sum, tail, sum, e);
+  }
+  return _mm512_reduce_add_ps(sum);
+}
+
+float exp_shifted_row_scalar(float* row, int64_t n) {
+  float max = row[0];
+  for (int64_t j = 1; j < n; ++j) max = std::max(max, row[j]);
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = exp_nonpositive(row[j] - max);
+    sum += row[j];
+  }
+  return sum;
+}
+
+const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
+
+}  // namespace
+
+float exp_nonpositive(float x) {
+  x = std::max(x, kLowest);
+  const float r = std::nearbyint(x * kLog2e);
+  const float g = std::fma(-r, kLn2Low, std::fma(-r, kLn2High, x));
+  float p = kC6;
+  for (float c : {kC5, kC4, kC3, kC2, 1.0f, 1.0f}) p = std::fma(p, g, c);
+  return std::ldexp(p, static_cast<int>(r));
+}
+
+float exp_shifted_row(float* row, int64_t n) {
+  return kHaveAvx512 ? exp_shifted_row_avx512(row, n) : exp_shifted_row_scalar(row, n);
+}
+
+}  // namespace m3

@@ -1,0 +1,19 @@
+// The softmax step of tiled attention, done as one pass per score row: the row's max,
+// then e^(s - max) written back with its sum, in AVX-512 where the CPU has it (a
+// vectorized exp: libm's expf is scalar and was a quarter of the time on long inputs).
+// The 1/sum is not applied here: the caller scales the (head_dim-wide) output rows of
+// P V instead of the (L-wide) rows of P.
+#pragma once
+
+#include <cstdint>
+
+namespace m3 {
+
+// row[j] = exp(row[j] - max(row)) for j < n; returns the sum of the new values.
+float exp_shifted_row(float* row, int64_t n);
+
+// exp(x) for x <= 0 as the AVX-512 path computes it (range reduction to |g| <= ln2/2 with a two-part ln2,
+// degree-6 polynomial, relative error < 2e-7); the scalar fallback and the tests use it.
+float exp_nonpositive(float x);
+
+}  // namespace m3
