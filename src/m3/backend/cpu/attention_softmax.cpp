@@ -36,36 +36,31 @@ __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
   return _mm512_scalef_ps(p, r);  // p * 2^r
 }
 
-__attribute__((target("avx512f"))) float exp_shifted_row_avx512(float* row, int64_t n) {
+__attribute__((target("avx512f"))) float row_max_avx512(const float* row, int64_t n) {
   __m512 most = _mm512_set1_ps(-INFINITY);
   int64_t j = 0;
   for (; j + 16 <= n; j += 16) most = _mm512_max_ps(most, _mm512_loadu_ps(row + j));
   const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
   most = _mm512_mask_max_ps(most, tail, most, _mm512_maskz_loadu_ps(tail, row + j));
-  const __m512 max = _mm512_set1_ps(_mm512_reduce_max_ps(most));
+  return _mm512_reduce_max_ps(most);
+}
+
+__attribute__((target("avx512f"))) float exp_row_minus_avx512(float* row, int64_t n, float shift) {
+  const __m512 max = _mm512_set1_ps(shift);
   __m512 sum = _mm512_setzero_ps();
-  for (j = 0; j + 16 <= n; j += 16) {
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
     const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_loadu_ps(row + j), max));
     _mm512_storeu_ps(row + j, e);
     sum = _mm512_add_ps(sum, e);
   }
+  const __mmask16 tail = static_cast<__mmask16>((1u << (n - j)) - 1);
   if (tail != 0) {
     const __m512 e = exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, row + j), max));
     _mm512_mask_storeu_ps(row + j, tail, e);
     sum = _mm512_mask_add_ps(sum, tail, sum, e);
   }
   return _mm512_reduce_add_ps(sum);
-}
-
-float exp_shifted_row_scalar(float* row, int64_t n) {
-  float max = row[0];
-  for (int64_t j = 1; j < n; ++j) max = std::max(max, row[j]);
-  float sum = 0.f;
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] = exp_nonpositive(row[j] - max);
-    sum += row[j];
-  }
-  return sum;
 }
 
 const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
@@ -81,8 +76,20 @@ float exp_nonpositive(float x) {
   return std::ldexp(p, static_cast<int>(r));
 }
 
-float exp_shifted_row(float* row, int64_t n) {
-  return kHaveAvx512 ? exp_shifted_row_avx512(row, n) : exp_shifted_row_scalar(row, n);
+float row_max(const float* row, int64_t n) {
+  if (kHaveAvx512) return row_max_avx512(row, n);
+  float most = row[0];
+  for (int64_t j = 1; j < n; ++j) most = std::max(most, row[j]);
+  return most;
 }
+
+float exp_row_minus(float* row, int64_t n, float shift) {
+  if (kHaveAvx512) return exp_row_minus_avx512(row, n, shift);
+  float sum = 0.f;
+  for (int64_t j = 0; j < n; ++j) sum += row[j] = exp_nonpositive(row[j] - shift);
+  return sum;
+}
+
+float exp_shifted_row(float* row, int64_t n) { return exp_row_minus(row, n, row_max(row, n)); }
 
 }  // namespace m3

@@ -1,4 +1,4 @@
-// The softmax step of tiled attention, done as one pass per score row: the row's max,
+// The softmax steps of tiled attention over one block of score rows: the running max,
 // then e^(s - max) written back with its sum, in AVX-512 where the CPU has it (a
 // vectorized exp: libm's expf is scalar and was a quarter of the time on long inputs).
 // The 1/sum is not applied here: the caller scales the (head_dim-wide) output rows of
@@ -9,7 +9,10 @@
 
 namespace m3 {
 
-// row[j] = exp(row[j] - max(row)) for j < n; returns the sum of the new values.
+float row_max(const float* row, int64_t n);
+// row[j] = exp(row[j] - shift) for j < n (shift >= every row[j]); returns their sum.
+float exp_row_minus(float* row, int64_t n, float shift);
+// exp_row_minus(row, n, row_max(row, n)).
 float exp_shifted_row(float* row, int64_t n);
 
 // exp(x) for x <= 0 as the AVX-512 path computes it (range reduction to |g| <= ln2/2 with a two-part ln2,

@@ -2,6 +2,7 @@
 
 #include <omp.h>
 
+#include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
@@ -220,7 +221,19 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
   if (batch.max_seq_len > workspace_.max_seq_len) {
     fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, workspace_.max_seq_len);
   }
-  // Every (sequence, head) is a task; each walks its query tiles with one scratch block.
+  // Each thread's planned scratch (tile x max_seq_len floats) holds the sequence's K
+  // for this head transposed, block by block (head_dim x block each, so its rows are 1 KB
+  // apart rather than a multiple of 4 KB, which thrashed L1), for the AVX-512 kernels;
+  // or, without them, a tile x block score block for oneDNN's sgemm. The AVX-512 path
+  // keeps its 64 x 256 score block on the stack.
+  const int64_t max_len = workspace_.max_seq_len;
+  const int64_t per_thread = tile * max_len;
+  const bool fast = attention_kernels_supported(head_dim) && head_dim * ((max_len + 15) / 16 * 16) <= per_thread;
+  const int64_t block = std::min(kKeyBlock, max_len);
+
+  // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
+  // block by block with a running max and sum per query (flash-style online softmax),
+  // its output rows rescaled when the max grows. No score row is ever L long.
   const int64_t tasks = int64_t(batch.sequences()) * heads;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int64_t task = 0; task < tasks; ++task) {
@@ -230,19 +243,55 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
     const int64_t len = batch.seq_len(seq);
     const float* k = qkv + begin * stride + hidden + head * head_dim;
     const float* v = qkv + begin * stride + 2 * hidden + head * head_dim;
-    float* scores = workspace_.attention_scratch + int64_t(omp_get_thread_num()) * tile * workspace_.max_seq_len;
+    float* thread_scratch = workspace_.attention_scratch + int64_t(omp_get_thread_num()) * per_thread;
+    alignas(64) float block_scores[kMaxQueryTile * kKeyBlock];
+    float* scores = fast ? block_scores : thread_scratch;
+    auto kt_ld = [&](int64_t keys) { return keys == block ? block : (keys + 15) / 16 * 16; };
+    if (fast) {
+      for (int64_t k0 = 0; k0 < len; k0 += block) {
+        const int64_t keys = std::min<int64_t>(block, len - k0);
+        transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, kt_ld(keys));
+      }
+    }
+    float running_max[kMaxQueryTile], running_sum[kMaxQueryTile];
     for (int64_t q0 = 0; q0 < len; q0 += tile) {
       const int64_t rows = std::min<int64_t>(tile, len - q0);
       const float* q = qkv + (begin + q0) * stride + head * head_dim;
-      // scores[rows, len] = scale * Q K^T
-      dnnl_sgemm('N', 'T', rows, len, head_dim, scale, q, stride, k, stride, 0.f, scores, len);
-      float inverse_sums[kMaxQueryTile];
-      for (int64_t r = 0; r < rows; ++r) inverse_sums[r] = 1.0f / exp_shifted_row(scores + r * len, len);
-      // out[rows, head_dim] = P V
       float* o = out + (begin + q0) * hidden + head * head_dim;
-      dnnl_sgemm('N', 'N', rows, head_dim, len, 1.f, scores, len, v, stride, 0.f, o, hidden);
+      for (int64_t k0 = 0; k0 < len; k0 += block) {
+        const int64_t keys = std::min<int64_t>(block, len - k0);
+        if (fast) {
+          attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale, scores,
+                           block);
+        } else {
+          dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
+        }
+        for (int64_t r = 0; r < rows; ++r) {
+          float* row = scores + r * block;
+          const float block_max = row_max(row, keys);
+          if (k0 == 0) {
+            running_max[r] = block_max;
+            running_sum[r] = exp_row_minus(row, keys, block_max);
+            continue;
+          }
+          const float new_max = std::max(running_max[r], block_max);
+          const float rescale = exp_nonpositive(running_max[r] - new_max);
+          running_sum[r] = running_sum[r] * rescale + exp_row_minus(row, keys, new_max);
+          running_max[r] = new_max;
+          if (rescale != 1.0f) {
+            for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= rescale;
+          }
+        }
+        if (fast) {
+          attention_values(scores, block, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
+        } else {
+          dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride, k0 == 0 ? 0.f : 1.f,
+                     o, hidden);
+        }
+      }
       for (int64_t r = 0; r < rows; ++r) {
-        for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= inverse_sums[r];
+        const float inverse = 1.0f / running_sum[r];
+        for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= inverse;
       }
     }
   }

@@ -20,7 +20,10 @@
 
 namespace m3 {
 
-inline constexpr int64_t kMaxQueryTile = 256;
+inline constexpr int64_t kMaxQueryTile = 64;
+// Keys per attention block: a 64 x 256 score block and the K and V rows it uses stay
+// in L2 between the score GEMM, the softmax and the value GEMM.
+inline constexpr int64_t kKeyBlock = 256;
 
 struct CpuBackendOptions {
   int threads = 0;           // 0: OpenMP's default (the cores available)

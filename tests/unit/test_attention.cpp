@@ -1,0 +1,86 @@
+// CpuBackend::attention against a direct double-precision softmax(Q K^T / sqrt(d)) V,
+// on packed batches whose sequences span several key blocks (the online softmax and
+// output rescaling), for the AVX-512 kernels (head_dim 16 and 64, BGE-M3's) and for
+// the oneDNN sgemm path (head_dim 24, which the kernels do not take).
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <random>
+
+#include "m3/backend/cpu/attention_kernels.h"
+#include "m3/backend/cpu/cpu_backend.h"
+
+namespace m3 {
+namespace {
+
+struct Shape {
+  int64_t heads, head_dim;
+};
+
+class AttentionTest : public ::testing::TestWithParam<Shape> {};
+
+TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
+  const auto [heads, head_dim] = GetParam();
+  const int64_t hidden = heads * head_dim, max_len = 700;
+  const std::vector<int32_t> lengths = {1, 17, 300, 2, 700, 513};
+  PackedBatch batch;
+  for (int32_t len : lengths) batch.add(std::vector<int32_t>(len, 5), 1);
+  const int64_t t = batch.tokens();
+
+  std::mt19937 rng(7);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  std::vector<float> qkv(t * 3 * hidden);
+  for (float& x : qkv) x = 2.f * normal(rng);  // peaked enough that the running max moves
+  CpuBackendOptions options;
+  options.threads = 2;
+  options.max_rows = t;
+  CpuBackend backend(options);
+  std::vector<float> scratch(options.threads * options.query_tile * max_len, std::nanf(""));
+  BackendWorkspace workspace;
+  workspace.attention_scratch = scratch.data();
+  workspace.max_seq_len = max_len;
+  backend.bind_workspace(workspace);
+  backend.attach_thread();
+  std::vector<float> out(t * hidden, std::nanf(""));
+  backend.attention(batch, qkv.data(), heads, head_dim, out.data());
+
+  double worst = 0;
+  const double scale = 1.0 / std::sqrt(double(head_dim));
+  for (int32_t s = 0; s < batch.sequences(); ++s) {
+    const int64_t b = batch.seq_begin(s), len = batch.seq_len(s);
+    for (int64_t h = 0; h < heads; ++h) {
+      for (int64_t i = 0; i < len; ++i) {
+        std::vector<double> p(len);
+        double most = -1e300, sum = 0;
+        for (int64_t j = 0; j < len; ++j) {
+          double dot = 0;
+          for (int64_t d = 0; d < head_dim; ++d) {
+            dot += double(qkv[(b + i) * 3 * hidden + h * head_dim + d]) *
+                   qkv[(b + j) * 3 * hidden + hidden + h * head_dim + d];
+          }
+          p[j] = dot * scale;
+          most = std::max(most, p[j]);
+        }
+        for (double& x : p) sum += x = std::exp(x - most);
+        for (int64_t d = 0; d < head_dim; ++d) {
+          double want = 0;
+          for (int64_t j = 0; j < len; ++j) want += p[j] / sum * qkv[(b + j) * 3 * hidden + 2 * hidden + h * head_dim + d];
+          worst = std::max(worst, std::fabs(out[(b + i) * hidden + h * head_dim + d] - want));
+        }
+      }
+    }
+  }
+  EXPECT_LT(worst, 2e-5) << "heads " << heads << ", head_dim " << head_dim;
+}
+
+INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest, ::testing::Values(Shape{2, 64}, Shape{3, 16}, Shape{2, 24}),
+                         [](const auto& info) { return "d" + std::to_string(info.param.head_dim); });
+
+TEST(AttentionKernels, TakeTheHeadDimsTheyAreWrittenFor) {
+  if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU: the sgemm path runs instead";
+  for (int64_t d : {16, 32, 48, 64}) EXPECT_TRUE(attention_kernels_supported(d)) << d;
+  for (int64_t d : {8, 24, 80, 128}) EXPECT_FALSE(attention_kernels_supported(d)) << d;
+}
+
+}  // namespace
+}  // namespace m3
