@@ -19,7 +19,7 @@ void add_model_options(CLI::App& command, ModelOptions& o) {
                      "Directory used instead when --model is a hub id, the hub cannot be reached and nothing is "
                      "cached (the README points it at the bundled demo model, which has random weights)")
       ->envname("M3_FALLBACK_MODEL");
-  command.add_option("-t,--threads", o.threads, "CPU threads, shared by the replicas (0: all available cores)")
+  command.add_option("-t,--threads", o.threads, "CPU threads, shared by the replicas (0: the cores this process may use: OMP_NUM_THREADS, the CPU affinity mask and a container CPU quota all lower it)")
       ->envname("M3_THREADS")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

@@ -6,6 +6,7 @@
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
+#include "m3/core/cpu_quota.h"
 #include "m3/core/error.h"
 #include "m3/memory/gemm_row_blocks.h"
 
@@ -85,7 +86,13 @@ void normalize_row(float* x, int64_t n, const float* gamma, const float* beta, f
 
 }  // namespace
 
-int CpuBackend::default_threads() { return omp_get_max_threads(); }
+// OpenMP's count already follows OMP_NUM_THREADS and the CPU affinity mask; a cgroup
+// quota lowers it further.
+int CpuBackend::default_threads() {
+  const int visible = omp_get_max_threads();
+  const int quota = cgroup_cpu_limit();
+  return quota > 0 ? std::min(visible, quota) : visible;
+}
 
 CpuBackend::CpuBackend(CpuBackendOptions options)
     : options_(options), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
