@@ -38,23 +38,12 @@ WEIGHTS = [0.4, 0.2, 0.4]
 MAX_QUERY_LENGTH = 16
 CLI_TIMEOUT_S = 300
 
-SOURCE_FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
-FIXTURES = Path(os.environ.get("M3_FIXTURES_DIR", str(SOURCE_FIXTURES)))
-BINARY = os.environ.get("M3_BINARY")
+from fixture_env import BINARY, FIXTURES, import_bge_m3
 
 pytestmark = pytest.mark.skipif(not BINARY, reason="M3_BINARY is not set (ctest sets it)")
 
 
 # --------------------------------------------------------------------------- oracle
-
-
-def _import_bge_m3():
-    sys.path.insert(0, str(SOURCE_FIXTURES))
-    try:
-        from make_fixtures import import_bge_m3  # shares the transformers-5 import workaround
-    finally:
-        sys.path.pop(0)
-    return import_bge_m3()
 
 
 _ORACLES: dict = {}
@@ -64,7 +53,7 @@ def oracle(model: str):
     if model not in _ORACLES:
         from transformers import AutoTokenizer
 
-        cls = _import_bge_m3()
+        cls = import_bge_m3()
         d = str(FIXTURES / model)
         _ORACLES[model] = (cls(d, use_fp16=False, devices="cpu"), AutoTokenizer.from_pretrained(d))
     return _ORACLES[model]
