@@ -5,7 +5,9 @@ any rounding grows from layer to layer and their float32 goldens cannot tell a c
 bf16 path from a subtly wrong one. Here the oracle is FlagEmbedding's BGEM3FlagModel with
 every encoder Linear replaced by the rounding m3embed documents:
 
-  bf16: y = bf16(x) bf16(W)^T + b, float32 accumulation
+  bf16: y = bf16(x) bf16(W)^T + b, float32 accumulation; attention on bf16 Q, K, V with
+        the softmax numerators e^(s - max) rounded to bf16 before P V and the float32 sum
+        divided out after (exact for the fixtures: their sequences fit one 256-key block)
   int8: y = s_row * s_channel * (q(x) q(W)^T) + b, q(x) = round(x / s_row), s_row = max|x_row| / 127,
         q(W) = round(W / s_channel), s_channel = max|W_channel| / 127 (round half to even)
 
@@ -40,15 +42,19 @@ def _quantize(t, dim):
     return torch.round(t / scale).clamp(-127, 127), scale
 
 
-def emulate(linear, dtype: str) -> None:
-    """Replaces linear.forward by m3embed's rounding for `dtype`."""
+def emulate(linear, dtype: str, attention_input: bool = False) -> None:
+    """Replaces linear.forward by m3embed's rounding for `dtype`. With bf16, attention
+    also runs on bfloat16 Q, K and V: the query/key/value outputs are rounded too."""
     import torch
     import torch.nn.functional as F
 
     weight, bias = linear.weight.detach().clone(), linear.bias.detach().clone()
     if dtype == "bf16":
         w = _bf16(weight)
-        linear.forward = lambda x: F.linear(_bf16(x), w, bias)
+        if attention_input:
+            linear.forward = lambda x: _bf16(F.linear(_bf16(x), w, bias))
+        else:
+            linear.forward = lambda x: F.linear(_bf16(x), w, bias)
     else:
         qw, s_channel = _quantize(weight.double(), dim=1)  # [out, 1]
 
@@ -60,16 +66,40 @@ def emulate(linear, dtype: str) -> None:
         linear.forward = forward
 
 
+def bf16_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """transformers' eager attention with m3embed's bf16 rounding of the numerators."""
+    import torch
+
+    if scaling is None:
+        scaling = query.size(-1) ** -0.5
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    numerators = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
+    out = torch.matmul(_bf16(numerators), value) / numerators.sum(dim=-1, keepdim=True)
+    return out.transpose(1, 2).contiguous(), None
+
+
 def oracle_outputs(model: str, dtype: str, texts: list[str], max_len: int):
+    import transformers.models.xlm_roberta.modeling_xlm_roberta as xlmr
+
     cls = import_bge_m3()
     m = cls(str(FIXTURES / model), use_fp16=False, devices="cpu")
     encoder = m.model.model if hasattr(m.model, "model") else m.model
-    for layer in encoder.encoder.layer:
-        for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value,
-                    layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
-            emulate(lin, dtype)
-    return m.encode(texts, batch_size=4, max_length=max_len,
-                    return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    original = xlmr.eager_attention_forward
+    if dtype == "bf16":
+        encoder.config._attn_implementation = "eager"
+        xlmr.eager_attention_forward = bf16_attention
+    try:
+        for layer in encoder.encoder.layer:
+            for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):
+                emulate(lin, dtype, attention_input=True)
+            for lin in (layer.attention.output.dense, layer.intermediate.dense, layer.output.dense):
+                emulate(lin, dtype)
+        return m.encode(texts, batch_size=4, max_length=max_len,
+                        return_dense=True, return_sparse=True, return_colbert_vecs=True)
+    finally:
+        xlmr.eager_attention_forward = original
 
 
 def m3embed_outputs(tmp_path: Path, model: str, dtype: str, texts: list[str], max_len: int) -> list[dict]:

@@ -26,9 +26,9 @@ struct ModelOptions {
 // Help text of --dtype, shared with `plan`.
 inline constexpr const char* kDtypeHelp =
     "Precision of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and inputs, float32 "
-    "accumulation; needs AVX512-BF16 or AMX, else fp32 is used with a warning) or int8 (int8 weights with "
-    "per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, softmax and the heads "
-    "stay float32";
+    "accumulation, attention in bf16 too; needs AVX512-BF16 or AMX, else fp32 is used with a warning) or int8 "
+    "(int8 weights with per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, "
+    "softmax and the heads stay float32";
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 

@@ -1,5 +1,5 @@
-// The precision the encoder's GEMMs compute in (`--dtype`). Activations, layer norms,
-// softmax and the heads' normalizations stay float32 in every mode.
+// The precision the encoder's GEMMs compute in (`--dtype`); bf16 also runs attention's
+// products in bf16. Activations, layer norms, softmax and the heads stay float32.
 #pragma once
 
 #include <string>

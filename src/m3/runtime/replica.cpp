@@ -13,6 +13,7 @@ Replica::Replica(int index, const SharedModel& model, const MemoryPlan& plan, in
   options.threads = threads;
   options.query_tile = plan.inputs.query_tile;
   options.max_rows = plan.inputs.max_batch_tokens;
+  options.precision = plan.inputs.precision;
   backend_ = std::make_unique<CpuBackend>(options);
   BackendWorkspace workspace;
   workspace.attention_scratch = arena_.at<float>(plan.attention_scratch_offset);

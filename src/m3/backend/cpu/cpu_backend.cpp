@@ -228,15 +228,19 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
   if (batch.max_seq_len > workspace_.max_seq_len) {
     fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, workspace_.max_seq_len);
   }
-  // Each thread's planned scratch (tile x max_seq_len floats) holds the sequence's K
-  // for this head transposed, block by block (head_dim x block each, so its rows are 1 KB
-  // apart rather than a multiple of 4 KB, which thrashed L1), for the AVX-512 kernels;
-  // or, without them, a tile x block score block for oneDNN's sgemm. The AVX-512 path
-  // keeps its 64 x 256 score block on the stack.
+  // Each thread's planned scratch (tile x max_seq_len floats) holds this head's K of the
+  // sequence, transposed block by block (head_dim x block each: rows 1 KB apart, not a
+  // multiple of 4 KB, which thrashed L1) for the float32 AVX-512 kernels; or its K and V
+  // in bf16 pair layouts for the bf16 kernels; or, with neither, the score block of
+  // oneDNN's sgemm. The kernels keep their 64 x 256 score block on the stack.
   const int64_t max_len = workspace_.max_seq_len;
   const int64_t per_thread = tile * max_len;
-  const bool fast = attention_kernels_supported(head_dim) && head_dim * ((max_len + 15) / 16 * 16) <= per_thread;
+  const Kernels preferred = !attention_kernels_supported(head_dim) ? Kernels::kSgemm
+                            : options_.precision == Precision::kBf16 && bf16_attention_kernels_supported(head_dim)
+                                ? Kernels::kBf16
+                                : Kernels::kFp32;
   const int64_t block = std::min(kKeyBlock, max_len);
+  const int64_t p_ld = (block + 1) / 2 * 2;
 
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
   // block by block with a running max and sum per query (flash-style online softmax),
@@ -251,13 +255,24 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
     const float* k = qkv + begin * stride + hidden + head * head_dim;
     const float* v = qkv + begin * stride + 2 * hidden + head * head_dim;
     float* thread_scratch = workspace_.attention_scratch + int64_t(omp_get_thread_num()) * per_thread;
+    // The kernels' K (and V) layouts take head_dim x len rounded up to 16: that fits
+    // unless len is within 15 of a max_seq_len that is not a multiple of 16.
+    const bool fits = head_dim * ((len + 15) / 16 * 16) <= per_thread;
+    const Kernels kernels = fits ? preferred : Kernels::kSgemm;
     alignas(64) float block_scores[kMaxQueryTile * kKeyBlock];
-    float* scores = fast ? block_scores : thread_scratch;
+    alignas(64) uint16_t block_p[kMaxQueryTile * kKeyBlock];
+    alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
+    float* scores = kernels == Kernels::kSgemm ? thread_scratch : block_scores;
+    auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
+    uint16_t* vt2 = kt2 + head_dim * ((len + 15) / 16 * 16);
     auto kt_ld = [&](int64_t keys) { return keys == block ? block : (keys + 15) / 16 * 16; };
-    if (fast) {
-      for (int64_t k0 = 0; k0 < len; k0 += block) {
-        const int64_t keys = std::min<int64_t>(block, len - k0);
+    for (int64_t k0 = 0; k0 < len; k0 += block) {
+      const int64_t keys = std::min<int64_t>(block, len - k0);
+      if (kernels == Kernels::kFp32) {
         transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, kt_ld(keys));
+      } else if (kernels == Kernels::kBf16) {
+        pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
+        pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
       }
     }
     float running_max[kMaxQueryTile], running_sum[kMaxQueryTile];
@@ -265,13 +280,22 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
       const int64_t rows = std::min<int64_t>(tile, len - q0);
       const float* q = qkv + (begin + q0) * stride + head * head_dim;
       float* o = out + (begin + q0) * hidden + head * head_dim;
+      if (kernels == Kernels::kBf16) {
+        for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + r * stride, head_dim, tile_q + r * head_dim);
+      }
       for (int64_t k0 = 0; k0 < len; k0 += block) {
         const int64_t keys = std::min<int64_t>(block, len - k0);
-        if (fast) {
-          attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale, scores,
-                           block);
-        } else {
-          dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
+        switch (kernels) {
+          case Kernels::kBf16:
+            attention_scores_bf16(tile_q, head_dim, kt2 + k0 * head_dim, rows, keys, head_dim, scale, scores, block);
+            break;
+          case Kernels::kFp32:
+            attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale,
+                             scores, block);
+            break;
+          case Kernels::kSgemm:
+            dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
+            break;
         }
         for (int64_t r = 0; r < rows; ++r) {
           float* row = scores + r * block;
@@ -279,21 +303,32 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
           if (k0 == 0) {
             running_max[r] = block_max;
             running_sum[r] = exp_row_minus(row, keys, block_max);
-            continue;
+          } else {
+            const float new_max = std::max(running_max[r], block_max);
+            const float rescale = exp_nonpositive(running_max[r] - new_max);
+            running_sum[r] = running_sum[r] * rescale + exp_row_minus(row, keys, new_max);
+            running_max[r] = new_max;
+            if (rescale != 1.0f) {
+              for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= rescale;
+            }
           }
-          const float new_max = std::max(running_max[r], block_max);
-          const float rescale = exp_nonpositive(running_max[r] - new_max);
-          running_sum[r] = running_sum[r] * rescale + exp_row_minus(row, keys, new_max);
-          running_max[r] = new_max;
-          if (rescale != 1.0f) {
-            for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= rescale;
+          if (kernels == Kernels::kBf16) {
+            uint16_t* p = block_p + r * p_ld;
+            round_row_to_bf16(row, keys, p);
+            if (keys % 2 != 0) p[keys] = 0;
           }
         }
-        if (fast) {
-          attention_values(scores, block, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
-        } else {
-          dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride, k0 == 0 ? 0.f : 1.f,
-                     o, hidden);
+        switch (kernels) {
+          case Kernels::kBf16:
+            attention_values_bf16(block_p, p_ld, rows, keys, vt2 + k0 * head_dim, head_dim, o, hidden, k0 > 0);
+            break;
+          case Kernels::kFp32:
+            attention_values(scores, block, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
+            break;
+          case Kernels::kSgemm:
+            dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride,
+                       k0 == 0 ? 0.f : 1.f, o, hidden);
+            break;
         }
       }
       for (int64_t r = 0; r < rows; ++r) {

@@ -29,6 +29,9 @@ struct CpuBackendOptions {
   int threads = 0;           // 0: OpenMP's default (the cores available)
   int64_t query_tile = 64;   // attention rows per tile
   int64_t max_rows = 16384;  // the largest batch, in tokens
+  // --dtype: bf16 also computes attention in bf16 (Q, K, V, softmax numerators) where the
+  // CPU has AVX512-BF16; fp32 and int8 compute it in float32.
+  Precision precision = Precision::kFp32;
 };
 
 class CpuBackend final : public Backend {
@@ -63,6 +66,7 @@ class CpuBackend final : public Backend {
   };
 
  private:
+  enum class Kernels { kBf16, kFp32, kSgemm };  // which attention path runs
   RowBlockKernels& kernels_for(const LinearWeights& weights, Epilogue epilogue);
 
   CpuBackendOptions options_;
