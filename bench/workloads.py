@@ -10,9 +10,10 @@ empty text, 8192 the model's maximum).
 | W2 | 64 texts, lengths 16..512 evenly spaced, shuffled (padding waste) |
 | W3 | 2 texts x 2048 tokens |
 | W4 | 1 text x 8192 tokens (the longest input the model takes) |
+| mix | 256 texts, soak-distributed lengths capped (at 324) so the total is <= 40960 tokens (corpus-like) |
 | soak(n, seed) | n lengths, log-uniform in 1..8192, clipped to [2, 8192], grouped in requests of 1..8 texts |
 
-W1..W4 are one request each (all texts in one call); a soak is many small requests.
+W1..W4 and mix are one request each (all texts in one call); a soak is many small requests.
 
 Two renderings of the same lengths:
 - `token_ids(w, seed)`: `[0, random ids in 4..1200, 2]`, for engines that take ids. 4..1200
@@ -77,11 +78,32 @@ def _w2_lengths() -> list[int]:
     return lengths
 
 
+MIX_TEXTS, MIX_TOKENS = 256, 40960
+
+
+def _mix_lengths(n: int = MIX_TEXTS, budget: int = MIX_TOKENS) -> list[int]:
+    """n lengths from the soak distribution (log-uniform in 1..8192, clipped to [2, 8192]),
+    each then capped at the largest cap that keeps the total within `budget` tokens: a
+    corpus-like mix of mostly short texts and chunks at the cap, in random order."""
+    rng = random.Random("mix-lengths-0")
+    raw = [min(MAX_LEN, max(MIN_LEN, round(math.exp(rng.uniform(0.0, math.log(MAX_LEN))))))
+           for _ in range(n)]
+    lo, hi = MIN_LEN, MAX_LEN  # largest cap with sum(min(l, cap)) <= budget
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if sum(min(x, mid) for x in raw) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return [min(x, lo) for x in raw]
+
+
 FIXED = {
     "W1": _fixed("W1", [128] * 64),
     "W2": _fixed("W2", _w2_lengths()),
     "W3": _fixed("W3", [2048] * 2),
     "W4": _fixed("W4", [8192]),
+    "mix": _fixed("mix", _mix_lengths()),
 }
 
 
@@ -111,7 +133,7 @@ def resolve(workload) -> Workload:
         n = int(parts[0]) if parts else 2000
         seed = int(parts[1]) if len(parts) > 1 else 0
         return soak(n, seed)
-    raise ValueError(f"unknown workload {name!r}: W1, W2, W3, W4, soak[:N[:SEED]]")
+    raise ValueError(f"unknown workload {name!r}: W1, W2, W3, W4, mix, soak[:N[:SEED]]")
 
 
 def lengths(workload) -> list[int]:
