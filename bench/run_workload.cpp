@@ -204,7 +204,8 @@ int main(int argc, char** argv) {
     nlohmann::json report = {
         {"engine", "m3embed"},
         {"model", o.model},
-        {"dtype", std::string(m3::precision_name(options.precision))},
+        {"dtype", std::string(m3::precision_name(plan.inputs.precision))},  // after any fallback to fp32
+        {"dtype_requested", std::string(m3::precision_name(options.precision))},
         {"backend", embedder->replica(0).backend().name()},
         {"threads", o.threads},
         {"max_batch_tokens", plan.inputs.max_batch_tokens},
