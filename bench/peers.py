@@ -234,27 +234,19 @@ def markdown(result: dict, png: str | None) -> str:
             return r["status"]
         return None
 
-    out += ["### Tokens/s (x best peer, x FlagEmbedding fp32)", "", head, sep]
-    for e in engines:
-        vals = []
-        for w in workloads:
-            v = na(e, w)
-            if v is None:
-                r = cell[(e, w)]
-                v = f"{r['tokens_per_second']:,.0f} ({fmt_ratio(r.get('ratio_best_peer'))}, " \
-                    f"{fmt_ratio(r.get('ratio_flagembedding'))})"
-            vals.append(v)
-        out.append(f"| {e} | " + " | ".join(vals) + " |")
-    out += ["", "### Peak RSS, MiB (RSS after load)", "", head, sep]
-    for e in engines:
-        vals = []
-        for w in workloads:
-            v = na(e, w)
-            if v is None:
-                r = cell[(e, w)]
-                v = f"{rc.mib(r['peak_rss_bytes'])} ({rc.mib(r.get('rss_after_load_bytes'))})"
-            vals.append(v)
-        out.append(f"| {e} | " + " | ".join(vals) + " |")
+    def table(title: str, format_cell) -> list[str]:
+        lines = [title, "", head, sep]
+        for e in engines:
+            vals = [na(e, w) for w in workloads]
+            vals = [format_cell(cell[(e, w)]) if v is None else v for v, w in zip(vals, workloads)]
+            lines.append(f"| {e} | " + " | ".join(vals) + " |")
+        return lines
+
+    out += table("### Tokens/s (x best peer, x FlagEmbedding fp32)",
+                 lambda r: f"{r['tokens_per_second']:,.0f} ({fmt_ratio(r.get('ratio_best_peer'))}, "
+                           f"{fmt_ratio(r.get('ratio_flagembedding'))})")
+    out += [""] + table("### Peak RSS, MiB (RSS after load)",
+                        lambda r: f"{rc.mib(r['peak_rss_bytes'])} ({rc.mib(r.get('rss_after_load_bytes'))})")
     if png:
         out += ["", f"![tokens/s and peak RSS per engine and workload]({png})"]
     out += ["", "### Engines", ""]
