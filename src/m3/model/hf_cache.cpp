@@ -108,10 +108,15 @@ void HfRepoCache::link(const std::string& commit, const std::string& file,
   }
   target += "blobs/" + etag;
   std::error_code ec;
-  fs::remove(dst, ec);
-  fs::create_symlink(target, dst, ec);
-  if (ec && !(ec == std::errc::file_exists && fs::is_symlink(dst) &&
-              fs::read_symlink(dst) == fs::path(target))) {
+  if (fs::is_symlink(dst, ec) && fs::read_symlink(dst, ec) == fs::path(target)) return;
+  // Made under a temporary name and renamed over dst, so that another process checking
+  // the snapshot never sees the pointer missing (a remove-then-create left a gap).
+  const fs::path tmp = dst.string() + temp_suffix();
+  fs::create_symlink(target, tmp, ec);
+  if (!ec) fs::rename(tmp, dst, ec);
+  if (ec) {
+    std::error_code ignored;
+    fs::remove(tmp, ignored);
     fail("cannot create the link {} -> {}: {}", dst.string(), target, ec.message());
   }
 }
