@@ -206,7 +206,7 @@ int main(int argc, char** argv) {
         {"model", o.model},
         {"dtype", std::string(m3::precision_name(plan.inputs.precision))},  // after any fallback to fp32
         {"dtype_requested", std::string(m3::precision_name(options.precision))},
-        {"backend", embedder->replica(0).backend().name()},
+        {"backend", embedder->replica(0).backend_name()},
         {"threads", o.threads},
         {"max_batch_tokens", plan.inputs.max_batch_tokens},
         {"max_seq_len", embedder->max_seq_len()},

@@ -11,6 +11,7 @@
 #include <new>
 #include <string>
 
+#include "m3/runtime/cpu_replica.h"
 #include "m3/runtime/embedder.h"
 #include "test_support.h"
 
@@ -110,7 +111,7 @@ TEST(ForwardAllocations, NoneFromM3AfterWarmUp) {
   EmbedderOptions options;
   options.max_batch_tokens = 512;
   const MemoryPlan plan = Embedder::plan_for(model.model_dir, model.config, options);
-  Replica replica(0, model, plan, plan.inputs.threads);
+  CpuReplica replica(0, model, plan, plan.inputs.threads);
   replica.warm_up();
   const OutputRequest all{true, true, true};
   // Batches of several shapes, built before counting starts.

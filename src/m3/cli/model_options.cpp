@@ -5,6 +5,7 @@
 #include "m3/core/error.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/model/hub.h"
+#include "m3/runtime/device_selection.h"
 
 namespace m3::cli {
 
@@ -43,8 +44,39 @@ void add_model_options(CLI::App& command, ModelOptions& o) {
       ->excludes(batch);
   command.add_option("--dtype", o.dtype, kDtypeHelp)
       ->envname("M3_DTYPE")
-      ->check(CLI::IsMember({"fp32", "bf16", "int8"}))
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}))
       ->capture_default_str();
+  auto* device = command
+                     .add_option("--device", o.device,
+                                 "Where to run: auto (the first GPU when one can be used, else the CPU), cpu, cuda "
+                                 "or cuda:N (an error when that GPU is not there)")
+                     ->envname("M3_DEVICE")
+                     ->capture_default_str();
+  command
+      .add_option("--devices", o.devices,
+                  "Several GPUs: cuda:0,cuda:1,... One replica on each, each with its own planned memory, all "
+                  "fed by one scheduler (instead of --device)")
+      ->envname("M3_DEVICES")
+      ->excludes(device);
+  command
+      .add_option("--gpu-memory-fraction", o.gpu_memory_fraction,
+                  "CUDA: the share (0-1] of each GPU's total memory the replica's one allocation may take (weights, "
+                  "arena, cuBLASLt workspace); picks the largest max batch tokens that fits. With --memory-limit the "
+                  "smaller bound wins. The CUDA context (about 0.5 GiB) comes on top")
+      ->envname("M3_GPU_MEMORY_FRACTION")
+      ->check(CLI::Range(0.0, 1.0));
+}
+
+EmbedderOptions embedder_options(const ModelOptions& o) {
+  EmbedderOptions options;
+  options.threads = o.threads;
+  options.replicas = o.replicas;
+  options.max_batch_tokens = o.max_batch_tokens;
+  options.precision = parse_precision(o.dtype);
+  if (!o.memory_limit.empty()) options.memory_limit = parse_bytes(o.memory_limit);
+  options.devices = select_devices(o.device, o.devices);
+  options.gpu_memory_fraction = o.gpu_memory_fraction;
+  return options;
 }
 
 std::filesystem::path resolve_model_dir(const ModelOptions& o) {
@@ -72,13 +104,8 @@ std::unique_ptr<Embedder> load_embedder(const ModelOptions& o, int64_t max_lengt
     spdlog::warn("max length {} is more than this model's {} positions allow; using {}", max_length,
                  config.max_position_embeddings, config.max_tokens());
   }
-  EmbedderOptions options;
-  options.threads = o.threads;
-  options.replicas = o.replicas;
+  EmbedderOptions options = embedder_options(o);
   options.max_seq_len = max_seq_len;
-  options.max_batch_tokens = o.max_batch_tokens;
-  options.precision = parse_precision(o.dtype);
-  if (!o.memory_limit.empty()) options.memory_limit = parse_bytes(o.memory_limit);
   return Embedder::load(dir, options);
 }
 

@@ -20,21 +20,28 @@ struct ModelOptions {
   int replicas = 1;
   int64_t max_batch_tokens = 16384;
   std::string memory_limit;  // e.g. "6GiB"; empty: use max_batch_tokens
-  std::string dtype = "fp32";  // fp32 | bf16 | int8
+  std::string dtype = "fp32";  // fp32 | bf16 | fp16 | int8
+  std::string device = "auto";  // auto | cpu | cuda | cuda:N
+  std::string devices;          // cuda:0,cuda:1,... (one replica each)
+  double gpu_memory_fraction = 0;
 };
 
 // Help text of --dtype, shared with `plan`.
 inline constexpr const char* kDtypeHelp =
     "Precision of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and inputs, float32 "
-    "accumulation, attention in bf16 too; needs AVX512-BF16 or AMX, else fp32 is used with a warning) or int8 "
-    "(int8 weights with per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, "
-    "softmax and the heads stay float32";
+    "accumulation; on the CPU attention runs in bf16 too and needs AVX512-BF16 or AMX, else fp32 is used with a "
+    "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
+    "weights with per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, softmax and "
+    "the heads compute in float32";
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 
 // A local directory as is; a hub id from the HF cache or downloaded. When the hub is
 // unreachable and nothing is cached, --fallback-model is used (with a warning).
 std::filesystem::path resolve_model_dir(const ModelOptions& options);
+
+// The EmbedderOptions these options describe (devices selected: a missing GPU is an error).
+EmbedderOptions embedder_options(const ModelOptions& options);
 
 // Loads the model with sequences limited to `max_length` tokens (0: the model's
 // limit); a longer request is reduced to the model's limit with a warning.

@@ -36,6 +36,8 @@ struct PlanOptions {
   int threads = 0;  // 0: all available cores
   int replicas = 1;
   std::string dtype = "fp32";
+  std::string device = "cpu";  // cpu | cuda | cuda:N (planned without a GPU)
+  std::string devices;
   std::string corpus, format = "auto", field = "text";
   int64_t batch_size = 256;
   bool json = false;
@@ -108,7 +110,9 @@ std::string render_text(const Report& report) {
   const auto& [dir, threads, plan, limit, corpus] = report;
   const auto& in = plan.inputs;
   const auto& c = in.config;
-  std::string out = fmt::format("m3embed memory plan for {} (f32)\n\nInputs\n", dir.string());
+  const bool cuda = in.device == DeviceKind::kCuda;
+  std::string out = fmt::format("m3embed memory plan for {} ({}, {})\n\nInputs\n", dir.string(),
+                                precision_name(in.precision), cuda ? "CUDA" : "CPU");
   Table inputs({false, false});
   inputs.add({"hidden size", std::to_string(c.hidden_size)});
   inputs.add({"layers", std::to_string(c.num_layers)});
@@ -119,19 +123,21 @@ std::string render_text(const Report& report) {
   inputs.add({"output heads", heads_text(in)});
   inputs.add({"max sequence length", std::to_string(in.max_seq_len)});
   inputs.add({"max batch tokens", std::to_string(in.max_batch_tokens) + (limit ? " (chosen for the memory limit)" : "")});
-  inputs.add({"threads", fmt::format("{} ({} per replica)", threads, in.threads)});
+  if (!cuda) inputs.add({"threads", fmt::format("{} ({} per replica)", threads, in.threads)});
   inputs.add({"attention query tile", std::to_string(in.query_tile)});
-  inputs.add({"replicas", std::to_string(in.replicas)});
+  inputs.add({"replicas", cuda ? fmt::format("{} (one per device)", in.replicas) : std::to_string(in.replicas)});
   out += inputs.render();
 
-  out += "\nWeights (shared by all replicas)\n";
+  out += cuda ? "\nWeights (a copy on each device, in its one allocation; 256-byte aligned tensors)\n"
+              : "\nWeights (shared by all replicas)\n";
   Table weights({false, false, true, true});
   weights.add({"tensor", "shape", "bytes", "size"});
   for (const auto& w : plan.weights) weights.add({w.name, w.shape, std::to_string(w.bytes), format_bytes(w.bytes)});
   weights.add({"total", "", std::to_string(plan.weight_bytes), format_bytes(plan.weight_bytes)});
   out += weights.render();
 
-  out += "\nArena (one per replica; 64-byte aligned offsets)\n";
+  out += cuda ? "\nArena (one per device, after its weights; 256-byte aligned offsets)\n"
+              : "\nArena (one per replica; 64-byte aligned offsets)\n";
   Table arena({false, true, false, true, true});
   arena.add({"buffer", "offset", "shape", "bytes", "size"});
   for (const auto& a : plan.arena) {
@@ -139,8 +145,24 @@ std::string render_text(const Report& report) {
   }
   arena.add({"total per replica", "", "", std::to_string(plan.arena_bytes), format_bytes(plan.arena_bytes)});
   out += arena.render();
-  out += fmt::format("  ({} bytes per batch token, plus the attention scratch and the GEMM workspace)\n", plan.bytes_per_batch_token);
+  out += fmt::format("  ({} bytes per batch token, plus {})\n", plan.bytes_per_batch_token,
+                     cuda ? "the cuBLASLt workspace" : "the attention scratch and the GEMM workspace");
 
+  if (cuda) {
+    out += "\nTotal\n";
+    Table total({false, true, true});
+    total.add({"per device: one cudaMalloc (weights + arena)", std::to_string(plan.device_bytes),
+               format_bytes(plan.device_bytes)});
+    total.add({fmt::format("host: pinned staging ({} x {})", in.replicas, format_bytes(plan.pinned_bytes)),
+               std::to_string(in.replicas * plan.pinned_bytes), format_bytes(in.replicas * plan.pinned_bytes)});
+    total.add({fmt::format("host: request queue ({} tokens)", plan.queue_tokens), std::to_string(plan.queue_bytes),
+               format_bytes(plan.queue_bytes)});
+    total.add({fmt::format("host: outputs in flight (2 batches x {} replica(s))", in.replicas),
+               std::to_string(plan.output_bytes), format_bytes(plan.output_bytes)});
+    total.add({"host total", std::to_string(plan.host_bytes), format_bytes(plan.host_bytes)});
+    out += total.render();
+    out += "  (the CUDA context and cuBLASLt's kernels come on top of the device figure; /info reports both)\n";
+  } else {
   out += "\nTotal\n";
   Table total({false, true, true});
   const uint64_t arenas = static_cast<uint64_t>(in.replicas) * plan.arena_bytes;
@@ -153,6 +175,7 @@ std::string render_text(const Report& report) {
              std::to_string(plan.output_bytes), format_bytes(plan.output_bytes)});
   total.add({"total", std::to_string(plan.total_bytes), format_bytes(plan.total_bytes)});
   out += total.render();
+  }
 
   if (limit) {
     out += "\nMemory limit\n";
@@ -252,6 +275,7 @@ nlohmann::ordered_json render_json(const Report& report) {
                 {"max_tokens", c.max_tokens()},
                 {"heads", heads}};
   j["limits"] = {{"dtype", std::string(precision_name(in.precision))},
+                 {"device", in.device == DeviceKind::kCuda ? "cuda" : "cpu"},
                  {"max_seq_len", in.max_seq_len},
                  {"max_batch_tokens", in.max_batch_tokens},
                  {"threads", threads},
@@ -272,6 +296,11 @@ nlohmann::ordered_json render_json(const Report& report) {
   j["queue"] = {{"tokens", plan.queue_tokens}, {"bytes", plan.queue_bytes}};
   j["output_bytes"] = plan.output_bytes;
   j["total_bytes"] = plan.total_bytes;
+  if (in.device == DeviceKind::kCuda) {
+    j["device_bytes"] = plan.device_bytes;
+    j["pinned_bytes_per_replica"] = plan.pinned_bytes;
+    j["host_bytes"] = plan.host_bytes;
+  }
 
   j["memory_limit"] = nullptr;
   if (limit) {
@@ -352,6 +381,8 @@ void run_plan(const PlanOptions& o) {
   options.threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
   options.replicas = o.replicas;
   options.precision = parse_precision(o.dtype);
+  // Planned, not opened: `plan --device cuda` works on a machine without a GPU.
+  options.devices = !o.devices.empty() ? parse_device_list(o.devices) : std::vector<Device>{parse_device(o.device)};
   options.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : config.max_tokens();
   // The default budget grows to one full sequence for models longer than 16384 tokens.
   options.max_batch_tokens =
@@ -370,6 +401,7 @@ void run_plan(const PlanOptions& o) {
     smallest.max_batch_tokens = in.max_seq_len;
     smallest.library_workspace_bytes =
         CpuBackend::library_workspace_bytes(config, Embedder::kMaxBatchTokensForLimit, in.precision);
+    if (in.device == DeviceKind::kCuda) smallest.library_workspace_bytes = 0;
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
 
@@ -419,12 +451,17 @@ void add_plan_command(CLI::App& app) {
                      ->check(CLI::PositiveNumber)
                      ->capture_default_str();
   auto* limit = cmd->add_option("--memory-limit", o->memory_limit,
-                                "Memory for weights and all arenas (e.g. 6GiB, 800MB, 2147483648): plans the largest "
+                                "Memory for weights and all arenas (CUDA: for each device's allocation; e.g. 6GiB, 800MB, 2147483648): plans the largest "
                                 "max batch tokens (a multiple of 64) that fits, or fails naming the minimum");
   tokens->excludes(limit);
   cmd->add_option("--dtype", o->dtype, kDtypeHelp)
-      ->check(CLI::IsMember({"fp32", "bf16", "int8"}))
+      ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}))
       ->capture_default_str();
+  auto* device = cmd->add_option("--device", o->device,
+                                 "Plan for: cpu, or cuda / cuda:N (one device's allocation; no GPU is needed to plan)")
+                     ->capture_default_str();
+  cmd->add_option("--devices", o->devices, "Plan one CUDA replica on each of these devices: cuda:0,cuda:1,...")
+      ->excludes(device);
   cmd->add_option("-t,--threads", o->threads, "Threads in all, shared among the replicas; each has its own attention scratch (0: all cores)")
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();

@@ -29,13 +29,8 @@ struct ServeOptions {
 std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
   const auto dir = resolve_model_dir(o.model);
   const auto config = ModelConfig::load(dir);
-  EmbedderOptions options;
-  options.threads = o.model.threads;
-  options.replicas = o.model.replicas;
-  options.max_batch_tokens = o.model.max_batch_tokens;
+  EmbedderOptions options = embedder_options(o.model);
   options.max_queue_tokens = o.max_queue_tokens;
-  options.precision = parse_precision(o.model.dtype);
-  if (!o.model.memory_limit.empty()) options.memory_limit = parse_bytes(o.model.memory_limit);
   if (o.max_seq_len > config.max_tokens()) {
     spdlog::warn("--max-seq-len {} is more than this model's {} positions allow; using {}", o.max_seq_len,
                  config.max_position_embeddings, config.max_tokens());

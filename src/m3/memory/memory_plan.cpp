@@ -58,7 +58,7 @@ uint64_t add_buffer(MemoryPlan& plan, std::string name, std::string shape_text, 
 
 }  // namespace
 
-MemoryPlan plan_memory(const PlanInputs& in) {
+void check_plan_inputs(const PlanInputs& in) {
   const auto& c = in.config;
   if (in.max_seq_len < 2 || in.max_seq_len > c.max_tokens()) {
     fail("max sequence length {} is outside 2..{} (the model's positions)", in.max_seq_len, c.max_tokens());
@@ -67,7 +67,12 @@ MemoryPlan plan_memory(const PlanInputs& in) {
     fail("max batch tokens {} is less than the max sequence length {}", in.max_batch_tokens, in.max_seq_len);
   }
   if (in.threads < 1 || in.replicas < 1 || in.query_tile < 1) fail("threads, replicas and query tile must be >= 1");
+}
 
+MemoryPlan plan_memory(const PlanInputs& in) {
+  if (in.device == DeviceKind::kCuda) return plan_cuda_memory(in);
+  check_plan_inputs(in);
+  const auto& c = in.config;
   MemoryPlan plan;
   plan.inputs = in;
   const int64_t h = c.hidden_size, ffn = c.intermediate_size, layers = c.num_layers;
@@ -143,6 +148,31 @@ MemoryPlan plan_memory(const PlanInputs& in) {
 int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes) {
   inputs.max_batch_tokens = inputs.max_seq_len;
   const MemoryPlan smallest = plan_memory(inputs);
+  if (inputs.device == DeviceKind::kCuda) {
+    if (smallest.total_bytes > limit_bytes) {
+      fail("device memory limit {} is too small: one {}-token sequence needs {} per device ({} weights + {} "
+           "arena and cuBLASLt workspace); raise the limit or lower the max sequence length",
+           format_bytes(limit_bytes), inputs.max_seq_len, format_bytes(smallest.total_bytes),
+           format_bytes(smallest.weight_bytes), format_bytes(smallest.total_bytes - smallest.weight_bytes));
+    }
+    // The device total grows with the tokens per pass: the largest multiple of 64 that fits.
+    auto fits = [&](int64_t blocks) {
+      inputs.max_batch_tokens = blocks * 64;
+      return plan_memory(inputs).total_bytes <= limit_bytes;
+    };
+    int64_t low = (inputs.max_seq_len + 63) / 64;  // blocks; low - 1 fits (or is below max_seq_len)
+    if (!fits(low)) return inputs.max_seq_len;
+    int64_t high = low + 1;                         // the first block count known not to fit
+    while (high < (int64_t{1} << 18) && fits(high)) {
+      low = high;
+      high *= 2;
+    }
+    while (high - low > 1) {
+      const int64_t mid = low + (high - low) / 2;
+      (fits(mid) ? low : high) = mid;
+    }
+    return low * 64;
+  }
   if (smallest.total_bytes > limit_bytes) {
     fail("memory limit {} is too small: one {}-token sequence needs {} ({} weights + {} x {} arena); "
          "raise the limit or lower the max sequence length",

@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "m3/core/device.h"
 #include "m3/core/precision.h"
 #include "m3/memory/gemm_row_blocks.h"
 #include "m3/model/model_config.h"
@@ -29,6 +30,26 @@ struct PlanInputs {
   uint64_t library_workspace_bytes = 0;
   // Tokens the request queue may hold (0: 16 x max_batch_tokens); host memory for their ids.
   int64_t max_queue_tokens = 0;
+  // CUDA replicas (one per device) are planned by plan_cuda_memory (cuda_memory_plan.h).
+  DeviceKind device = DeviceKind::kCpu;
+  uint64_t cublas_workspace_bytes = 32ull << 20;  // cuBLASLt workspace per replica (CUDA)
+};
+
+// Byte offsets inside a CUDA replica's single device allocation (weights first, then the
+// arena, then the cuBLASLt workspace) and inside its pinned host staging block.
+struct CudaLayout {
+  uint64_t weights_offset = 0, weight_bytes = 0;
+  // Arena: the residual stream in float32 and in the GEMM type, qkv, attention output,
+  // residual-GEMM output (float32), FFN; the heads reuse FFN and projection buffers.
+  uint64_t hidden_f32 = 0, hidden_gemm = 0, qkv = 0, context = 0, projection = 0, intermediate = 0;
+  uint64_t colbert = 0, sparse = 0, lexical = 0, dense = 0;
+  uint64_t token_ids = 0, positions = 0, cu_seqlens = 0, attention_tiles = 0;
+  uint64_t workspace = 0, workspace_bytes = 0;
+  int64_t max_sequences = 0;        // a batch holds at most rows / 2 sequences (>= 2 tokens each)
+  int64_t max_attention_tiles = 0;  // (query tile, sequence) pairs of one batch, at most
+  // Pinned host staging: batch inputs up, outputs down.
+  uint64_t staging_ids = 0, staging_positions = 0, staging_cu_seqlens = 0, staging_tiles = 0;
+  uint64_t staging_dense = 0, staging_lexical = 0, staging_colbert = 0;
 };
 
 struct PlanItem {
@@ -62,13 +83,25 @@ struct MemoryPlan {
   // max_batch_tokens cover (gemm_row_blocks.h): at most 63 more than max_batch_tokens.
   int64_t rows = 0;
   uint64_t bytes_per_batch_token = 0;  // arena growth per unit of max_batch_tokens
+
+  // CUDA plans only (inputs.device == kCuda). There `weights` and `arena` list what each
+  // device holds, total_bytes is one device's allocation (what --memory-limit bounds),
+  // and host memory (queue, outputs, pinned staging) is counted in host_bytes.
+  CudaLayout cuda;
+  uint64_t device_bytes = 0;  // one replica's single cudaMalloc: weights + arena + workspace
+  uint64_t pinned_bytes = 0;  // one replica's pinned host staging
+  uint64_t host_bytes = 0;    // queue + outputs + replicas x pinned staging
 };
 
-// Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs.
+// Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs. Dispatches to
+// plan_cuda_memory when inputs.device is CUDA.
 MemoryPlan plan_memory(const PlanInputs& inputs);
+MemoryPlan plan_cuda_memory(const PlanInputs& inputs);
+// Throws m3::Error when the limits are inconsistent with each other or the model.
+void check_plan_inputs(const PlanInputs& inputs);
 
 // The largest max_batch_tokens (a multiple of 64, at least max_seq_len) whose total fits
-// `limit_bytes`; throws m3::Error giving the minimum limit when even max_seq_len does not fit.
+// `limit_bytes` (for CUDA: one device's allocation); throws m3::Error giving the minimum limit when even max_seq_len does not fit.
 int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes);
 
 // "1.50 GiB", "640.00 MiB", "4096 B".

@@ -28,14 +28,17 @@ M3Heads::M3Heads(const ModelConfig& config, const HeadWeights& weights, Backend&
   if (weights_.sparse) sparse_ = backend_.prepare_linear(*weights_.sparse, Epilogue::kStore);
 }
 
-void M3Heads::check(const OutputRequest& request) const {
-  if (request.sparse && !weights_.sparse) {
-    fail("sparse output needs {}, which is missing", (model_dir_ / "sparse_linear.pt").string());
+void check_head_files(const HeadWeights& weights, const std::filesystem::path& model_dir,
+                      const OutputRequest& request) {
+  if (request.sparse && !weights.sparse) {
+    fail("sparse output needs {}, which is missing", (model_dir / "sparse_linear.pt").string());
   }
-  if (request.colbert && !weights_.colbert) {
-    fail("ColBERT output needs {}, which is missing", (model_dir_ / "colbert_linear.pt").string());
+  if (request.colbert && !weights.colbert) {
+    fail("ColBERT output needs {}, which is missing", (model_dir / "colbert_linear.pt").string());
   }
 }
+
+void M3Heads::check(const OutputRequest& request) const { check_head_files(weights_, model_dir_, request); }
 
 void M3Heads::forward(const PackedBatch& batch, const float* hidden, const OutputRequest& request) {
   check(request);

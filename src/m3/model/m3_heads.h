@@ -41,6 +41,11 @@ class M3Heads {
   float* sparse_buffer_;   // [rows]
 };
 
+// Throws m3::Error naming the missing head file when `request` needs a head that
+// `model_dir` lacks (shared by the CPU heads and the CUDA replica).
+void check_head_files(const HeadWeights& weights, const std::filesystem::path& model_dir,
+                      const OutputRequest& request);
+
 // x / max(||x||, 1e-12), as torch.nn.functional.normalize.
 void l2_normalize(float* x, int64_t n);
 

@@ -11,6 +11,9 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/backend/cpu/cpu_backend.h"
+#include "m3/backend/cuda/cuda_replica.h"
+#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/runtime/cpu_replica.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
 #include "m3/core/process_memory.h"
@@ -43,13 +46,12 @@ void serve_batches(Replica& replica, Scheduler& scheduler, bool warm_up, std::pr
     warmed.set_exception(std::current_exception());
     return;
   }
-  replica.backend().attach_thread();
+  replica.attach_thread();
   Batch batch;
   std::vector<M3Output> outputs;
   while (scheduler.next_batch(batch)) {
     try {
-      const float* hidden = replica.forward(batch.packed, batch.outputs);
-      replica.extract(batch.packed, hidden, batch.outputs, outputs);
+      replica.run(batch.packed, batch.outputs, outputs);
       scheduler.complete(batch, std::move(outputs));
     } catch (const std::exception& e) {
       spdlog::error("replica {}: batch of {} tokens failed: {}", replica.index(), batch.packed.tokens(), e.what());
@@ -81,29 +83,41 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                format_bytes(e->plan_.weight_bytes), in.replicas, format_bytes(e->plan_.arena_bytes),
                format_bytes(e->plan_.total_bytes), in.max_batch_tokens, in.max_seq_len);
 
+  const bool on_cuda = in.device == DeviceKind::kCuda;
   if (in.precision != options.precision) {
     spdlog::warn("--dtype {}: this CPU has no {} instructions (oneDNN reports ISA {}); computing in fp32 instead",
                  precision_name(options.precision),
                  options.precision == Precision::kBf16 ? "AVX512-BF16/AMX" : "VNNI/AMX int8",
                  static_cast<int>(dnnl::get_effective_cpu_isa()));
   }
-  // Low precision: each encoder linear is packed as soon as it is read and its float32
-  // copy freed, so the float32 encoder never sits in memory whole.
+  // Low precision on the CPU: each encoder linear is packed as soon as it is read and its
+  // float32 copy freed, so the float32 encoder never sits in memory whole. CUDA replicas
+  // convert while uploading, then the host copy is dropped.
   LinearLoadedHook pack;
-  if (in.precision != Precision::kFp32) pack = [p = in.precision](LinearWeights& w) { pack_linear_weights(w, p); };
+  if (!on_cuda && in.precision != Precision::kFp32) {
+    pack = [p = in.precision](LinearWeights& w) { pack_linear_weights(w, p); };
+  }
   e->model_.encoder = load_encoder_weights(model_dir, config, pack);
   e->model_.heads = load_head_weights(model_dir, config);
   const uint64_t rss_weights = current_rss_bytes();
-  for (int r = 0; r < options.replicas; ++r) {
-    e->replicas_.push_back(std::make_unique<Replica>(r, e->model_, e->plan_, in.threads));
+  const std::vector<Device> devices = on_cuda ? options.devices : std::vector<Device>(options.replicas);
+  for (int r = 0; r < in.replicas; ++r) {
+    if (on_cuda) {
+      e->replicas_.push_back(make_cuda_replica(r, e->model_, e->plan_, devices[r]));
+    } else {
+      e->replicas_.push_back(std::make_unique<CpuReplica>(r, e->model_, e->plan_, in.threads));
+    }
   }
+  if (on_cuda) e->release_host_weights();
   spdlog::debug("resident: {} at start, {} with weights, {} with replicas (kernels compiled)",
                 format_bytes(rss_at_start), format_bytes(rss_weights), format_bytes(current_rss_bytes()));
-  spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}) with {} replica(s) x {} threads",
+  std::string where = on_cuda ? " on" : fmt::format(" x {} threads on the CPU", in.threads);
+  for (size_t r = 0; on_cuda && r < e->replicas_.size(); ++r) where += (r ? ", " : " ") + e->replicas_[r]->device_name();
+  spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}; {}) with {} replica(s){}",
                model_dir.string(), config.num_layers, config.hidden_size, config.num_heads,
                std::filesystem::path(e->model_.encoder.source).filename().string(),
-               e->model_.heads.sparse ? " sparse" : "", e->model_.heads.colbert ? " colbert" : "", in.replicas,
-               in.threads);
+               e->model_.heads.sparse ? " sparse" : "", e->model_.heads.colbert ? " colbert" : "",
+               precision_name(in.precision), in.replicas, where);
   SchedulerOptions scheduling;
   scheduling.max_batch_tokens = in.max_batch_tokens;
   scheduling.max_seq_len = in.max_seq_len;
@@ -120,6 +134,14 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
     e->warmups_.push_back(warmups[r].get());  // rethrows a failed warm-up (the destructor stops the threads)
     if (!options.warm_up) continue;
     const auto& w = e->warmups_.back();
+    if (w.device) {
+      const uint64_t used_before = w.device_total - w.device_free_before, used_after = w.device_total - w.device_free_after;
+      spdlog::info("warm-up of replica {} on {}: {:.2f} s; device memory in use {} before the replica (context), {} "
+                   "after warm-up: {} more, planned {}",
+                   r, e->replicas_[r]->device_name(), w.seconds, format_bytes(used_before), format_bytes(used_after),
+                   format_bytes(used_after - std::min(used_after, used_before)), format_bytes(w.device_planned));
+      continue;
+    }
     spdlog::info("warm-up of replica {}: {:.2f} s; resident memory grew {} since loading began (planned {}), "
                  "process resident {}, peak during warm-up {}",
                  r, w.seconds, format_bytes(w.rss_after - std::min(w.rss_after, rss_at_start)),
@@ -131,6 +153,7 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
 MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const ModelConfig& config,
                               const EmbedderOptions& options) {
   if (options.replicas < 1) fail("replicas must be at least 1, got {}", options.replicas);
+  const bool on_cuda = !options.devices.empty() && options.devices.front().kind == DeviceKind::kCuda;
   PlanInputs in;
   in.config = config;
   in.max_seq_len = options.max_seq_len > 0 ? options.max_seq_len : config.max_tokens();
@@ -138,13 +161,36 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
     fail("max sequence length {} exceeds the model's limit of {} tokens (max_position_embeddings {})",
          in.max_seq_len, config.max_tokens(), config.max_position_embeddings);
   }
-  const int threads = options.threads > 0 ? options.threads : CpuBackend::default_threads();
-  in.replicas = options.replicas;
-  in.threads = std::max(1, threads / options.replicas);
   in.sparse_head = std::filesystem::exists(model_dir / "sparse_linear.pt");
   in.colbert_head = std::filesystem::exists(model_dir / "colbert_linear.pt");
   in.max_batch_tokens = options.max_batch_tokens;
   in.max_queue_tokens = options.max_queue_tokens;
+  if (on_cuda) {
+    if (options.replicas != 1) {
+      fail("--replicas is for CPU replicas; on CUDA there is one replica per device (--devices cuda:0,cuda:1,...)");
+    }
+    if (options.precision == Precision::kInt8) fail("--dtype int8 is CPU only; on CUDA use fp16, bf16 or fp32");
+    in.device = DeviceKind::kCuda;
+    in.replicas = static_cast<int>(options.devices.size());
+    in.threads = 1;  // a CUDA replica's host thread only stages batches
+    in.precision = options.precision;
+    uint64_t limit = options.memory_limit;
+    if (options.gpu_memory_fraction > 0) {
+      uint64_t smallest = UINT64_MAX;
+      for (const Device& d : options.devices) smallest = std::min(smallest, cuda_memory_info(d.index).total);
+      const auto share = static_cast<uint64_t>(options.gpu_memory_fraction * static_cast<double>(smallest));
+      limit = limit > 0 ? std::min(limit, share) : share;
+    }
+    if (limit > 0) {
+      in.max_batch_tokens = std::min(max_batch_tokens_for_limit(in, limit), kMaxBatchTokensForLimit);
+    }
+    return plan_memory(in);
+  }
+  if (options.precision == Precision::kFp16) fail("--dtype fp16 is for CUDA devices; on the CPU use bf16");
+  if (options.gpu_memory_fraction > 0) fail("--gpu-memory-fraction needs a CUDA device (--device cuda)");
+  const int threads = options.threads > 0 ? options.threads : CpuBackend::default_threads();
+  in.replicas = options.replicas;
+  in.threads = std::max(1, threads / options.replicas);
   in.precision = cpu_supports(options.precision) ? options.precision : Precision::kFp32;
   if (options.memory_limit > 0) {
     // The GEMM workspace grows with the rows: size it for the most a limit could allow.
@@ -153,6 +199,21 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   }
   in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens, in.precision);
   return plan_memory(in);
+}
+
+// The CUDA replicas hold their own converted copies; the host float32 weights (2.3 GB
+// for BGE-M3) are not read again.
+void Embedder::release_host_weights() {
+  EncoderWeights& e = model_.encoder;
+  std::vector<float>().swap(e.word_embeddings);
+  std::vector<float>().swap(e.position_embeddings);
+  for (auto& layer : e.layers) {
+    for (LinearWeights* w : {&layer.qkv, &layer.attention_out, &layer.intermediate, &layer.output}) {
+      std::vector<float>().swap(w->weight);
+    }
+  }
+  if (model_.heads.colbert) std::vector<float>().swap(model_.heads.colbert->weight);
+  malloc_trim(0);
 }
 
 void Embedder::check(const OutputRequest& request) const { replicas_.front()->check(request); }

@@ -15,6 +15,7 @@
 #include "m3/model/m3_output.h"
 #include "m3/runtime/packed_batch.h"
 #include "m3/runtime/replica.h"
+#include "m3/core/device.h"
 #include "m3/runtime/scheduler.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 
@@ -29,6 +30,10 @@ struct EmbedderOptions {
   int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
   Precision precision = Precision::kFp32;  // --dtype: what the encoder GEMMs compute in
+  // Where replicas run (select_devices): empty or {cpu}: `replicas` CPU replicas; CUDA
+  // devices: one replica on each, and memory_limit bounds each device's allocation.
+  std::vector<Device> devices;
+  double gpu_memory_fraction = 0;    // (0, 1]: also bound each device's allocation by this share of its memory
 };
 
 class Embedder {
@@ -49,7 +54,9 @@ class Embedder {
   const std::vector<WarmupReport>& warmup_reports() const { return warmups_; }
   int64_t max_seq_len() const { return plan_.inputs.max_seq_len; }
   int64_t max_batch_tokens() const { return plan_.inputs.max_batch_tokens; }
+  size_t replica_count() const { return replicas_.size(); }
   Replica& replica(size_t i) { return *replicas_[i]; }
+  const Replica& replica(size_t i) const { return *replicas_[i]; }
 
   // Throws m3::Error when the model cannot produce a requested output (missing head file).
   void check(const OutputRequest& request) const;
@@ -68,6 +75,7 @@ class Embedder {
 
  private:
   Embedder() = default;
+  void release_host_weights();
 
   SharedModel model_;
   std::unique_ptr<XlmrTokenizer> tokenizer_;

@@ -1,18 +1,17 @@
-// Replica: one device's worth of the model: a backend, its arena (allocated once, sized
-// by the MemoryPlan) and the encoder and heads computing in it. Replicas share the
-// weights; each runs batches on its own thread.
+// Replica: one device's worth of the model, computing batches from the scheduler on its
+// own thread, in memory allocated once and sized by the MemoryPlan. CpuReplica runs the
+// encoder on oneDNN in a host arena; CudaReplica on one GPU in one device allocation.
 #pragma once
 
+#include <cstdint>
 #include <filesystem>
-#include <memory>
+#include <string>
 #include <vector>
 
-#include "m3/backend/backend.h"
-#include "m3/memory/arena.h"
-#include "m3/memory/memory_plan.h"
-#include "m3/model/m3_heads.h"
 #include "m3/model/m3_output.h"
-#include "m3/model/xlmr_encoder.h"
+#include "m3/model/model_config.h"
+#include "m3/model/weights.h"
+#include "m3/runtime/packed_batch.h"
 
 namespace m3 {
 
@@ -28,36 +27,36 @@ struct WarmupReport {
   uint64_t rss_after = 0;   // resident bytes after the worst-case batches
   uint64_t peak_rss = 0;    // peak resident bytes during warm-up
   double seconds = 0;
+  // CUDA replicas: cudaMemGetInfo of their device before the replica allocated anything
+  // (context created) and after warm-up.
+  bool device = false;
+  int device_index = 0;
+  uint64_t device_total = 0, device_free_before = 0, device_free_after = 0;
+  uint64_t device_planned = 0;  // the replica's single allocation (MemoryPlan::device_bytes)
 };
 
 class Replica {
  public:
-  Replica(int index, const SharedModel& model, const MemoryPlan& plan, int threads);
+  virtual ~Replica() = default;
+  virtual int index() const = 0;
+  virtual std::string device_name() const = 0;   // "cpu", "cuda:0"
+  virtual std::string backend_name() const = 0;  // e.g. "cpu-onednn", "cuda-cublaslt"
 
-  int index() const { return index_; }
-  Backend& backend() { return *backend_; }
-
-  // Encoder and head GEMMs over the batch, in the arena (no allocation after warm-up).
-  // `layers` < 0: all of them.
-  const float* forward(const PackedBatch& batch, const OutputRequest& request, int layers = -1);
-  // Copies each sequence's outputs out of the arena: outputs[i] for sequence i.
-  void extract(const PackedBatch& batch, const float* hidden, const OutputRequest& request,
-               std::vector<M3Output>& outputs) const;
-  void check(const OutputRequest& request) const { heads_->check(request); }
-
-  // Touches the arena and runs the worst cases through one layer and the heads (every
-  // layer computes in the same buffers): one max_seq_len sequence, then a full
-  // max_batch_tokens batch of short ones. Call on the thread that will run batches.
-  WarmupReport warm_up();
-
- private:
-  int index_;
-  const SharedModel& model_;
-  MemoryPlan plan_;
-  std::unique_ptr<Backend> backend_;
-  Arena arena_;
-  std::unique_ptr<XlmrEncoder> encoder_;
-  std::unique_ptr<M3Heads> heads_;
+  // Call on the thread that will run batches.
+  virtual void attach_thread() = 0;
+  // Throws m3::Error naming the missing head file when an output cannot be computed.
+  virtual void check(const OutputRequest& request) const = 0;
+  // Makes all planned memory resident and runs the worst-case batches (one max_seq_len
+  // sequence; a full batch of short ones). Call on the thread that will run batches.
+  virtual WarmupReport warm_up() = 0;
+  // Forward pass and heads over the batch, then each sequence's outputs copied out:
+  // outputs[i] for sequence i.
+  virtual void run(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs) = 0;
 };
+
+// The worst cases warm-up runs: one sequence of max_seq_len tokens (the largest attention
+// extent), then a batch of max_batch_tokens tokens in short sequences (the most rows and
+// sequences). Token ids are any inside the vocabulary.
+std::vector<PackedBatch> warmup_batches(int64_t max_seq_len, int64_t max_batch_tokens, int32_t pad_token_id);
 
 }  // namespace m3

@@ -169,6 +169,23 @@ std::string Metrics::render(const RuntimeGauges& g) const {
         static_cast<double>(g.resident_bytes));
   gauge(out, "m3_memory_resident_peak_bytes", "Peak resident memory of the process (VmHWM).",
         static_cast<double>(g.peak_resident_bytes));
+  if (!g.devices.empty()) {
+    auto per_device = [&](const char* name, const char* help, auto value) {
+      header(out, name, "gauge", help);
+      for (const auto& d : g.devices) line(out, "{}{{device=\"{}\"}} {}", name, d.device, value(d));
+    };
+    per_device("m3_device_memory_total_bytes", "GPU memory (cudaMemGetInfo total).",
+               [](const DeviceMemoryGauge& d) { return d.total; });
+    per_device("m3_device_memory_used_bytes", "GPU memory in use now, by every process (total - free).",
+               [](const DeviceMemoryGauge& d) { return d.total - d.free; });
+    per_device("m3_device_memory_used_before_warmup_bytes",
+               "GPU memory in use before the replica allocated (its CUDA context created).",
+               [](const DeviceMemoryGauge& d) { return d.total - d.free_before_warmup; });
+    per_device("m3_device_memory_used_after_warmup_bytes", "GPU memory in use after the replica's warm-up.",
+               [](const DeviceMemoryGauge& d) { return d.total - d.free_after_warmup; });
+    per_device("m3_device_memory_planned_bytes", "The replica's one planned allocation (weights, arena, workspace).",
+               [](const DeviceMemoryGauge& d) { return d.planned; });
+  }
   return out;
 }
 

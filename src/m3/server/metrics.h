@@ -35,6 +35,12 @@ class Histogram {
 };
 
 // What /metrics reads from the running server when it is scraped.
+// One CUDA device's memory (cudaMemGetInfo) now and around its replica's warm-up.
+struct DeviceMemoryGauge {
+  std::string device;  // "cuda:0"
+  uint64_t total = 0, free = 0, free_before_warmup = 0, free_after_warmup = 0, planned = 0;
+};
+
 struct RuntimeGauges {
   bool ready = false;
   size_t connections = 0;
@@ -43,6 +49,7 @@ struct RuntimeGauges {
   const MemoryPlan* plan = nullptr;
   uint64_t resident_bytes = 0;
   uint64_t peak_resident_bytes = 0;
+  std::vector<DeviceMemoryGauge> devices;
   std::string model;
   std::string version;
 };

@@ -1,6 +1,7 @@
 // GET /health, /info and /metrics: what orchestrators, people and Prometheus ask.
 #include <fmt/format.h>
 
+#include "m3/backend/cuda/cuda_runtime_info.h"
 #include "m3/core/process_memory.h"
 #include "m3/server/json_writer.h"
 #include "m3/server/route.h"
@@ -8,9 +9,32 @@
 namespace m3::server {
 namespace {
 
-// TEI's model_dtype names: float32, bfloat16; int8 is m3embed's own.
+// TEI's model_dtype names: float32, float16, bfloat16; int8 is m3embed's own.
 const char* dtype_label(Precision p) {
-  return p == Precision::kBf16 ? "bfloat16" : p == Precision::kInt8 ? "int8" : "float32";
+  switch (p) {
+    case Precision::kBf16: return "bfloat16";
+    case Precision::kFp16: return "float16";
+    case Precision::kInt8: return "int8";
+    case Precision::kFp32: break;
+  }
+  return "float32";
+}
+
+// Each CUDA replica's device memory, read now (cudaMemGetInfo) and at its warm-up.
+std::vector<DeviceMemoryGauge> device_gauges(const Embedder& embedder) {
+  std::vector<DeviceMemoryGauge> gauges;
+  for (const WarmupReport& w : embedder.warmup_reports()) {
+    if (!w.device) continue;
+    DeviceMemoryGauge g{fmt::format("cuda:{}", w.device_index), w.device_total, 0, w.device_free_before,
+                        w.device_free_after, w.device_planned};
+    try {
+      g.free = cuda_memory_info(w.device_index).free;
+    } catch (const std::exception&) {
+      continue;  // the device cannot answer now; leave it out rather than report a guess
+    }
+    gauges.push_back(std::move(g));
+  }
+  return gauges;
 }
 
 const char* state_name(ServerState state) {
@@ -26,10 +50,15 @@ void append_plan(std::string& out, const MemoryPlan& plan) {
   fmt::format_to(std::back_inserter(out),
                  "{{\"weights_bytes\":{},\"arena_bytes_per_replica\":{},\"replicas\":{},\"queue_tokens\":{},"
                  "\"queue_bytes\":{},\"output_bytes\":{},\"total_bytes\":{},\"max_batch_tokens\":{},"
-                 "\"max_seq_len\":{},\"threads_per_replica\":{},\"arena\":[",
+                 "\"max_seq_len\":{},\"threads_per_replica\":{},\"device\":\"{}\",",
                  plan.weight_bytes, plan.arena_bytes, plan.inputs.replicas, plan.queue_tokens, plan.queue_bytes,
                  plan.output_bytes, plan.total_bytes, plan.inputs.max_batch_tokens, plan.inputs.max_seq_len,
-                 plan.inputs.threads);
+                 plan.inputs.threads, plan.inputs.device == DeviceKind::kCuda ? "cuda" : "cpu");
+  if (plan.inputs.device == DeviceKind::kCuda) {
+    fmt::format_to(std::back_inserter(out), "\"device_bytes_per_replica\":{},\"pinned_bytes_per_replica\":{},"
+                   "\"host_bytes\":{},", plan.device_bytes, plan.pinned_bytes, plan.host_bytes);
+  }
+  out += "\"arena\":[";
   for (size_t i = 0; i < plan.arena.size(); ++i) {
     out += i ? ",{\"name\":" : "{\"name\":";
     append_json_string(out, plan.arena[i].name);
@@ -95,6 +124,18 @@ HttpResponse info_response(const ServerContext& context) {
                    "{}{{\"replica\":{},\"rss_before\":{},\"rss_after\":{},\"peak_rss\":{},\"seconds\":{}}}",
                    i ? "," : "", i, w.rss_before, w.rss_after, w.peak_rss, w.seconds);
   }
+  // CUDA: each device's memory now and before/after its replica's warm-up (the context
+  // comes before; the planned allocation and cuBLASLt's kernels after).
+  out += "],\"devices\":[";
+  const auto devices = device_gauges(*embedder);
+  for (size_t i = 0; i < devices.size(); ++i) {
+    const DeviceMemoryGauge& d = devices[i];
+    fmt::format_to(std::back_inserter(out),
+                   "{}{{\"device\":\"{}\",\"total_bytes\":{},\"free_bytes\":{},\"used_bytes\":{},"
+                   "\"used_before_warmup_bytes\":{},\"used_after_warmup_bytes\":{},\"planned_bytes\":{}}}",
+                   i ? "," : "", d.device, d.total, d.free, d.total - d.free, d.total - d.free_before_warmup,
+                   d.total - d.free_after_warmup, d.planned);
+  }
   out += "]}}";
   return response;
 }
@@ -107,6 +148,7 @@ HttpResponse metrics_response(const ServerContext& context) {
   if (Embedder* embedder = context.embedder.load()) {
     gauges.scheduler = embedder->scheduler().stats();
     gauges.plan = &embedder->plan();
+    gauges.devices = device_gauges(*embedder);
   }
   gauges.resident_bytes = current_rss_bytes();
   gauges.peak_resident_bytes = peak_rss_bytes();

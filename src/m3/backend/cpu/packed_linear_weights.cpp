@@ -81,6 +81,7 @@ bool cpu_supports(Precision precision) {
     case Precision::kBf16: return at_least(isa::avx512_core_bf16) || at_least(isa::avx512_core_amx);
     case Precision::kInt8:
       return at_least(isa::avx512_core_vnni) || at_least(isa::avx2_vnni) || at_least(isa::avx512_core_amx);
+    case Precision::kFp16: return false;  // CUDA only
   }
   return false;
 }

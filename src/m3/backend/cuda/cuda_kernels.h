@@ -1,0 +1,58 @@
+// Launchers of m3embed's CUDA kernels (cuda_kernels.cu, cuda_attention.cu). Plain C++
+// declarations, so the host code that calls them needs no CUDA compiler; buffers of the
+// GEMM type are void* with their GemmType. All launch on `stream` and return at once;
+// the caller checks cudaGetLastError.
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+namespace m3::cuda {
+
+// The type activations are stored in between GEMMs (and the GEMM inputs' type).
+enum class GemmType { kF32, kF16, kBF16 };
+
+// hidden[t] = LayerNorm(word[ids[t]] + token_type + position[positions[t]]), written as
+// float32 (the residual stream) and as the GEMM type (hidden_gemm may equal hidden for f32).
+void embed_layer_norm(GemmType type, const int32_t* ids, const int32_t* positions, int64_t tokens, const void* word,
+                      const void* position, const float* token_type, const float* gamma, const float* beta,
+                      float eps, int64_t hidden, float* hidden_f32, void* hidden_gemm, cudaStream_t stream);
+
+// hidden = LayerNorm(hidden + projection (+ bias when not null)), both outputs as above.
+void residual_layer_norm(GemmType type, const float* projection, const float* bias, int64_t tokens,
+                         const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
+                         void* hidden_gemm, cudaStream_t stream);
+
+// y = gelu_erf(y + bias) in place over [rows, width] of the GEMM type.
+void bias_gelu(GemmType type, void* y, const float* bias, int64_t rows, int64_t width, cudaStream_t stream);
+
+// Self-attention of each packed sequence over itself, flash-style: 64-query tiles stream
+// 32-key blocks through shared memory with an online softmax, so no score matrix is
+// stored anywhere. qkv: [tokens, 3 * heads * head_dim] without its bias (added here, in
+// float32); tiles: (sequence, first query row) pairs; context: [tokens, heads * head_dim].
+// head_dim must be one of supported_attention_head_dim.
+bool supported_attention_head_dim(int64_t head_dim);
+constexpr int kAttentionQueryTile = 64;
+void attention(GemmType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
+               const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
+               cudaStream_t stream);
+
+// dense[s] = normalize(hidden[cu_seqlens[s]]) (the CLS row) for each sequence.
+void cls_normalize(const float* hidden, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* dense,
+                   cudaStream_t stream);
+// rows[t] = normalize(rows[t] (+ bias when not null)) in place, each row of `width`.
+void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream);
+// weights[t] = relu(hidden[t] . w + b).
+void sparse_weights(const float* hidden, const float* w, const float* b, int64_t tokens, int64_t width,
+                    float* weights, cudaStream_t stream);
+// lexical[t] = the largest weight of token ids[t] in its sequence when t is that id's
+// first occurrence with a positive weight and the id is not one of `special` (4 ids);
+// else 0. The host keeps the positive entries in token order (M3-SPEC's lexical_weights).
+struct SpecialIds {
+  int32_t id[4];
+};
+void lexical_max_per_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
+                        int64_t tokens, SpecialIds special, float* lexical, cudaStream_t stream);
+
+}  // namespace m3::cuda

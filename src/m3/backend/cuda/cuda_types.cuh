@@ -1,0 +1,35 @@
+// Storage types of the CUDA kernels: float, __half, __nv_bfloat16, converted to and from
+// float32 for arithmetic, and the dispatch from GemmType to one of them.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "m3/backend/cuda/cuda_kernels.h"
+
+namespace m3::cuda {
+
+__device__ __forceinline__ float to_f32(float x) { return x; }
+__device__ __forceinline__ float to_f32(__half x) { return __half2float(x); }
+__device__ __forceinline__ float to_f32(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T from_f32(float x);
+template <>
+__device__ __forceinline__ float from_f32<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Calls f(T{}) with T the storage type of `type`.
+template <typename F>
+void dispatch(GemmType type, F&& f) {
+  switch (type) {
+    case GemmType::kF32: f(float{}); break;
+    case GemmType::kF16: f(__half{}); break;
+    case GemmType::kBF16: f(__nv_bfloat16{}); break;
+  }
+}
+
+}  // namespace m3::cuda
