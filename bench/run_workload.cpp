@@ -25,12 +25,14 @@
 #include "m3/core/precision.h"
 #include "m3/core/process_memory.h"
 #include "m3/memory/memory_plan.h"
+#include "m3/runtime/device_selection.h"
 #include "m3/runtime/embedder.h"
+#include "device_memory.h"
 
 namespace {
 
 struct Options {
-  std::string model, ids, json_out, outputs, dtype = "fp32";
+  std::string model, ids, json_out, outputs, dtype = "fp32", device = "cpu";
   int threads = 0, repeat = 3, warmup = 1;
   double budget_s = 0;
   int64_t max_batch_tokens = 16384, max_seq_len = 0;
@@ -124,7 +126,9 @@ int main(int argc, char** argv) {
   CLI::App app{"m3bench-workload: tokens/s and resident memory of m3embed on one workload (bench/peers.py)"};
   app.add_option("--model", o.model, "Model directory")->required();
   app.add_option("--ids", o.ids, "JSON file: a list of token-id lists, sent as one request")->required();
-  app.add_option("--dtype", o.dtype, "What the encoder GEMMs compute in: fp32, bf16, int8")->capture_default_str();
+  app.add_option("--dtype", o.dtype, "What the encoder GEMMs compute in: fp32, bf16, fp16 (CUDA), int8 (CPU)")
+      ->capture_default_str();
+  app.add_option("--device", o.device, "cpu, cuda, cuda:N or auto")->capture_default_str();
   app.add_option("--threads", o.threads, "Threads (0: all cores)")->capture_default_str();
   app.add_option("--max-batch-tokens", o.max_batch_tokens, "Tokens per forward pass")->capture_default_str();
   app.add_option("--max-seq-len", o.max_seq_len, "Longest sequence (0: the model's limit)")->capture_default_str();
@@ -161,6 +165,7 @@ int main(int argc, char** argv) {
     options.max_batch_tokens = o.max_batch_tokens;
     options.max_seq_len = o.max_seq_len;
     options.precision = m3::parse_precision(o.dtype);
+    options.devices = m3::select_devices(o.device, "");
     const auto load_start = Clock::now();
     auto embedder = m3::Embedder::load(o.model, options);
     const double load_seconds = seconds_since(load_start);
@@ -233,6 +238,9 @@ int main(int argc, char** argv) {
         {"plan_total_bytes", plan.total_bytes},
         {"plan_weight_bytes", plan.weight_bytes},
         {"plan_arena_bytes", plan.arena_bytes},
+        {"device", embedder->replica(0).device_name()},
+        // CUDA: used_now after the timed runs; equal to used_after_warmup when nothing grew.
+        {"device_memory", m3::bench::device_memory_json(*embedder)},
     };
     const std::string text = report.dump(2);
     if (o.json_out.empty()) {

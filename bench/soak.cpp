@@ -18,12 +18,14 @@
 #include "m3/core/error.h"
 #include "m3/core/process_memory.h"
 #include "m3/memory/memory_plan.h"
+#include "m3/runtime/device_selection.h"
 #include "m3/runtime/embedder.h"
+#include "device_memory.h"
 
 namespace {
 
 struct Options {
-  std::string model, json_out;
+  std::string model, json_out, device = "cpu", dtype = "fp32";
   int requests = 2000, clients = 4, replicas = 1, threads = 0, max_texts = 1;
   int64_t max_batch_tokens = 16384, max_seq_len = 0;
   uint64_t seed = 1;
@@ -57,6 +59,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-seq-len", o.max_seq_len, "Longest request (0: the model's limit)");
   app.add_option("--seed", o.seed, "Seed of the length mix")->capture_default_str();
   app.add_option("--max-seconds", o.max_seconds, "Stop sending after this long (0: no limit)");
+  app.add_option("--device", o.device, "cpu, cuda, cuda:N or auto (CUDA: device memory is sampled too)")
+      ->capture_default_str();
+  app.add_option("--dtype", o.dtype, "fp32, bf16, fp16 (CUDA) or int8 (CPU)")->capture_default_str();
   app.add_option("--json", o.json_out, "Write the report here as JSON");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_default_logger(spdlog::stderr_color_mt("soak"));
@@ -69,8 +74,15 @@ int main(int argc, char** argv) {
     options.replicas = o.replicas;
     options.max_batch_tokens = o.max_batch_tokens;
     options.max_seq_len = o.max_seq_len;
+    options.devices = m3::select_devices(o.device, "");
+    options.precision = m3::parse_precision(o.dtype);
     auto embedder = m3::Embedder::load(o.model, options);
     const auto& plan = embedder->plan();
+    // CUDA: device memory in use (one device) after warm-up, and the most seen during the run.
+    const bool cuda = plan.inputs.device == m3::DeviceKind::kCuda;
+    const int device_index = cuda ? options.devices.front().index : 0;
+    const uint64_t device_warm = cuda ? m3::bench::device_used_now(device_index) : 0;
+    std::atomic<uint64_t> device_max{device_warm};
     const int64_t max_len = embedder->max_seq_len();
     const auto vocab = static_cast<int32_t>(embedder->config().vocab_size);
     const m3::OutputRequest outputs{true, plan.inputs.sparse_head, plan.inputs.colbert_head};
@@ -85,6 +97,12 @@ int main(int argc, char** argv) {
         const uint64_t rss = m3::current_rss_bytes();
         uint64_t seen = rss_max.load();
         while (rss > seen && !rss_max.compare_exchange_weak(seen, rss)) {
+        }
+        if (cuda) {
+          const uint64_t used = m3::bench::device_used_now(device_index);
+          uint64_t most = device_max.load();
+          while (used > most && !device_max.compare_exchange_weak(most, used)) {
+          }
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(50));
       }
@@ -147,7 +165,20 @@ int main(int argc, char** argv) {
         {"rss_end_bytes", rss_end},
         {"growth_after_warmup_percent", growth},
         {"peak_vs_plan_percent", vs_plan},
+        {"device", embedder->replica(0).device_name()},
     };
+    if (cuda) {
+      const uint64_t device_end = m3::bench::device_used_now(device_index);
+      report["device_memory"] = m3::bench::device_memory_json(*embedder);
+      report["device_used_after_warmup_bytes"] = device_warm;
+      report["device_used_max_after_warmup_bytes"] = device_max.load();
+      report["device_growth_after_warmup_bytes"] = device_max.load() - device_warm;
+      report["device_used_end_bytes"] = device_end;
+      fmt::print("device {}: used {} after warm-up, at most {} during the run ({} bytes of growth); planned "
+                 "allocation {}\n", embedder->replica(0).device_name(), m3::format_bytes(device_warm),
+                 m3::format_bytes(device_max.load()), device_max.load() - device_warm,
+                 m3::format_bytes(plan.device_bytes));
+    }
     fmt::print("{} requests, {} tokens in {:.1f} s ({:.0f} tokens/s)\n", done.load(), tokens.load(), seconds,
                double(tokens.load()) / seconds);
     fmt::print("plan {} (+{} process baseline) | after warm-up {} | peak after warm-up {} ({:+.2f}% growth) | "

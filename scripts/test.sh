@@ -5,7 +5,21 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 jobs=$(nproc)
-cmake -S . -B build -DCMAKE_BUILD_TYPE=Release
+# The CUDA backend is built and linked on every run, GPU or not (its tests skip, saying
+# why, where no GPU can be used). M3_CUDA=OFF turns it off for a machine without nvcc.
+cuda_flags=()
+nvcc_path=$(command -v nvcc || true)
+[ -z "$nvcc_path" ] && [ -x /usr/local/cuda/bin/nvcc ] && nvcc_path=/usr/local/cuda/bin/nvcc
+if [ "${M3_CUDA:-ON}" = "OFF" ]; then
+  cuda_flags=(-DM3_CUDA=OFF)
+elif [ -n "$nvcc_path" ]; then
+  cuda_flags=(-DM3_CUDA=ON -DCMAKE_CUDA_COMPILER="$nvcc_path")
+else
+  echo "scripts/test.sh: nvcc not found: the CUDA toolkit is needed to build the CUDA backend" \
+       "(or run with M3_CUDA=OFF)" >&2
+  exit 1
+fi
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${cuda_flags[@]}"
 cmake --build build -j"$jobs"
 cd build
 ctest --output-on-failure -j"$jobs" "$@"

@@ -1,0 +1,231 @@
+// The CUDA backend on a real GPU (ctest label `gpu`). Every test skips, saying why, on a
+// machine where no GPU can be used; CI builds them there and a GPU machine runs them:
+//   ctest --test-dir build -L gpu --output-on-failure
+// Fidelity is checked against FlagEmbedding's float32 goldens of the fixture models, the
+// 8192-token case against m3embed's own CPU path on a long-position copy of a fixture.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <map>
+#include <random>
+
+#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/model/checkpoint.h"
+#include "m3/runtime/embedder.h"
+#include "test_support.h"
+
+namespace m3 {
+namespace {
+
+#define SKIP_WITHOUT_GPU()                                                          \
+  do {                                                                              \
+    std::string why;                                                                \
+    if (cuda_device_count(&why) == 0) GTEST_SKIP() << "no GPU can be used: " << why; \
+  } while (0)
+
+double cosine(const float* a, const float* b, int64_t n) {
+  double ab = 0, aa = 0, bb = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    ab += double(a[i]) * b[i];
+    aa += double(a[i]) * a[i];
+    bb += double(b[i]) * b[i];
+  }
+  return ab / std::sqrt(aa * bb + 1e-30);
+}
+
+std::unique_ptr<Embedder> load_on_gpu(const std::filesystem::path& dir, Precision precision, int64_t max_seq_len,
+                                      int64_t max_batch_tokens) {
+  EmbedderOptions options;
+  options.devices = {Device{DeviceKind::kCuda, 0}};
+  options.precision = precision;
+  options.max_seq_len = max_seq_len;
+  options.max_batch_tokens = max_batch_tokens;
+  return Embedder::load(dir, options);
+}
+
+struct Case {
+  std::string model;
+  Precision precision;
+};
+
+void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " " << precision_name(c.precision); }
+
+class CudaFidelity : public ::testing::TestWithParam<Case> {};
+
+// fp32: every output within 1e-4 of FlagEmbedding; fp16/bf16: dense cosine >= 0.999.
+TEST_P(CudaFidelity, OutputsMatchTheReference) {
+  SKIP_WITHOUT_GPU();
+  const Case c = GetParam();
+  simdjson::dom::parser parser;
+  const simdjson::dom::element golden = parser.load((test::fixtures() / "golden" / (c.model + ".json")).string());
+  const int64_t max_length = int64_t(golden["max_length"]);
+  auto embedder = load_on_gpu(test::fixtures() / c.model, c.precision, max_length, 4 * max_length);
+  ASSERT_EQ(embedder->replica(0).device_name(), "cuda:0");
+  std::vector<std::vector<int32_t>> sequences;
+  for (auto t : golden["texts"].get_array()) sequences.push_back(embedder->tokenize(std::string_view(t), max_length));
+  const auto outputs = embedder->encode(sequences, {true, true, true});
+  const int64_t h = embedder->config().hidden_size;
+  auto dense = golden["dense_vecs"].get_array();
+  auto lexical = golden["lexical_weights"].get_array();
+  auto colbert = golden["colbert_vecs"].get_array();
+  ASSERT_EQ(outputs.size(), dense.size());
+  const bool exact = c.precision == Precision::kFp32;
+  double least_dense = 1, least_colbert = 1;
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    const auto want = test::floats(dense.at(i).get_array());
+    ASSERT_EQ(outputs[i].dense.size(), want.size());
+    least_dense = std::min(least_dense, cosine(outputs[i].dense.data(), want.data(), h));
+    if (exact) {
+      for (int64_t k = 0; k < h; ++k) ASSERT_NEAR(outputs[i].dense[k], want[k], 1e-4) << "text " << i;
+      std::map<std::string, double> got;
+      for (const auto& [id, w] : outputs[i].lexical) got[std::to_string(id)] = w;
+      size_t keys = 0;
+      for (auto field : lexical.at(i).get_object()) {
+        ++keys;
+        const std::string id(field.key);
+        ASSERT_TRUE(got.count(id)) << "text " << i << " lacks token " << id;
+        ASSERT_NEAR(got[id], double(field.value), 1e-4) << "text " << i << " token " << id;
+      }
+      EXPECT_EQ(got.size(), keys) << "text " << i;
+    }
+    auto rows = colbert.at(i).get_array();
+    ASSERT_EQ(outputs[i].colbert_rows, static_cast<int64_t>(rows.size())) << "text " << i;
+    int64_t r = 0;
+    for (auto row : rows) {
+      const auto w = test::floats(row.get_array());
+      const float* got = outputs[i].colbert.data() + r * h;
+      least_colbert = std::min(least_colbert, cosine(got, w.data(), h));
+      if (exact) {
+        for (int64_t k = 0; k < h; ++k) ASSERT_NEAR(got[k], w[k], 1e-4) << "text " << i << " row " << r;
+      }
+      ++r;
+    }
+  }
+  std::printf("%s %s on GPU: dense min cosine %.6f, ColBERT min cosine %.6f\n", c.model.c_str(),
+              std::string(precision_name(c.precision)).c_str(), least_dense, least_colbert);
+  EXPECT_GE(least_dense, 0.999);
+}
+
+INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFidelity,
+                         ::testing::Values(Case{"tiny-st", Precision::kFp32}, Case{"tiny-bin", Precision::kFp32},
+                                           Case{"tiny-st", Precision::kFp16}, Case{"tiny-bin", Precision::kFp16},
+                                           Case{"tiny-st", Precision::kBf16}, Case{"tiny-bin", Precision::kBf16}),
+                         [](const auto& info) {
+                           std::string name = info.param.model + "_" + std::string(precision_name(info.param.precision));
+                           for (char& ch : name) ch = ch == '-' ? '_' : ch;
+                           return name;
+                         });
+
+// After warm-up the device's free memory does not move by a byte, whatever the batches.
+TEST(CudaMemory, NoDeviceAllocationAfterWarmUp) {
+  SKIP_WITHOUT_GPU();
+  auto embedder = load_on_gpu(test::fixtures() / "tiny-st", Precision::kFp16, 128, 512);
+  const WarmupReport& w = embedder->warmup_reports().at(0);
+  ASSERT_TRUE(w.device);
+  const uint64_t growth = w.device_free_before - w.device_free_after;
+  std::printf("warm-up: device memory grew %llu bytes; the plan's one allocation is %llu bytes\n",
+              static_cast<unsigned long long>(growth), static_cast<unsigned long long>(w.device_planned));
+  EXPECT_GE(growth, w.device_planned);  // the planned allocation is made before warm-up ends
+  const uint64_t free_after_warmup = cuda_memory_info(0).free;
+  std::mt19937 rng(7);
+  for (int request = 0; request < 300; ++request) {
+    std::vector<std::vector<int32_t>> sequences(1 + rng() % 12);
+    for (auto& s : sequences) {
+      s.assign(2 + rng() % 127, 0);
+      for (auto& id : s) id = 5 + static_cast<int32_t>(rng() % 1000);
+      s.front() = 0;
+      s.back() = 2;
+    }
+    const OutputRequest outputs{true, rng() % 2 == 0, rng() % 3 == 0};
+    embedder->encode(sequences, outputs);
+  }
+  EXPECT_EQ(cuda_memory_info(0).free, free_after_warmup) << "device memory changed after warm-up";
+}
+
+// A copy of tiny-st whose position table has 8194 rows (random beyond the first 130), so
+// one sequence can be 8192 tokens long.
+void write_long_position_model(const std::filesystem::path& from, const std::filesystem::path& to) {
+  test::copy_model(from, to);
+  const auto checkpoint = open_checkpoint(from / "model.safetensors");
+  std::string header = "{";
+  std::string data;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 0.02f);
+  for (const auto& name : checkpoint->names()) {
+    TensorInfo info = checkpoint->info(name);
+    std::vector<float> values = checkpoint->read_f32(name, info.shape);
+    if (name.find("position_embeddings") != std::string::npos) {
+      const int64_t rows = info.shape[0], width = info.shape[1];
+      info.shape[0] = 8194;
+      values.resize(8194 * width);
+      for (int64_t i = rows * width; i < 8194 * width; ++i) values[i] = normal(rng);
+    }
+    const size_t begin = data.size();
+    data.append(reinterpret_cast<const char*>(values.data()), values.size() * sizeof(float));
+    header += (header.size() > 1 ? "," : "") + std::string("\"") + name + "\":{\"dtype\":\"F32\",\"shape\":[";
+    for (size_t d = 0; d < info.shape.size(); ++d) header += (d ? "," : "") + std::to_string(info.shape[d]);
+    header += "],\"data_offsets\":[" + std::to_string(begin) + "," + std::to_string(data.size()) + "]}";
+  }
+  header += "}";
+  while (header.size() % 8) header += ' ';
+  const uint64_t header_size = header.size();
+  std::string file(reinterpret_cast<const char*>(&header_size), 8);
+  test::write_file(to / "model.safetensors", file + header + data);
+  std::string config = test::read_file(from / "config.json");
+  const auto at = config.find("\"max_position_embeddings\": 130");
+  ASSERT_NE(at, std::string::npos);
+  config.replace(at, std::strlen("\"max_position_embeddings\": 130"), "\"max_position_embeddings\": 8194");
+  test::write_file(to / "config.json", config);
+}
+
+// One 8192-token input runs within the plan and matches m3embed's float32 CPU path.
+TEST(CudaLongInput, An8192TokenSequenceMatchesTheCpuWithinThePlan) {
+  SKIP_WITHOUT_GPU();
+  test::TempDir dir;
+  write_long_position_model(test::fixtures() / "tiny-st", dir.path());
+  std::vector<int32_t> ids(8192);
+  std::mt19937 rng(3);
+  for (auto& id : ids) id = 5 + static_cast<int32_t>(rng() % 1000);
+  ids.front() = 0;
+  ids.back() = 2;
+  EmbedderOptions cpu_options;
+  cpu_options.max_seq_len = 8192;
+  cpu_options.max_batch_tokens = 8192;
+  const auto want = Embedder::load(dir.path(), cpu_options)->encode({ids}, {true, true, true});
+
+  auto gpu = load_on_gpu(dir.path(), Precision::kFp32, 8192, 8192);
+  const uint64_t free_after_warmup = cuda_memory_info(0).free;
+  const auto got = gpu->encode({ids}, {true, true, true});
+  EXPECT_EQ(cuda_memory_info(0).free, free_after_warmup) << "the long input allocated device memory";
+  const int64_t h = gpu->config().hidden_size;
+  for (int64_t k = 0; k < h; ++k) ASSERT_NEAR(got[0].dense[k], want[0].dense[k], 1e-4) << k;
+  ASSERT_EQ(got[0].colbert_rows, 8191);
+  double least = 1;
+  for (int64_t r = 0; r < 8191; ++r) least = std::min(least, cosine(got[0].colbert.data() + r * h, want[0].colbert.data() + r * h, h));
+  EXPECT_GE(least, 0.9999);
+  ASSERT_EQ(got[0].lexical.size(), want[0].lexical.size());
+  for (size_t i = 0; i < got[0].lexical.size(); ++i) {
+    EXPECT_EQ(got[0].lexical[i].first, want[0].lexical[i].first);
+    EXPECT_NEAR(got[0].lexical[i].second, want[0].lexical[i].second, 1e-4);
+  }
+}
+
+// Two devices when there are two: both replicas serve one scheduler, same results.
+TEST(CudaReplicas, EveryListedDeviceGetsAReplica) {
+  SKIP_WITHOUT_GPU();
+  if (cuda_device_count() < 2) GTEST_SKIP() << "one GPU only; --devices cuda:0,cuda:1 needs two";
+  EmbedderOptions options;
+  options.devices = {Device{DeviceKind::kCuda, 0}, Device{DeviceKind::kCuda, 1}};
+  options.max_seq_len = 128;
+  options.max_batch_tokens = 256;
+  auto embedder = Embedder::load(test::fixtures() / "tiny-st", options);
+  ASSERT_EQ(embedder->replica_count(), 2u);
+  EXPECT_EQ(embedder->replica(1).device_name(), "cuda:1");
+  std::vector<std::vector<int32_t>> sequences(64, std::vector<int32_t>{0, 10, 11, 12, 2});
+  const auto outputs = embedder->encode(sequences, {true, false, false});
+  for (const auto& o : outputs) EXPECT_LT(std::abs(o.dense[0] - outputs[0].dense[0]), 1e-5);
+}
+
+}  // namespace
+}  // namespace m3
