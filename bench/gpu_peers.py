@@ -30,7 +30,7 @@ logs and reports: ~/.cache/m3embed/bench/logs/DATE-gpu-peers-LABEL/).
 On the GPU machine, from the repository root (CUDA build, torch with CUDA + transformers in
 the Python that runs it, the full-size model from bench/make_full_model.py):
 
-    cmake -B build -DM3_CUDA=ON && cmake --build build -j --target m3bench-workload m3bench-soak
+    cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DM3_CUDA=ON && cmake --build build -j --target m3bench-workload m3bench-soak
     python3 bench/make_full_model.py          # once: ~/.cache/m3embed/bench/bge-m3-random
     python3 bench/gpu_peers.py --label H100 --soak
     python3 bench/gpu_peers.py --label H100-bf16 --m3-dtypes fp16,bf16 --workloads W1,W4
@@ -163,7 +163,7 @@ def check_binaries(args) -> None:
     need = ([args.binary] if "m3embed" in args.engines else []) + ([args.soak_binary] if args.soak else [])
     for b in need:
         if not Path(b).exists():
-            raise NoGpu(f"{b} is missing; build the bench binaries with CUDA: cmake -B build -DM3_CUDA=ON && "
+            raise NoGpu(f"{b} is missing; build the bench binaries with CUDA: cmake -S . -B build -DCMAKE_BUILD_TYPE=Release -DM3_CUDA=ON && "
                         "cmake --build build -j --target m3bench-workload m3bench-soak")
 
 
@@ -179,7 +179,8 @@ def check_m3_gpu(args, env: dict, logs: Path) -> dict:
     try:
         rep = json.loads(report.read_text())
     except (OSError, ValueError):
-        raise NoGpu(f"m3embed cannot run on the GPU: {peers.log_tail(log, 1) or f'exit {r['exit']}'}") from None
+        why = peers.log_tail(log, 1) or f"exit {r['exit']}"
+        raise NoGpu(f"m3embed cannot run on the GPU: {why}") from None
     if not rep.get("device_memory"):
         raise NoGpu(f"m3bench-workload --device cuda ran on {rep.get('device')}, not on a GPU")
     return {"device": rep.get("device"), "total_bytes": rep["device_memory"][0].get("total_bytes")}
@@ -193,7 +194,8 @@ def check_torch_gpu(args, env: dict, logs: Path) -> dict:
     try:
         info = json.loads(out.read_text())
     except (OSError, ValueError):
-        raise NoGpu(f"{args.python} could not check torch: {peers.log_tail(log, 1) or f'exit {r['exit']}'}") from None
+        why = peers.log_tail(log, 1) or f"exit {r['exit']}"
+        raise NoGpu(f"{args.python} could not check torch: {why}") from None
     if not info.get("ok"):
         raise NoGpu(f"transformers cannot run on the GPU with {args.python}: {info.get('reason')}")
     return info
@@ -265,27 +267,28 @@ class TorchM3:
     arrays: dense [1024] fp16, lexical (ids, weights), colbert [tokens - 1, 1024] float32.
     """
 
-    def __init__(self, model_dir: Path):
+    def __init__(self, model_dir: Path, device: str = "cuda", dtype: str = "float16"):
         import torch
         import transformers
 
-        self.torch = torch
+        self.torch, self.device = torch, device
+        self.dtype = getattr(torch, dtype)  # float16 here; float32 only to check the formulas on a CPU
         model = transformers.XLMRobertaModel.from_pretrained(
-            str(model_dir), attn_implementation="sdpa", **{dtype_kwarg(transformers): torch.float16})
-        self.model = model.cuda().eval()
+            str(model_dir), attn_implementation="sdpa", **{dtype_kwarg(transformers): self.dtype})
+        self.model = model.to(device).eval()  # .cuda().eval()
         self.colbert = self._linear(model_dir / "colbert_linear.pt")
         self.sparse = self._linear(model_dir / "sparse_linear.pt")
-        self.special = torch.tensor(pe.SPECIAL_IDS, device="cuda")
+        self.special = torch.tensor(pe.SPECIAL_IDS, device=device)
         self.attn = getattr(self.model.config, "_attn_implementation", "?")
         self.param_dtype = str(next(self.model.parameters()).dtype)
-        if self.param_dtype != "torch.float16":
-            raise RuntimeError(f"model loaded as {self.param_dtype}, not torch.float16")
+        if self.param_dtype != str(self.dtype):
+            raise RuntimeError(f"model loaded as {self.param_dtype}, not {self.dtype}")
 
     def _linear(self, path: Path):
         torch = self.torch
-        state = torch.load(path, map_location="cuda", weights_only=True)
+        state = torch.load(path, map_location=self.device, weights_only=True)
         out_features, in_features = state["weight"].shape
-        lin = torch.nn.Linear(in_features, out_features, device="cuda", dtype=torch.float16)
+        lin = torch.nn.Linear(in_features, out_features, device=self.device, dtype=self.dtype)
         lin.load_state_dict(state)
         return lin.eval()
 
@@ -302,8 +305,8 @@ class TorchM3:
     def _batch(self, ids, idx):
         torch, F = self.torch, self.torch.nn.functional
         input_ids, mask = pe.pad_batch(ids, idx)
-        input_ids = torch.from_numpy(input_ids).cuda()
-        mask = torch.from_numpy(mask).cuda()
+        input_ids = torch.from_numpy(input_ids).to(self.device)
+        mask = torch.from_numpy(mask).to(self.device)
         h = self.model(input_ids=input_ids, attention_mask=mask, return_dict=True).last_hidden_state
         dense = F.normalize(h[:, 0], dim=-1)
         weights = torch.relu(self.sparse(h)).squeeze(-1)
@@ -322,11 +325,11 @@ class TorchM3:
         """Per row: (token ids, max weight) over its real, non-special tokens with weight > 0, ids ascending."""
         torch = self.torch
         vocab = int(self.model.config.vocab_size)
-        rows = torch.arange(input_ids.shape[0], device="cuda")[:, None].expand_as(input_ids)
+        rows = torch.arange(input_ids.shape[0], device=self.device)[:, None].expand_as(input_ids)
         keep = mask.bool() & ~torch.isin(input_ids, self.special)
         keys = (rows * vocab + input_ids)[keep]
         uniq, inverse = torch.unique(keys, return_inverse=True)
-        best = torch.zeros(uniq.shape[0], device="cuda", dtype=torch.float32)
+        best = torch.zeros(uniq.shape[0], device=self.device, dtype=torch.float32)
         best.scatter_reduce_(0, inverse, weights[keep].float(), reduce="amax", include_self=True)
         pos = best > 0
         uniq, best = uniq[pos].cpu().numpy(), best[pos].to(weights.dtype).cpu().numpy()
@@ -429,6 +432,7 @@ def run_torch(args) -> dict:
 def child_env() -> dict:
     env = dict(os.environ)
     env["TQDM_DISABLE"] = "1"
+    env.setdefault("HF_HUB_OFFLINE", "1")  # a local snapshot; the GPU machine has no network
     env.setdefault("M3_LOG_LEVEL", "warn")
     return env
 
@@ -500,7 +504,7 @@ def run_soak(args, env: dict, logs: Path) -> dict:
     except (OSError, ValueError):
         why = "timeout" if r["timed_out"] else f"exit {r['exit']}"
         return {**row, "status": "failed", "reason": f"{why}: {peers.log_tail(log)}"}
-    return {**row, "status": "ok", **soak_summary(rep), "report": rep}
+    return {**row, "status": "ok", "requests_asked": args.soak_requests, **soak_summary(rep), "report": rep}
 
 
 def soak_summary(rep: dict) -> dict:
@@ -608,7 +612,7 @@ def soak_section(soak: dict) -> list[str]:
     pct = soak.get("device_max_vs_plan_plus_context_percent")
     met = {True: "met", False: "**not met**", None: "?"}
     lines += [
-        f"- {soak['requests']} requests (1..8 texts each), {soak['tokens']:,} tokens, "
+        f"- {soak['requests']} of {soak['requests_asked']} requests (1..8 texts each), {soak['tokens']:,} tokens, "
         f"{soak['tokens_per_second']:,.0f} tokens/s",
         f"- plan: total {rc.mib(soak['plan_total_bytes'])} MiB (weights {rc.mib(soak['plan_weight_bytes'])}, arena "
         f"{rc.mib(soak['plan_arena_bytes'])}); device allocation {rc.mib(soak['device_planned_bytes'])} MiB; "

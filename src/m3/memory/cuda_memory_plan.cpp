@@ -116,7 +116,7 @@ MemoryPlan plan_cuda_memory(const PlanInputs& in) {
   plan.bytes_per_batch_token = H * kF32 * 2 + (p == Precision::kFp32 ? 0 : H * e) + 4 * H * e +
                                std::max(F * e, (H + 2) * kF32) + 8;
 
-  // Pinned host staging of one replica (inputs up, outputs down).
+  // Pinned host staging of one replica (inputs up, outputs down), two slots.
   uint64_t pinned = 0;
   auto stage = [&](uint64_t bytes) {
     const uint64_t offset = pinned;
@@ -130,7 +130,8 @@ MemoryPlan plan_cuda_memory(const PlanInputs& in) {
   l.staging_dense = stage(S * H * kF32);
   l.staging_lexical = stage(R * kF32);
   l.staging_colbert = stage(R * H * kF32);
-  plan.pinned_bytes = pinned;
+  l.staging_slot_bytes = pinned;
+  plan.pinned_bytes = 2 * pinned;
 
   plan.device_bytes = plan.weight_bytes + plan.arena_bytes;  // the arena includes the workspace
   plan.queue_tokens = in.max_queue_tokens > 0 ? in.max_queue_tokens : 16 * in.max_batch_tokens;

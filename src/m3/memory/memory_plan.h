@@ -47,7 +47,9 @@ struct CudaLayout {
   uint64_t workspace = 0, workspace_bytes = 0;
   int64_t max_sequences = 0;        // a batch holds at most rows / 2 sequences (>= 2 tokens each)
   int64_t max_attention_tiles = 0;  // (query tile, sequence) pairs of one batch, at most
-  // Pinned host staging: batch inputs up, outputs down.
+  // Pinned host staging: batch inputs up, outputs down. Two slots of staging_slot_bytes
+  // (offsets below are within a slot), so one batch is staged while the other computes.
+  uint64_t staging_slot_bytes = 0;
   uint64_t staging_ids = 0, staging_positions = 0, staging_cu_seqlens = 0, staging_tiles = 0;
   uint64_t staging_dense = 0, staging_lexical = 0, staging_colbert = 0;
 };
@@ -89,7 +91,7 @@ struct MemoryPlan {
   // and host memory (queue, outputs, pinned staging) is counted in host_bytes.
   CudaLayout cuda;
   uint64_t device_bytes = 0;  // one replica's single cudaMalloc: weights + arena + workspace
-  uint64_t pinned_bytes = 0;  // one replica's pinned host staging
+  uint64_t pinned_bytes = 0;  // one replica's pinned host staging (two slots)
   uint64_t host_bytes = 0;    // queue + outputs + replicas x pinned staging
 };
 

@@ -14,6 +14,7 @@
 #include "m3/backend/cuda/cuda_replica.h"
 #include "m3/backend/cuda/cuda_runtime_info.h"
 #include "m3/runtime/cpu_replica.h"
+#include "m3/runtime/replica_worker.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
 #include "m3/core/process_memory.h"
@@ -35,30 +36,6 @@ namespace {
 void keep_freed_memory_for_reuse() {
   mallopt(M_MMAP_THRESHOLD, 32 << 20);
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
-}
-
-// A replica's thread: warm-up (on this thread, so the memory it touches is this
-// thread's), then batches from the scheduler until it shuts down.
-void serve_batches(Replica& replica, Scheduler& scheduler, bool warm_up, std::promise<WarmupReport> warmed) {
-  try {
-    warmed.set_value(warm_up ? replica.warm_up() : WarmupReport{});
-  } catch (...) {
-    warmed.set_exception(std::current_exception());
-    return;
-  }
-  replica.attach_thread();
-  Batch batch;
-  std::vector<M3Output> outputs;
-  while (scheduler.next_batch(batch)) {
-    try {
-      replica.run(batch.packed, batch.outputs, outputs);
-      scheduler.complete(batch, std::move(outputs));
-    } catch (const std::exception& e) {
-      spdlog::error("replica {}: batch of {} tokens failed: {}", replica.index(), batch.packed.tokens(), e.what());
-      scheduler.fail(batch, e.what());
-    }
-    outputs.clear();
-  }
 }
 
 }  // namespace

@@ -52,6 +52,18 @@ class Replica {
   // Forward pass and heads over the batch, then each sequence's outputs copied out:
   // outputs[i] for sequence i.
   virtual void run(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs) = 0;
+
+  // Pipelining (CUDA): begin() stages the batch and queues its work in `slot` (0 or 1)
+  // without waiting for it; end() waits for that slot and copies its outputs out. At most
+  // two batches are in flight, in different slots, ended in the order they were begun;
+  // the batch must stay alive and unchanged until its end(). serve_batches uses these when
+  // pipelined() is true; otherwise it calls run().
+  virtual bool pipelined() const { return false; }
+  virtual void begin(const PackedBatch& /*batch*/, const OutputRequest& /*request*/, int /*slot*/) {}
+  virtual void end(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs,
+                   int /*slot*/) {
+    run(batch, request, outputs);
+  }
 };
 
 // The worst cases warm-up runs: one sequence of max_seq_len tokens (the largest attention

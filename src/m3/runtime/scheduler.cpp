@@ -183,7 +183,11 @@ std::shared_ptr<RequestHandle> Scheduler::enqueue(std::vector<std::vector<int32_
   return std::shared_ptr<RequestHandle>(new RequestHandle(std::move(request), link_));
 }
 
-bool Scheduler::next_batch(Batch& batch) {
+bool Scheduler::next_batch(Batch& batch) { return take_batch(batch, true); }
+
+bool Scheduler::try_next_batch(Batch& batch) { return take_batch(batch, false); }
+
+bool Scheduler::take_batch(Batch& batch, bool wait) {
   // A batch neither completed nor failed would leave its requests waiting forever.
   if (!batch.items.empty()) fail(batch, "internal error: a replica dropped its batch");
   batch.clear();
@@ -199,8 +203,8 @@ bool Scheduler::next_batch(Batch& batch) {
   }
 
   std::unique_lock lock(mutex_);
-  work_cv_.wait(lock, [&] { return !queue_.empty() || shutting_down_; });
-  if (queue_.empty()) return false;  // shut down and drained
+  if (wait) work_cv_.wait(lock, [&] { return !queue_.empty() || shutting_down_; });
+  if (queue_.empty()) return false;  // nothing queued now (or shut down and drained)
   form_batch(batch);
   const bool more = !queue_.empty();
   const auto observer = batch_observer_;

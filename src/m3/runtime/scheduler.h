@@ -120,6 +120,10 @@ class Scheduler {
   // Replica side. Blocks until there is work; false once shut down and the queue is empty.
   // Complete or fail each batch before asking for the next (a dropped one is failed).
   bool next_batch(Batch& batch);
+  // As next_batch, but returns false at once when nothing is queued. A replica that
+  // pipelines (stages the next batch while the current one computes) asks this way, so
+  // it never waits for new work with a finished batch still to deliver.
+  bool try_next_batch(Batch& batch);
   // outputs[i] belongs to batch.items[i]. Runs the callbacks of requests now complete,
   // then clears the batch.
   void complete(Batch& batch, std::vector<M3Output>&& outputs);
@@ -148,6 +152,7 @@ class Scheduler {
 
   std::shared_ptr<RequestHandle> enqueue(std::vector<std::vector<int32_t>>&& sequences, const OutputRequest& outputs,
                                          RequestCallback&& on_done, bool wait);
+  bool take_batch(Batch& batch, bool wait);
   void form_batch(Batch& batch);  // mutex held, queue not empty
   // Marks the request finished and drops its queued sequences; mutex held.
   void finish_locked(Request& request);

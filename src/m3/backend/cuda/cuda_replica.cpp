@@ -1,7 +1,9 @@
 // CudaReplica: the whole model on one GPU. One cudaMalloc holds the weights (converted
 // to the GEMM type at upload), the arena and the cuBLASLt workspace at the MemoryPlan's
-// offsets; one pinned host block stages batch inputs up and outputs down. Everything
-// runs on the replica's stream; the host waits once per batch, for the outputs.
+// offsets; one pinned host block, in two slots, stages batch inputs up and outputs down.
+// Everything runs on the replica's stream. The replica is pipelined: while one batch
+// computes, the host stages the next in the other slot (serve_batches), and waits only
+// for a batch's outputs, on that slot's event.
 #include "m3/backend/cuda/cuda_replica.h"
 
 #include <immintrin.h>
@@ -117,6 +119,7 @@ class CudaReplica final : public Replica {
     attach_thread();
     cuda::check(cudaFree(nullptr), "creating the CUDA context");
     cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    for (cudaEvent_t& event : done_) cuda::check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
     cuda::check(cublasLtCreate(&handle_), "cublasLtCreate");
     memory_before_ = cuda_memory_info(device_.index);
     if (plan.device_bytes > memory_before_.free) {
@@ -147,6 +150,9 @@ class CudaReplica final : public Replica {
     if (handle_) cublasLtDestroy(handle_);
     if (pinned_) cudaFreeHost(pinned_);
     if (base_) cudaFree(base_);
+    for (cudaEvent_t event : done_) {
+      if (event) cudaEventDestroy(event);
+    }
     if (stream_) cudaStreamDestroy(stream_);
   }
 
@@ -195,6 +201,22 @@ class CudaReplica final : public Replica {
   }
 
   void run(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs) override {
+    begin(batch, request, 0);
+    end(batch, request, outputs, 0);
+  }
+
+  bool pipelined() const override { return true; }
+
+  // Waits for the slot's batch, then copies its outputs out of the pinned block.
+  void end(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs,
+           int slot) override {
+    cuda::check(cudaEventSynchronize(done_[slot]), "the batch");
+    cuda::check(cudaGetLastError(), "a kernel launch");
+    extract(batch, request, outputs, slot);
+  }
+
+  // Stages the batch in `slot` and queues all of its work; returns without waiting.
+  void begin(const PackedBatch& batch, const OutputRequest& request, int slot) override {
     check(request);
     const ModelConfig& c = model_.config;
     const auto& l = plan_.cuda;
@@ -207,7 +229,7 @@ class CudaReplica final : public Replica {
     for (int32_t id : batch.token_ids) {
       if (id < 0 || id >= c.vocab_size) fail("token id {} is outside the vocabulary of {}", id, c.vocab_size);
     }
-    const int64_t tiles = stage_inputs(batch);
+    const int64_t tiles = stage_inputs(batch, slot);
     const auto eps = static_cast<float>(c.layer_norm_eps);
     auto* hidden = arena<float>(l.hidden_f32);
     auto* projection = arena<float>(l.projection);
@@ -236,24 +258,23 @@ class CudaReplica final : public Replica {
     const auto f32 = sizeof(float);
     if (request.dense) {
       cuda::cls_normalize(hidden, cu, sequences, h, arena<float>(l.dense), stream_);
-      download(l.staging_dense, l.dense, sequences * h * f32);
+      download(slot, l.staging_dense, l.dense, sequences * h * f32);
     }
     if (request.sparse) {
       cuda::sparse_weights(hidden, sparse_.weight_f32, sparse_.bias, tokens, h, arena<float>(l.sparse), stream_);
       cuda::lexical_max_per_id(arena<float>(l.sparse), ids, cu, sequences, tokens,
                                {{XlmrTokenizer::kCls, XlmrTokenizer::kEos, XlmrTokenizer::kPad, XlmrTokenizer::kUnk}},
                                arena<float>(l.lexical), stream_);
-      download(l.staging_lexical, l.lexical, tokens * f32);
+      download(slot, l.staging_lexical, l.lexical, tokens * f32);
     }
     if (request.colbert) {
       colbert_gemm_->run(arena(l.hidden_gemm), tokens, arena(l.colbert), stream_);
       cuda::normalize_rows(arena<float>(l.colbert), colbert_gemm_->bias_fused() ? nullptr : colbert_.bias, tokens, h,
                            stream_);
-      download(l.staging_colbert, l.colbert, tokens * h * f32);
+      download(slot, l.staging_colbert, l.colbert, tokens * h * f32);
     }
     cuda::check(cudaGetLastError(), "a kernel launch");
-    cuda::check(cudaStreamSynchronize(stream_), "the batch");
-    extract(batch, request, outputs);
+    cuda::check(cudaEventRecord(done_[slot], stream_), "cudaEventRecord");
   }
 
  private:
@@ -266,25 +287,29 @@ class CudaReplica final : public Replica {
   T* arena(uint64_t offset) const {
     return reinterpret_cast<T*>(arena_ + offset);
   }
-  template <typename T>
-  T* staging(uint64_t offset) const {
-    return reinterpret_cast<T*>(pinned_ + offset);
+  // The pinned block has two slots: one batch staged while the other computes.
+  template <typename T = std::byte>
+  T* staging(int slot, uint64_t offset) const {
+    return reinterpret_cast<T*>(pinned_ + static_cast<uint64_t>(slot) * plan_.cuda.staging_slot_bytes + offset);
   }
 
-  void download(uint64_t staging_offset, uint64_t arena_offset, uint64_t bytes) {
-    cuda::check(cudaMemcpyAsync(pinned_ + staging_offset, arena_ + arena_offset, bytes, cudaMemcpyDeviceToHost, stream_),
-          "cudaMemcpyAsync (outputs)");
+  // Queued after the batch's kernels, so the next batch cannot overwrite them first.
+  void download(int slot, uint64_t staging_offset, uint64_t arena_offset, uint64_t bytes) {
+    cuda::check(cudaMemcpyAsync(staging(slot, staging_offset), arena_ + arena_offset, bytes, cudaMemcpyDeviceToHost,
+                                stream_),
+                "cudaMemcpyAsync (outputs)");
   }
 
-  // Ids, positions, sequence starts and attention tiles into the pinned block and up;
-  // returns the number of tiles.
-  int64_t stage_inputs(const PackedBatch& batch) {
+  // Ids, positions, sequence starts and attention tiles into the slot's pinned block and
+  // up (the device copies are queued after the previous batch's kernels, which read the
+  // same device buffers); returns the number of tiles.
+  int64_t stage_inputs(const PackedBatch& batch, int slot) {
     const auto& l = plan_.cuda;
     const int64_t tokens = batch.tokens(), sequences = batch.sequences();
-    std::memcpy(staging<int32_t>(l.staging_ids), batch.token_ids.data(), tokens * 4);
-    std::memcpy(staging<int32_t>(l.staging_positions), batch.positions.data(), tokens * 4);
-    std::memcpy(staging<int32_t>(l.staging_cu_seqlens), batch.cu_seqlens.data(), (sequences + 1) * 4);
-    int32_t* tiles = staging<int32_t>(l.staging_tiles);
+    std::memcpy(staging(slot, l.staging_ids), batch.token_ids.data(), tokens * 4);
+    std::memcpy(staging(slot, l.staging_positions), batch.positions.data(), tokens * 4);
+    std::memcpy(staging(slot, l.staging_cu_seqlens), batch.cu_seqlens.data(), (sequences + 1) * 4);
+    int32_t* tiles = staging<int32_t>(slot, l.staging_tiles);
     int64_t count = 0;
     for (int32_t s = 0; s < sequences; ++s) {
       for (int32_t q = 0; q < batch.seq_len(s); q += cuda::kAttentionQueryTile) {
@@ -295,8 +320,9 @@ class CudaReplica final : public Replica {
       }
     }
     auto up = [&](uint64_t arena_offset, uint64_t staging_offset, uint64_t bytes) {
-      cuda::check(cudaMemcpyAsync(arena_ + arena_offset, pinned_ + staging_offset, bytes, cudaMemcpyHostToDevice, stream_),
-            "cudaMemcpyAsync (batch inputs)");
+      cuda::check(cudaMemcpyAsync(arena_ + arena_offset, staging(slot, staging_offset), bytes, cudaMemcpyHostToDevice,
+                                  stream_),
+                  "cudaMemcpyAsync (batch inputs)");
     };
     up(l.token_ids, l.staging_ids, tokens * 4);
     up(l.positions, l.staging_positions, tokens * 4);
@@ -306,7 +332,8 @@ class CudaReplica final : public Replica {
   }
 
   // From the pinned block into each sequence's M3Output (the host copy callers keep).
-  void extract(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs) const {
+  void extract(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs,
+               int slot) const {
     const auto& l = plan_.cuda;
     const int64_t h = model_.config.hidden_size;
     outputs.resize(batch.sequences());
@@ -315,18 +342,18 @@ class CudaReplica final : public Replica {
       const int64_t begin = batch.seq_begin(s), len = batch.seq_len(s);
       out.tokens = len;
       if (request.dense) {
-        const float* dense = staging<float>(l.staging_dense) + s * h;
+        const float* dense = staging<float>(slot, l.staging_dense) + s * h;
         out.dense.assign(dense, dense + h);
       }
       if (request.sparse) {
         out.lexical.clear();
-        const float* lexical = staging<float>(l.staging_lexical);
+        const float* lexical = staging<float>(slot, l.staging_lexical);
         for (int64_t t = begin; t < begin + len; ++t) {
           if (lexical[t] > 0.f) out.lexical.emplace_back(batch.token_ids[t], lexical[t]);
         }
       }
       if (request.colbert) {
-        const float* rows = staging<float>(l.staging_colbert);
+        const float* rows = staging<float>(slot, l.staging_colbert);
         out.colbert_rows = len - 1;  // every token after CLS
         out.colbert.assign(rows + (begin + 1) * h, rows + (begin + len) * h);
       }
@@ -394,6 +421,7 @@ class CudaReplica final : public Replica {
   std::byte* base_ = nullptr;
   std::byte* arena_ = nullptr;
   std::byte* pinned_ = nullptr;
+  cudaEvent_t done_[2] = {nullptr, nullptr};  // recorded after each slot's output copies
   DeviceMemoryInfo memory_before_;
   const void *word_ = nullptr, *position_ = nullptr;
   const float *token_type_ = nullptr, *embedding_gamma_ = nullptr, *embedding_beta_ = nullptr;
