@@ -54,10 +54,12 @@ MemoryPlan plan_cuda_memory(const PlanInputs& in) {
   MemoryPlan plan;
   plan.inputs = in;
   Builder b{plan};
-  // Weights: embeddings and linear weights in the GEMM type; biases and layer norms float32.
-  b.weight("embeddings.word_embeddings", fmt::format("[{}, {}] {}", c.vocab_size, h, t),
+  // Weights: linear weights in the GEMM type, embedding tables in float16 for both 16-bit
+  // types (more mantissa than bfloat16, same bytes), biases and layer norms float32.
+  const std::string embedding_type = p == Precision::kFp32 ? "f32" : "fp16";
+  b.weight("embeddings.word_embeddings", fmt::format("[{}, {}] {}", c.vocab_size, h, embedding_type),
            static_cast<uint64_t>(c.vocab_size) * H, e);
-  b.weight("embeddings.position_embeddings", fmt::format("[{}, {}] {}", c.max_position_embeddings, h, t),
+  b.weight("embeddings.position_embeddings", fmt::format("[{}, {}] {}", c.max_position_embeddings, h, embedding_type),
            static_cast<uint64_t>(c.max_position_embeddings) * H, e);
   b.weight("embeddings.token_type_embeddings[0] + LayerNorm", fmt::format("3 x [{}] f32", h), H, kF32, 3);
   auto linear = [&](std::string name, uint64_t out, uint64_t inputs, uint64_t count, uint64_t element,

@@ -19,7 +19,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32)
     attention_kernel(const T* qkv, const float* bias, const int32_t* cu_seqlens, const int32_t* tiles, int heads,
                      T* context) {
-  extern __shared__ float shared[];
+  M3_DYNAMIC_SHARED(float, shared);
   float* q_tile = shared;                                 // [64][D], pre-scaled
   float* k_block = q_tile + kAttentionQueryTile * D;      // [32][D + 1] (padded: no bank conflicts)
   float* v_block = k_block + kKeyBlock * (D + 1);         // [32][D]
@@ -121,10 +121,11 @@ void launch(const void* qkv, const float* bias, const int32_t* cu_seqlens, const
   if constexpr (bytes > 48 * 1024) {
     // Above 48 KiB a kernel must opt in, on each device (a cheap host call); when it
     // fails, the launch below reports the error.
-    cudaFuncSetAttribute(attention_kernel<T, D>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+    cudaFuncSetAttribute(reinterpret_cast<const void*>(&attention_kernel<T, D>),
+                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
   }
   const dim3 grid(static_cast<unsigned>(tile_count), static_cast<unsigned>(heads));
-  attention_kernel<T, D><<<grid, kWarps * 32, bytes, stream>>>(static_cast<const T*>(qkv), bias, cu_seqlens, tiles,
+  M3_LAUNCH(grid, kWarps * 32, bytes, stream, attention_kernel<T, D>)(static_cast<const T*>(qkv), bias, cu_seqlens, tiles,
                                                                static_cast<int>(heads), static_cast<T*>(context));
 }
 

@@ -45,17 +45,17 @@ __device__ void layer_norm_row(const float* x, int width, const float* gamma, co
   }
 }
 
-template <typename T>
-__global__ void embed_layer_norm_kernel(const int32_t* ids, const int32_t* positions, const T* word,
-                                        const T* position, const float* token_type, const float* gamma,
+template <typename T, typename E>
+__global__ void embed_layer_norm_kernel(const int32_t* ids, const int32_t* positions, const E* word,
+                                        const E* position, const float* token_type, const float* gamma,
                                         const float* beta, float eps, int width, float* hidden_f32,
                                         T* hidden_gemm) {
-  extern __shared__ float shared[];
+  M3_DYNAMIC_SHARED(float, shared);
   float* scratch = shared;
   float* x = shared + 32;
   const int64_t t = blockIdx.x;
-  const T* w = word + static_cast<int64_t>(ids[t]) * width;
-  const T* p = position + static_cast<int64_t>(positions[t]) * width;
+  const E* w = word + static_cast<int64_t>(ids[t]) * width;
+  const E* p = position + static_cast<int64_t>(positions[t]) * width;
   for (int i = threadIdx.x; i < width; i += blockDim.x) x[i] = (to_f32(w[i]) + token_type[i]) + to_f32(p[i]);
   layer_norm_row(x, width, gamma, beta, eps, scratch, hidden_f32 + t * width, hidden_gemm + t * width);
 }
@@ -64,7 +64,7 @@ template <typename T>
 __global__ void residual_layer_norm_kernel(const float* projection, const float* bias, const float* gamma,
                                            const float* beta, float eps, int width, float* hidden_f32,
                                            T* hidden_gemm) {
-  extern __shared__ float shared[];
+  M3_DYNAMIC_SHARED(float, shared);
   float* scratch = shared;
   float* x = shared + 32;
   const int64_t t = blockIdx.x;
@@ -150,15 +150,20 @@ size_t row_shared_bytes(int64_t width) { return (32 + static_cast<size_t>(width)
 
 }  // namespace
 
-void embed_layer_norm(GemmType type, const int32_t* ids, const int32_t* positions, int64_t tokens, const void* word,
-                      const void* position, const float* token_type, const float* gamma, const float* beta,
-                      float eps, int64_t hidden, float* hidden_f32, void* hidden_gemm, cudaStream_t stream) {
+void embed_layer_norm(GemmType type, GemmType embedding_type, const int32_t* ids, const int32_t* positions,
+                      int64_t tokens, const void* word, const void* position, const float* token_type,
+                      const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
+                      void* hidden_gemm, cudaStream_t stream) {
   if (tokens == 0) return;
   dispatch(type, [&](auto zero) {
     using T = decltype(zero);
-    embed_layer_norm_kernel<T><<<static_cast<unsigned>(tokens), kRowThreads, row_shared_bytes(hidden), stream>>>(
-        ids, positions, static_cast<const T*>(word), static_cast<const T*>(position), token_type, gamma, beta, eps,
-        static_cast<int>(hidden), hidden_f32, static_cast<T*>(hidden_gemm));
+    dispatch(embedding_type, [&](auto embedding_zero) {
+      using E = decltype(embedding_zero);
+      M3_LAUNCH(static_cast<unsigned>(tokens), kRowThreads, row_shared_bytes(hidden), stream,
+                embed_layer_norm_kernel<T, E>)(ids, positions, static_cast<const E*>(word),
+                                               static_cast<const E*>(position), token_type, gamma, beta, eps,
+                                               static_cast<int>(hidden), hidden_f32, static_cast<T*>(hidden_gemm));
+    });
   });
 }
 
@@ -168,7 +173,7 @@ void residual_layer_norm(GemmType type, const float* projection, const float* bi
   if (tokens == 0) return;
   dispatch(type, [&](auto zero) {
     using T = decltype(zero);
-    residual_layer_norm_kernel<T><<<static_cast<unsigned>(tokens), kRowThreads, row_shared_bytes(hidden), stream>>>(
+    M3_LAUNCH(static_cast<unsigned>(tokens), kRowThreads, row_shared_bytes(hidden), stream, residual_layer_norm_kernel<T>)(
         projection, bias, gamma, beta, eps, static_cast<int>(hidden), hidden_f32, static_cast<T*>(hidden_gemm));
   });
 }
@@ -178,34 +183,34 @@ void bias_gelu(GemmType type, void* y, const float* bias, int64_t rows, int64_t 
   if (count == 0) return;
   dispatch(type, [&](auto zero) {
     using T = decltype(zero);
-    bias_gelu_kernel<T><<<blocks_for(count, 256), 256, 0, stream>>>(static_cast<T*>(y), bias, count, width);
+    M3_LAUNCH(blocks_for(count, 256), 256, 0, stream, bias_gelu_kernel<T>)(static_cast<T*>(y), bias, count, width);
   });
 }
 
 void cls_normalize(const float* hidden, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* dense,
                    cudaStream_t stream) {
   if (sequences == 0) return;
-  cls_normalize_kernel<<<static_cast<unsigned>(sequences), kRowThreads, 0, stream>>>(hidden, cu_seqlens,
+  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(hidden, cu_seqlens,
                                                                                      static_cast<int>(width), dense);
 }
 
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream) {
   if (count == 0) return;
-  normalize_rows_kernel<<<static_cast<unsigned>(count), kRowThreads, 0, stream>>>(rows, bias, static_cast<int>(width));
+  M3_LAUNCH(static_cast<unsigned>(count), kRowThreads, 0, stream, normalize_rows_kernel)(rows, bias, static_cast<int>(width));
 }
 
 void sparse_weights(const float* hidden, const float* w, const float* b, int64_t tokens, int64_t width,
                     float* weights, cudaStream_t stream) {
   if (tokens == 0) return;
   constexpr int kWarps = 8;
-  sparse_weights_kernel<<<static_cast<unsigned>((tokens + kWarps - 1) / kWarps), kWarps * 32, 0, stream>>>(
+  M3_LAUNCH(static_cast<unsigned>((tokens + kWarps - 1) / kWarps), kWarps * 32, 0, stream, sparse_weights_kernel)(
       hidden, w, b, tokens, static_cast<int>(width), weights);
 }
 
 void lexical_max_per_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
                         int64_t tokens, SpecialIds special, float* lexical, cudaStream_t stream) {
   if (tokens == 0) return;
-  lexical_max_per_id_kernel<<<static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream>>>(
+  M3_LAUNCH(static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream, lexical_max_per_id_kernel)(
       weights, ids, cu_seqlens, static_cast<int>(sequences), tokens, special, lexical);
 }
 

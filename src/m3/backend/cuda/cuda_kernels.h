@@ -15,9 +15,11 @@ enum class GemmType { kF32, kF16, kBF16 };
 
 // hidden[t] = LayerNorm(word[ids[t]] + token_type + position[positions[t]]), written as
 // float32 (the residual stream) and as the GEMM type (hidden_gemm may equal hidden for f32).
-void embed_layer_norm(GemmType type, const int32_t* ids, const int32_t* positions, int64_t tokens, const void* word,
-                      const void* position, const float* token_type, const float* gamma, const float* beta,
-                      float eps, int64_t hidden, float* hidden_f32, void* hidden_gemm, cudaStream_t stream);
+// The embedding tables are stored as `embedding_type`.
+void embed_layer_norm(GemmType type, GemmType embedding_type, const int32_t* ids, const int32_t* positions,
+                      int64_t tokens, const void* word, const void* position, const float* token_type,
+                      const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
+                      void* hidden_gemm, cudaStream_t stream);
 
 // hidden = LayerNorm(hidden + projection (+ bias when not null)), both outputs as above.
 void residual_layer_norm(GemmType type, const float* projection, const float* bias, int64_t tokens,

@@ -60,8 +60,9 @@ class WeightUploader {
         stream_(stream) {}
 
   // Returns the tensor's device address.
-  void* put(const std::vector<float>& host, bool gemm_typed) {
-    const uint64_t element = gemm_typed ? gemm_bytes(type_) : 4;
+  void* put(const std::vector<float>& host, bool gemm_typed) { return put(host, gemm_typed ? type_ : GemmType::kF32); }
+  void* put(const std::vector<float>& host, GemmType type) {
+    const uint64_t element = gemm_bytes(type);
     const uint64_t bytes = host.size() * element;
     std::byte* dst = device_ + cursor_;
     cursor_ += (bytes + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment;
@@ -74,7 +75,7 @@ class WeightUploader {
         std::memcpy(pinned_, src, n * 4);
       } else {
         auto* out = reinterpret_cast<uint16_t*>(pinned_);
-        if (type_ == GemmType::kBF16) {
+        if (type == GemmType::kBF16) {
           for (uint64_t i = 0; i < n; ++i) out[i] = to_bf16(src[i]);
         } else {
           for (uint64_t i = 0; i < n; ++i) out[i] = to_fp16(src[i]);
@@ -236,7 +237,7 @@ class CudaReplica final : public Replica {
     const auto* ids = arena<int32_t>(l.token_ids);
     const auto* cu = arena<int32_t>(l.cu_seqlens);
 
-    cuda::embed_layer_norm(type_, ids, arena<int32_t>(l.positions), tokens, word_, position_, token_type_,
+    cuda::embed_layer_norm(type_, embedding_type_, ids, arena<int32_t>(l.positions), tokens, word_, position_, token_type_,
                            embedding_gamma_, embedding_beta_, eps, h, hidden, arena(l.hidden_gemm), stream_);
     for (auto& layer : layers_) {
       layer.qkv_gemm->run(arena(l.hidden_gemm), tokens, arena(l.qkv), stream_);
@@ -363,8 +364,8 @@ class CudaReplica final : public Replica {
   void upload_weights() {
     const EncoderWeights& e = model_.encoder;
     WeightUploader up(base_, plan_.cuda.weight_bytes, pinned_, plan_.pinned_bytes, type_, stream_);
-    word_ = up.put(e.word_embeddings, true);
-    position_ = up.put(e.position_embeddings, true);
+    word_ = up.put(e.word_embeddings, embedding_type_);
+    position_ = up.put(e.position_embeddings, embedding_type_);
     token_type_ = static_cast<const float*>(up.put(e.token_type_embedding, false));
     embedding_gamma_ = static_cast<const float*>(up.put(e.embedding_norm.gamma, false));
     embedding_beta_ = static_cast<const float*>(up.put(e.embedding_norm.beta, false));
@@ -416,6 +417,9 @@ class CudaReplica final : public Replica {
   MemoryPlan plan_;
   Device device_;
   GemmType type_;
+  // Embedding tables: float16 in both 16-bit modes. Their values are small (well inside
+  // float16's range) and float16 keeps 3 more mantissa bits than bfloat16, for the same bytes.
+  GemmType embedding_type_ = type_ == GemmType::kF32 ? GemmType::kF32 : GemmType::kF16;
   cudaStream_t stream_ = nullptr;
   cublasLtHandle_t handle_ = nullptr;
   std::byte* base_ = nullptr;

@@ -7,6 +7,13 @@
 
 #include "m3/backend/cuda/cuda_kernels.h"
 
+// Kernel launch and dynamic shared memory, spelled so that tests/cuda_emulation can
+// compile the same kernels as plain C++ and run them on the CPU (M3_CUDA_EMULATION).
+#ifndef M3_CUDA_EMULATION
+#define M3_LAUNCH(grid, block, shared_bytes, stream, ...) __VA_ARGS__<<<grid, block, shared_bytes, stream>>>
+#define M3_DYNAMIC_SHARED(type, name) extern __shared__ type name[]
+#endif
+
 namespace m3::cuda {
 
 __device__ __forceinline__ float to_f32(float x) { return x; }
