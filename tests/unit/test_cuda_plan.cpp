@@ -13,20 +13,9 @@
 namespace m3 {
 namespace {
 
-ModelConfig bge_m3() {
-  ModelConfig c;
-  c.vocab_size = 250002;
-  c.hidden_size = 1024;
-  c.num_layers = 24;
-  c.num_heads = 16;
-  c.intermediate_size = 4096;
-  c.max_position_embeddings = 8194;
-  return c;
-}
-
 PlanInputs cuda_inputs(Precision precision, int64_t max_batch_tokens = 16384) {
   PlanInputs in;
-  in.config = bge_m3();
+  in.config = test::bge_m3_config();
   in.device = DeviceKind::kCuda;
   in.precision = precision;
   in.max_batch_tokens = max_batch_tokens;

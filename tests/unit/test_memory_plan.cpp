@@ -6,24 +6,14 @@
 #include "m3/core/error.h"
 #include "m3/memory/gemm_row_blocks.h"
 #include "m3/memory/memory_plan.h"
+#include "test_support.h"
 
 namespace m3 {
 namespace {
 
-ModelConfig bge_m3() {
-  ModelConfig c;
-  c.vocab_size = 250002;
-  c.hidden_size = 1024;
-  c.num_layers = 24;
-  c.num_heads = 16;
-  c.intermediate_size = 4096;
-  c.max_position_embeddings = 8194;
-  return c;
-}
-
 TEST(MemoryPlan, BgeM3ByHand) {
   PlanInputs in;
-  in.config = bge_m3();
+  in.config = test::bge_m3_config();
   in.max_batch_tokens = 16384;
   in.max_seq_len = 8192;
   in.threads = 2;
@@ -59,7 +49,7 @@ TEST(MemoryPlan, BgeM3ByHand) {
 TEST(MemoryPlan, RowsCoverEveryGemmChunk) {
   for (int64_t max_tokens : {1, 7, 64, 65, 100, 1000, 1025, 3000, 16384, 16383}) {
     PlanInputs in;
-    in.config = bge_m3();
+    in.config = test::bge_m3_config();
     in.max_seq_len = std::min<int64_t>(max_tokens, 8192);
     in.max_seq_len = std::max<int64_t>(in.max_seq_len, 2);
     in.max_batch_tokens = std::max(max_tokens, in.max_seq_len);
@@ -77,7 +67,7 @@ TEST(MemoryPlan, RowsCoverEveryGemmChunk) {
 
 TEST(MemoryPlan, LimitPicksTheLargestBudgetOrNamesTheMinimum) {
   PlanInputs in;
-  in.config = bge_m3();
+  in.config = test::bge_m3_config();
   in.max_seq_len = 8192;
   const uint64_t limit = 6ull << 30;
   const int64_t t = max_batch_tokens_for_limit(in, limit);

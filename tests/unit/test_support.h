@@ -14,9 +14,23 @@
 
 #include <simdjson.h>
 
+#include "m3/model/model_config.h"
+
 namespace m3::test {
 
 inline std::filesystem::path fixtures() { return M3_FIXTURES_DIR; }
+
+// The full-size BGE-M3 config (XLM-RoBERTa-large, 8192 tokens), for plans worked by hand.
+inline ModelConfig bge_m3_config() {
+  ModelConfig c;
+  c.vocab_size = 250002;
+  c.hidden_size = 1024;
+  c.num_layers = 24;
+  c.num_heads = 16;
+  c.intermediate_size = 4096;
+  c.max_position_embeddings = 8194;
+  return c;
+}
 
 inline std::string read_file(const std::filesystem::path& path) {
   std::ifstream in(path, std::ios::binary);
