@@ -56,9 +56,17 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   // The plan first: a limit that cannot work is refused before any weight is read.
   e->plan_ = plan_for(model_dir, config, options);
   const PlanInputs& in = e->plan_.inputs;
-  spdlog::info("memory plan: {} weights + {} x {} arena = {} (max batch {} tokens, max sequence {} tokens)",
-               format_bytes(e->plan_.weight_bytes), in.replicas, format_bytes(e->plan_.arena_bytes),
-               format_bytes(e->plan_.total_bytes), in.max_batch_tokens, in.max_seq_len);
+  if (in.device == DeviceKind::kCuda) {
+    spdlog::info("memory plan: {} weights + {} arena and workspace = {} on each of {} device(s), {} host (max batch "
+                 "{} tokens, max sequence {} tokens)",
+                 format_bytes(e->plan_.weight_bytes), format_bytes(e->plan_.arena_bytes),
+                 format_bytes(e->plan_.device_bytes), in.replicas, format_bytes(e->plan_.host_bytes),
+                 in.max_batch_tokens, in.max_seq_len);
+  } else {
+    spdlog::info("memory plan: {} weights + {} x {} arena = {} (max batch {} tokens, max sequence {} tokens)",
+                 format_bytes(e->plan_.weight_bytes), in.replicas, format_bytes(e->plan_.arena_bytes),
+                 format_bytes(e->plan_.total_bytes), in.max_batch_tokens, in.max_seq_len);
+  }
 
   const bool on_cuda = in.device == DeviceKind::kCuda;
   if (in.precision != options.precision) {
@@ -77,10 +85,9 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   e->model_.encoder = load_encoder_weights(model_dir, config, pack);
   e->model_.heads = load_head_weights(model_dir, config);
   const uint64_t rss_weights = current_rss_bytes();
-  const std::vector<Device> devices = on_cuda ? options.devices : std::vector<Device>(options.replicas);
   for (int r = 0; r < in.replicas; ++r) {
     if (on_cuda) {
-      e->replicas_.push_back(make_cuda_replica(r, e->model_, e->plan_, devices[r]));
+      e->replicas_.push_back(make_cuda_replica(r, e->model_, e->plan_, options.devices[r]));
     } else {
       e->replicas_.push_back(std::make_unique<CpuReplica>(r, e->model_, e->plan_, in.threads));
     }
