@@ -118,6 +118,19 @@ class CudaReplica final : public Replica {
       fail("the CUDA attention kernel has no variant for head size {} (8, 16, 32, 64, 80, 96, 128)", c.head_dim());
     }
     attach_thread();
+    try {
+      acquire();
+    } catch (...) {
+      release();  // a replica that failed to load leaves nothing behind on the device
+      throw;
+    }
+  }
+
+  ~CudaReplica() override { release(); }
+
+ private:
+  void acquire() {
+    const MemoryPlan& plan = plan_;
     cuda::check(cudaFree(nullptr), "creating the CUDA context");
     cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
     for (cudaEvent_t& event : done_) cuda::check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
@@ -143,7 +156,7 @@ class CudaReplica final : public Replica {
                  format_bytes(plan.weight_bytes), format_bytes(plan.arena_bytes), format_bytes(plan.pinned_bytes));
   }
 
-  ~CudaReplica() override {
+  void release() noexcept {
     cudaSetDevice(device_.index);
     if (stream_) cudaStreamSynchronize(stream_);
     layers_.clear();
@@ -151,12 +164,17 @@ class CudaReplica final : public Replica {
     if (handle_) cublasLtDestroy(handle_);
     if (pinned_) cudaFreeHost(pinned_);
     if (base_) cudaFree(base_);
-    for (cudaEvent_t event : done_) {
+    for (cudaEvent_t& event : done_) {
       if (event) cudaEventDestroy(event);
+      event = nullptr;
     }
     if (stream_) cudaStreamDestroy(stream_);
+    handle_ = nullptr;
+    pinned_ = base_ = nullptr;
+    stream_ = nullptr;
   }
 
+ public:
   int index() const override { return index_; }
   std::string device_name() const override { return device_.name(); }
   std::string backend_name() const override { return "cuda-cublaslt"; }
