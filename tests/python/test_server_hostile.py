@@ -1,7 +1,12 @@
 """Malformed and hostile requests against `m3embed serve`: each gets its 4xx (or, for
 transport abuse, a closed connection), nothing takes the server down, and /health still
-answers afterwards. Also: overload is refused fast (429), slow clients are cut off by the
+answers afterwards. Also: overload is refused at once (429), slow clients are cut off by the
 read timeout, and a client that disconnects gets its queued work withdrawn.
+
+Nothing here races a clock: work that must stay in flight is held by the test-only batch
+gate (Server(gated=True)); a connection the server must cut off is waited for with a client
+timeout far longer than the server's, so only the server can end it; and the one bound on
+time is a lower one, from the server's own timer, which never fires early.
 """
 from __future__ import annotations
 
@@ -20,7 +25,8 @@ pytestmark = pytest.mark.skipif(not BINARY, reason="M3_BINARY is not set (ctest 
 KEY = "hostile-key"
 PAYLOAD_LIMIT = 65536
 HEADER_LIMIT = 4096
-READ_TIMEOUT_S = 1.0
+READ_TIMEOUT_S = 1.0  # the slow_server's: what the slow-client tests wait for
+CLIENT_TIMEOUT_S = 60  # far longer than READ_TIMEOUT_S: only ends a test that would hang
 
 
 def request_bytes(method: str, path: str, body: bytes = b"", headers: dict | None = None, key: str | None = KEY,
@@ -37,7 +43,7 @@ def request_bytes(method: str, path: str, body: bytes = b"", headers: dict | Non
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
-def exchange(port: int, data: bytes, timeout: float = 10) -> tuple[int | None, bytes]:
+def exchange(port: int, data: bytes, timeout: float = CLIENT_TIMEOUT_S) -> tuple[int | None, bytes]:
     """Sends raw bytes; returns (status, body) of the first response, or (None, b"") when the
     server closed the connection without one."""
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
@@ -130,11 +136,24 @@ CASES = [
 ]
 
 
+SERVER_ARGS = ["--api-key", KEY, "--max-client-batch-size", "8", "--payload-limit", str(PAYLOAD_LIMIT),
+               "--max-header-bytes", str(HEADER_LIMIT)]
+
+
 @pytest.fixture(scope="module")
 def server():
-    args = ["--api-key", KEY, "--max-client-batch-size", "8", "--payload-limit", str(PAYLOAD_LIMIT),
-            "--max-header-bytes", str(HEADER_LIMIT), "--read-timeout", str(READ_TIMEOUT_S)]
-    with Server(*args) as s:
+    # The default read timeout (30 s): however slowly this client sends a request, the
+    # server waits for it, so no hostile case depends on how fast the test runs.
+    with Server(*SERVER_ARGS) as s:
+        yield s
+        assert s.proc.poll() is None, "the server died:\n" + s.log()
+        assert s.stop() == 0
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    """Cuts off, after READ_TIMEOUT_S, a request header (or body) that has not arrived whole."""
+    with Server(*SERVER_ARGS, "--read-timeout", str(READ_TIMEOUT_S)) as s:
         yield s
         assert s.proc.poll() is None, "the server died:\n" + s.log()
         assert s.stop() == 0
@@ -142,6 +161,35 @@ def server():
 
 def healthy(server) -> bool:
     return exchange(server.port, request_bytes("GET", "/health", key=None))[0] == 200
+
+
+def still_healthy(server, tries: int = 5) -> bool:
+    """healthy() for the slow_server, whose 1 s read timeout would also cut off this client
+    if it stalled for a second between connecting and sending: a few tries, so a loaded
+    machine's stall cannot fail the test, while a server that stopped serving still does."""
+    return any(healthy(server) for _ in range(tries))
+
+
+def wait_closed(sock: socket.socket, keep_sending: bytes = b"", max_sends: int = 0) -> bytes:
+    """Waits until the server closes the connection: returns b"" for a close (EOF or reset),
+    or the bytes the server sent instead. With `keep_sending`, first sends it up to
+    `max_sends` times, one every 0.2 s (pacing only), for as long as the connection is open.
+    Fails if the server keeps the connection open and silent for CLIENT_TIMEOUT_S."""
+    try:
+        for _ in range(max_sends if keep_sending else 0):
+            sock.sendall(keep_sending)
+            sock.settimeout(0.2)
+            try:
+                return sock.recv(1024)
+            except socket.timeout:
+                continue  # still open: send the next one
+        sock.settimeout(CLIENT_TIMEOUT_S)
+        try:
+            return sock.recv(1024)
+        except socket.timeout:
+            raise AssertionError(f"the server kept the connection open for {CLIENT_TIMEOUT_S} s") from None
+    except (BrokenPipeError, ConnectionResetError):
+        return b""
 
 
 def test_case_list_is_long_enough():
@@ -171,52 +219,41 @@ def test_every_error_body_names_what_went_wrong(server):
     assert json.loads(body)["error_type"] == "Validation" and "128" in json.loads(body)["error"]
 
 
-def test_slowloris_header_is_cut_off(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        start = time.monotonic()
+def test_slowloris_header_is_cut_off(slow_server):
+    line = b"X-Slow: a\r\n"
+    max_lines = (HEADER_LIMIT - 100) // len(line)  # never reaches the header limit (that would be a 431)
+    start = time.monotonic()  # before connecting: the server's timer starts after its accept
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=CLIENT_TIMEOUT_S) as sock:
         sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")
-        closed = False
-        for _ in range(40):  # a header line every 0.1 s: never finishing
-            try:
-                sock.sendall(b"X-Slow: a\r\n")
-                sock.settimeout(0.1)
-                if sock.recv(1024) == b"":
-                    closed = True
-                    break
-            except socket.timeout:
-                continue
-            except (BrokenPipeError, ConnectionResetError):
-                closed = True
-                break
-        assert closed, "the server kept a never-ending header open"
-        assert time.monotonic() - start < READ_TIMEOUT_S + 1.5
-    assert healthy(server)
+        # A header line every 0.2 s, never the blank line that ends the header: only the
+        # server's read timeout can end this; the lines sent never reach the header limit.
+        reply = wait_closed(sock, keep_sending=line, max_sends=max_lines)
+        assert reply == b"", f"the server answered instead of closing: {reply[:200]!r}"
+    assert time.monotonic() - start >= READ_TIMEOUT_S  # closed by its timer, which never fires early
+    assert still_healthy(slow_server)
 
 
-def test_slow_body_is_cut_off(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
+def test_slow_body_is_cut_off(slow_server):
+    start = time.monotonic()  # before connecting: the server's timer starts after its accept
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=CLIENT_TIMEOUT_S) as sock:
         sock.sendall(request_bytes("POST", "/embed", b"", headers={"Content-Length": "100"}, content_length=False)
-                     + b'{"inputs": ')
-        start = time.monotonic()
-        sock.settimeout(READ_TIMEOUT_S + 3)
-        try:
-            assert sock.recv(1024) == b""
-        except ConnectionResetError:
-            pass
-        assert time.monotonic() - start < READ_TIMEOUT_S + 1.5
-    assert healthy(server)
+                     + b'{"inputs": ')  # 11 of the 100 bytes announced, and no more
+        reply = wait_closed(sock)
+        assert reply == b"", f"the server answered instead of closing: {reply[:200]!r}"
+    assert time.monotonic() - start >= READ_TIMEOUT_S
+    assert still_healthy(slow_server)
 
 
-def test_idle_connections_are_closed(server):
-    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as sock:
-        sock.settimeout(READ_TIMEOUT_S + 3)
-        start = time.monotonic()
-        assert sock.recv(1024) == b""
-        assert time.monotonic() - start < READ_TIMEOUT_S + 1.5
+def test_idle_connections_are_closed(slow_server):
+    start = time.monotonic()
+    with socket.create_connection(("127.0.0.1", slow_server.port), timeout=CLIENT_TIMEOUT_S) as sock:
+        reply = wait_closed(sock)  # never sends a byte
+        assert reply == b"", f"the server sent {reply[:200]!r} to a connection that sent nothing"
+    assert time.monotonic() - start >= READ_TIMEOUT_S
 
 
 def test_many_half_open_connections_do_not_block_others(server):
-    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=10) for _ in range(50)]
+    socks = [socket.create_connection(("127.0.0.1", server.port), timeout=CLIENT_TIMEOUT_S) for _ in range(50)]
     try:
         for s in socks:
             s.sendall(b"POST /embed HTTP/1.1\r\n")
@@ -234,52 +271,109 @@ def big_request(n=256):
             "truncate": True}
 
 
+def counter(server: Server, name: str) -> float:
+    """A /metrics sample, 0 while the server has not written it (a counter never seen yet)."""
+    try:
+        return server.metric(name)
+    except KeyError:
+        return 0.0
+
+
+def post_in_background(server: Server, body: dict, results: dict, key: str) -> threading.Thread:
+    """POSTs /embed on a thread of its own; results[key] = (status, inputs answered or error text)."""
+    def run():
+        try:
+            response = httpx.post(server.url("/embed"), json=body, timeout=300)
+            results[key] = (response.status_code,
+                            len(response.json()) if response.status_code == 200 else response.text)
+        except httpx.HTTPError as error:
+            results[key] = (type(error).__name__, str(error))
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+def join(threads, limit_s: float = 300):
+    for thread in threads:
+        thread.join(limit_s)  # the limit only ends a hang: the check below fails then
+        assert not thread.is_alive(), "a request never finished"
+
+
 def test_overload_is_refused_fast_with_429():
-    # Two requests at once at most, and a queue of 1024 tokens (8 long texts).
-    with Server("--max-concurrent-requests", "2", "--max-queue-tokens", "1024", "--max-client-batch-size", "256",
-                "--max-batch-tokens", "256") as s:
-        statuses = []
-        start_together = threading.Barrier(12)
+    # Three requests at once at most, a queue of 1024 tokens (8 long texts), batches of two
+    # long texts. The gate holds every batch, so what is in flight is exactly what the test put
+    # there: each 429 below comes while the admitted requests are held, not by luck of timing.
+    args = ["--max-concurrent-requests", "3", "--max-queue-tokens", "1024", "--max-client-batch-size", "256",
+            "--max-batch-tokens", "256"]
+    with Server(*args, gated=True) as s, httpx.Client(base_url=s.base, timeout=60) as client:
+        results: dict = {}
+        a = post_in_background(s, big_request(2), results, "a")  # 256 tokens: the first batch, held
+        s.wait_until(lambda: s.gate()["held"] == 1, "a's batch held at the gate")
+        b = post_in_background(s, big_request(4), results, "b")  # 512 tokens, queued behind it
+        s.wait_until(lambda: s.metric("m3_queue_tokens") == 512, "b queued")
+        c = post_in_background(s, big_request(4), results, "c")  # 512 more: the queue is full
+        s.wait_until(lambda: s.metric("m3_queue_tokens") == 1024, "c queued")
+        assert s.metric("m3_http_active_requests") == 3
 
-        def one():
-            with httpx.Client(base_url=s.base, timeout=60) as client:
-                client.get("/health")  # connected before the barrier
-                start_together.wait()
-                statuses.append(client.post("/embed", json=big_request(8)).status_code)
+        # Over --max-concurrent-requests: refused at once, while the three are still held.
+        over = client.post("/embed", json={"inputs": "one more"})
+        assert over.status_code == 429, over.text
+        assert over.json()["error_type"] == "Overloaded" and "concurrent" in over.json()["error"]
 
-        threads = [threading.Thread(target=one) for _ in range(12)]
-        start = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        assert set(statuses) <= {200, 429}, statuses
-        assert 429 in statuses and 200 in statuses, statuses
-        with httpx.Client(base_url=s.base, timeout=60) as client:
-            over = client.post("/embed", json=big_request(16))  # 2048 tokens > the whole queue: never fits
-            assert over.status_code == 413 and "queue" in over.json()["error"]
-            metrics = client.get("/metrics").text
-        assert 'm3_http_requests_total{route="/embed",status="429"}' in metrics
-        assert time.monotonic() - start < 60
+        # One batch through: a is answered, and the next batch (two of b's texts) is held.
+        s.release(1)
+        join([a])
+        assert results["a"] == (200, 2), results
+        s.wait_until(lambda: (lambda g: g["passed"] == 1 and g["held"] == 1)(s.gate()), "the next batch held")
+        s.wait_until(lambda: s.metric("m3_http_active_requests") == 2, "a's permit returned")
+        assert s.metric("m3_queue_tokens") == 768
+
+        # Admitted (two in flight of three), but 384 more tokens do not fit the queue: 429 at once.
+        full = client.post("/embed", json=big_request(3))
+        assert full.status_code == 429, full.text
+        assert full.json()["error_type"] == "Overloaded" and "queue full" in full.json()["error"]
+        # More than the whole queue could ever hold is not "try later": 413.
+        never = client.post("/embed", json=big_request(16))  # 2048 tokens > 1024
+        assert never.status_code == 413 and "queue" in never.json()["error"], never.text
+        assert "b" not in results and "c" not in results  # still held all along
+
+        s.open_gate()
+        join([b, c])
+        assert results["b"] == (200, 4) and results["c"] == (200, 4), results
+        assert counter(s, 'm3_http_requests_total{route="/embed",status="429"}') == 2
+        assert s.metric('m3_scheduler_requests_total{outcome="rejected"}') == 1  # the queue-full one
+        assert s.metric('m3_scheduler_requests_total{outcome="completed"}') == 3
 
 
 def test_disconnected_client_has_its_work_withdrawn():
-    with Server("--max-client-batch-size", "256") as s:
-        # A backlog of big requests keeps the single replica busy for a while...
-        backlog = [threading.Thread(target=lambda: httpx.post(s.url("/embed"), json=big_request(), timeout=120))
-                   for _ in range(4)]
-        for t in backlog:
-            t.start()
-        time.sleep(0.2)
-        # ...so this one is still queued when its client goes away.
-        for _ in range(3):  # sent and gone at once: the server sees the request, then the close
-            with socket.create_connection(("127.0.0.1", s.port), timeout=10) as sock:
-                sock.sendall(request_bytes("POST", "/embed", json.dumps(big_request(64)).encode(), key=None))
-        for t in backlog:
-            t.join()
-        metrics = httpx.get(s.url("/metrics"), timeout=30).text
-        cancelled = [float(line.split()[-1]) for line in metrics.splitlines()
-                     if line.startswith('m3_scheduler_requests_total{outcome="cancelled"}')]
-        assert cancelled and cancelled[0] >= 1, metrics
-        assert 'status="499"' in metrics
-        assert httpx.get(s.url("/health"), timeout=10).status_code == 200
+    with Server("--max-client-batch-size", "256", "--max-batch-tokens", "1024", gated=True) as s:
+        # A short request whose batch the gate holds keeps the single replica busy...
+        results: dict = {}
+        holder = post_in_background(s, {"inputs": "hold the replica"}, results, "holder")
+        s.wait_until(lambda: s.gate()["held"] == 1, "the holder's batch held at the gate")
+        # ...so these three are certainly still queued when their clients go away.
+        socks = []
+        for _ in range(3):
+            sock = socket.create_connection(("127.0.0.1", s.port), timeout=CLIENT_TIMEOUT_S)
+            sock.sendall(request_bytes("POST", "/embed", json.dumps(big_request(8)).encode(), key=None))
+            socks.append(sock)
+        s.wait_until(lambda: s.metric("m3_queue_requests") == 3, "the three requests queued")
+        for sock in socks:
+            sock.close()
+
+        cancelled = 'm3_scheduler_requests_total{outcome="cancelled"}'
+        s.wait_until(lambda: s.metric(cancelled) == 3, "the three requests withdrawn")
+        s.wait_until(lambda: counter(s, 'm3_http_requests_total{route="/embed",status="499"}') == 3,
+                     "the three recorded as 499 (client closed)")
+        assert s.metric("m3_queue_requests") == 0 and s.metric("m3_queue_tokens") == 0
+        assert "holder" not in results  # the replica was held all along
+
+        s.open_gate()
+        join([holder])
+        assert results["holder"] == (200, 1), results
+        # Only the holder's batch ever ran: the withdrawn requests were never computed.
+        assert s.gate()["passed"] == 1
+        assert s.metric('m3_scheduler_requests_total{outcome="completed"}') == 1
+        assert s.metric(cancelled) == 3
+        assert httpx.get(s.url("/health"), timeout=CLIENT_TIMEOUT_S).status_code == 200

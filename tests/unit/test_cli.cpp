@@ -3,6 +3,8 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
+#include <regex>
+
 #include "test_support.h"
 
 namespace m3 {
@@ -10,6 +12,18 @@ namespace {
 
 using ::testing::HasSubstr;
 using ::testing::Not;
+
+// Two JSON lines with the same keys and shape whose numbers agree within `tolerance`.
+// Batches are formed from what is queued when a replica asks, so the same text may share a
+// GEMM with different neighbours from run to run, which moves the last bits of a float.
+void expect_same_numbers(const std::string& a, const std::string& b, double tolerance = 1e-5) {
+  static const std::regex number(R"(-?[0-9][0-9.eE+-]*)");
+  EXPECT_EQ(std::regex_replace(a, number, "#"), std::regex_replace(b, number, "#"));
+  std::sregex_iterator ia(a.begin(), a.end(), number), ib(b.begin(), b.end(), number), end;
+  for (; ia != end && ib != end; ++ia, ++ib) {
+    ASSERT_NEAR(std::stod(ia->str()), std::stod(ib->str()), tolerance) << ia->str() << " vs " << ib->str();
+  }
+}
 
 std::string quoted(const std::filesystem::path& p) { return "'" + p.string() + "'"; }
 
@@ -58,7 +72,7 @@ TEST_F(CliTest, EncodesTextLinesInInputOrder) {
   ASSERT_EQ(again.exit_code, 0) << again.output;
   const auto reversed = lines_of(tmp_ / "out.jsonl");
   ASSERT_EQ(reversed.size(), 4u);
-  for (size_t i = 0; i < 4; ++i) EXPECT_EQ(reversed[i], lines[3 - i]);
+  for (size_t i = 0; i < 4; ++i) expect_same_numbers(reversed[i], lines[3 - i]);
 }
 
 TEST_F(CliTest, JsonlInputAndDenseOnlyByDefault) {
@@ -170,7 +184,9 @@ TEST_F(CliTest, MemoryLimitIsPlannedOrRefused) {
   const auto limited = lines_of(tmp_ / "out.jsonl");
   r = encode(model_, "hello\nworld\n", "");
   ASSERT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_EQ(lines_of(tmp_ / "out.jsonl"), limited);
+  const auto unlimited = lines_of(tmp_ / "out.jsonl");
+  ASSERT_EQ(unlimited.size(), limited.size());
+  for (size_t i = 0; i < limited.size(); ++i) expect_same_numbers(unlimited[i], limited[i]);
 }
 
 TEST_F(CliTest, BadModelArgument) {

@@ -64,7 +64,8 @@ TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
     EXPECT_EQ(l.dense, l.projection);
     EXPECT_EQ(l.workspace_bytes, 32u << 20);
     EXPECT_GE(plan.pinned_bytes, rows * h * 4 + 2048 * h * 4 + rows * 4 * 3);
-    EXPECT_EQ(plan.host_bytes, plan.queue_bytes + plan.output_bytes + plan.pinned_bytes);
+    EXPECT_EQ(plan.host_bytes,
+              plan.queue_bytes + plan.output_bytes + plan.result_buffer_bytes + plan.pinned_bytes);
   }
 }
 

@@ -46,15 +46,17 @@ TEST(HfRepoCache, ConcurrentRelinkNeverLeavesThePointerMissing) {
   const fs::path pointer = cache.pointer(kCommit, "model.safetensors");
 
   std::atomic<bool> done{false};
-  std::atomic<int> misses{0};
+  std::atomic<int> misses{0}, checks{0};
   std::thread reader([&] {
     while (!done.load()) {
       std::error_code ec;
       if (!fs::is_regular_file(pointer, ec)) misses.fetch_add(1);
+      checks.fetch_add(1);
     }
   });
-  // Alternate targets so that every call really replaces the link.
-  for (int i = 0; i < 4000; ++i) cache.link(kCommit, "model.safetensors", i % 2 ? "abc" : "def");
+  // Alternate targets so that every call really replaces the link; go on until the reader
+  // has looked often while relinking went on (on a loaded machine it may start late).
+  for (int i = 0; i < 4000 || checks.load() < 2000; ++i) cache.link(kCommit, "model.safetensors", i % 2 ? "abc" : "def");
   done = true;
   reader.join();
   EXPECT_EQ(misses.load(), 0) << "a reader saw the snapshot pointer missing while it was relinked";

@@ -37,13 +37,44 @@ TEST(MemoryPlan, BgeM3ByHand) {
   EXPECT_LT(plan.arena_bytes, 1536ull << 20);  // the goal: under 1.5 GiB
   EXPECT_EQ(plan.queue_bytes, 16u * 16384 * 4);
   EXPECT_EQ(plan.output_bytes, 2u * 16384 * 1026 * 4);
-  EXPECT_EQ(plan.total_bytes, plan.weight_bytes + plan.arena_bytes + plan.queue_bytes + plan.output_bytes);
+  // Results waiting to be written: two max-length responses as JSON (20 bytes a float) beat two batches.
+  EXPECT_EQ(plan.result_buffer_bytes, 2u * 8192 * 1026 * 20);
+  EXPECT_EQ(plan.total_bytes, plan.weight_bytes + plan.arena_bytes + plan.queue_bytes + plan.output_bytes +
+                                  plan.result_buffer_bytes);
 
   in.replicas = 3;
   const auto three = plan_memory(in);
   EXPECT_EQ(three.weight_bytes, plan.weight_bytes);  // shared
-  EXPECT_EQ(three.total_bytes,
-            plan.weight_bytes + 3 * plan.arena_bytes + plan.queue_bytes + 3 * plan.output_bytes);
+  EXPECT_EQ(three.result_buffer_bytes, 3u * 2 * 16384 * 1026 * 4);  // now two batches per replica win
+  EXPECT_EQ(three.total_bytes, plan.weight_bytes + 3 * plan.arena_bytes + plan.queue_bytes + 3 * plan.output_bytes +
+                                   three.result_buffer_bytes);
+}
+
+TEST(MemoryPlan, OutputMemoryIsCountedAndMustHoldOneLongestResult) {
+  PlanInputs in;
+  in.config = test::bge_m3_config();
+  in.max_seq_len = 8192;
+  const auto defaults = plan_memory(in);
+  in.output_memory = 64ull << 20;
+  const auto given = plan_memory(in);
+  EXPECT_EQ(given.result_buffer_bytes, 64ull << 20);
+  EXPECT_EQ(defaults.total_bytes - given.total_bytes, defaults.result_buffer_bytes - (64ull << 20));
+  in.output_memory = 8192ull * 1026 * 4;  // one 8192-token result needs a little more (its dense vector)
+  EXPECT_THAT([&] { plan_memory(in); }, testing::ThrowsMessage<Error>(testing::HasSubstr("--output-memory")));
+  in.max_seq_len = 4096;  // shorter texts: it fits
+  EXPECT_EQ(plan_memory(in).result_buffer_bytes, 8192ull * 1026 * 4);
+}
+
+TEST(MemoryPlan, MemoryLimitCountsTheOutputMemory) {
+  PlanInputs in;
+  in.config = test::bge_m3_config();
+  in.max_seq_len = 8192;
+  in.output_memory = 256ull << 20;
+  const uint64_t limit = 4ull << 30;
+  in.max_batch_tokens = max_batch_tokens_for_limit(in, limit);
+  EXPECT_LE(plan_memory(in).total_bytes, limit);
+  in.max_batch_tokens += 64;
+  EXPECT_GT(plan_memory(in).total_bytes, limit);  // the largest multiple of 64 that fits
 }
 
 TEST(MemoryPlan, RowsCoverEveryGemmChunk) {

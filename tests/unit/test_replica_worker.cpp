@@ -54,7 +54,6 @@ class FakeReplica final : public Replica {
   }
 
   void end(const PackedBatch& batch, const OutputRequest&, std::vector<M3Output>& outputs, int slot) override {
-    std::this_thread::sleep_for(std::chrono::microseconds(300));  // the device at work
     std::lock_guard lock(mutex_);
     if (!slot_busy_[slot]) violations_ += "ended a slot never begun; ";
     if (order_.empty() || order_.front() != slot) violations_ += "ended out of order; ";
@@ -88,12 +87,9 @@ void run_traffic(bool pipelined) {
   options.max_seq_len = 16;
   Scheduler scheduler(options);
   FakeReplica replica(pipelined);
-  std::promise<WarmupReport> warmed;
-  auto warm = warmed.get_future();
-  std::thread worker(serve_batches, std::ref(replica), std::ref(scheduler), true, std::move(warmed));
-  warm.get();
 
-  // All requests are queued at once, so there is always a next batch to begin early.
+  // Every request is queued before the replica starts, so there is always a next batch to
+  // begin early, however fast the replica thread runs.
   constexpr int kRequests = 600;
   std::mutex mutex;
   std::condition_variable all_done;
@@ -118,6 +114,10 @@ void run_traffic(bool pipelined) {
       if (++finished == kRequests) all_done.notify_all();
     });
   }
+  std::promise<WarmupReport> warmed;
+  auto warm = warmed.get_future();
+  std::thread worker(serve_batches, std::ref(replica), std::ref(scheduler), true, std::move(warmed));
+  warm.get();
   {
     std::unique_lock lock(mutex);
     all_done.wait(lock, [&] { return finished == kRequests; });

@@ -610,5 +610,35 @@ TEST(Scheduler, ManyConcurrentProducersEachAnsweredOnce) {
   EXPECT_EQ(stats.in_flight_sequences, 0u);
 }
 
+// The test-only gate holds each formed batch (its sequences in flight) until released,
+// and shutdown opens it, so nothing stays held when the engine stops.
+TEST(Scheduler, TestGateHoldsFormedBatchesUntilReleased) {
+  auto options = make_options(64, 32, 1024);
+  options.test_batch_gate = true;
+  Scheduler scheduler(options);
+  ASSERT_NE(scheduler.test_gate(), nullptr);
+  Results results;
+  scheduler.submit({make_seq(10, 32), make_seq(11, 32)}, {true, false, false}, results.callback(0));
+  scheduler.submit({make_seq(12, 32)}, {true, false, false}, results.callback(1));
+  Replicas replicas(scheduler, 1);
+  BatchGate& gate = *scheduler.test_gate();
+  wait_for([&] { return gate.state().held == 1; });
+  EXPECT_EQ(scheduler.stats().in_flight_sequences, 2u);  // held in flight, not queued
+  EXPECT_EQ(results.calls(0), 0u);
+  gate.release(1);
+  wait_for([&] { return results.calls(0) == 1 && gate.state().held == 1; });  // the next batch waits
+  EXPECT_EQ(results.calls(1), 0u);
+  EXPECT_EQ(gate.state().passed, 1u);
+  scheduler.shutdown();  // opens the gate: the held batch runs, then the replica stops
+  replicas.join();
+  EXPECT_TRUE(results.only(1).error.empty());
+  EXPECT_TRUE(gate.state().open);
+}
+
+TEST(Scheduler, NoGateUnlessAsked) {
+  Scheduler scheduler(make_options(64, 32, 1024));
+  EXPECT_EQ(scheduler.test_gate(), nullptr);
+}
+
 }  // namespace
 }  // namespace m3

@@ -42,6 +42,7 @@ void add_model_options(CLI::App& command, ModelOptions& o) {
                   "fits; refused at start, with the minimum, when one max-length sequence does not fit")
       ->envname("M3_MEMORY_LIMIT")
       ->excludes(batch);
+  command.add_option("--output-memory", o.output_memory, kOutputMemoryHelp)->envname("M3_OUTPUT_MEMORY");
   command.add_option("--dtype", o.dtype, kDtypeHelp)
       ->envname("M3_DTYPE")
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}))
@@ -74,6 +75,7 @@ EmbedderOptions embedder_options(const ModelOptions& o) {
   options.max_batch_tokens = o.max_batch_tokens;
   options.precision = parse_precision(o.dtype);
   if (!o.memory_limit.empty()) options.memory_limit = parse_bytes(o.memory_limit);
+  if (!o.output_memory.empty()) options.output_memory = parse_bytes(o.output_memory);
   options.devices = select_devices(o.device, o.devices);
   options.gpu_memory_fraction = o.gpu_memory_fraction;
   return options;

@@ -24,6 +24,7 @@ struct ModelOptions {
   std::string device = "auto";  // auto | cpu | cuda | cuda:N
   std::string devices;          // cuda:0,cuda:1,... (one replica each)
   double gpu_memory_fraction = 0;
+  std::string output_memory;  // e.g. "256MiB"; empty: the plan's default
 };
 
 // Help text of --dtype, shared with `plan`.
@@ -33,6 +34,12 @@ inline constexpr const char* kDtypeHelp =
     "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
     "weights with per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, softmax and "
     "the heads compute in float32";
+
+inline constexpr const char* kOutputMemoryHelp =
+    "Memory for results waiting to be written (e.g. 256MiB): encode's in-order output buffer, or the server's "
+    "responses in flight with their JSON. Part of the memory plan and of --memory-limit; when it is full, encode "
+    "waits for its writer and the server answers 429; one response larger than it gets 413. Default: two full "
+    "batches of results per replica, and at least two max-length responses with every output as JSON";
 
 void add_model_options(CLI::App& command, ModelOptions& options);
 

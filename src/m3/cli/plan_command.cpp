@@ -33,6 +33,7 @@ struct PlanOptions {
   int64_t max_batch_tokens = 16384;
   bool max_batch_tokens_given = false;
   std::string memory_limit;
+  std::string output_memory;
   int threads = 0;  // 0: all available cores
   int replicas = 1;
   std::string dtype = "fp32";
@@ -159,6 +160,8 @@ std::string render_text(const Report& report) {
                format_bytes(plan.queue_bytes)});
     total.add({fmt::format("host: outputs in flight (2 batches x {} replica(s))", in.replicas),
                std::to_string(plan.output_bytes), format_bytes(plan.output_bytes)});
+    total.add({"host: results waiting to be written (--output-memory)", std::to_string(plan.result_buffer_bytes),
+               format_bytes(plan.result_buffer_bytes)});
     total.add({"host total", std::to_string(plan.host_bytes), format_bytes(plan.host_bytes)});
     out += total.render();
     out += "  (the CUDA context and cuBLASLt's kernels come on top of the device figure; /info reports both)\n";
@@ -173,6 +176,8 @@ std::string render_text(const Report& report) {
              format_bytes(plan.queue_bytes)});
   total.add({fmt::format("outputs in flight (2 batches x {} replica(s))", in.replicas),
              std::to_string(plan.output_bytes), format_bytes(plan.output_bytes)});
+  total.add({"results waiting to be written (--output-memory)", std::to_string(plan.result_buffer_bytes),
+             format_bytes(plan.result_buffer_bytes)});
   total.add({"total", std::to_string(plan.total_bytes), format_bytes(plan.total_bytes)});
   out += total.render();
   }
@@ -295,6 +300,7 @@ nlohmann::ordered_json render_json(const Report& report) {
   j["replicas"] = in.replicas;
   j["queue"] = {{"tokens", plan.queue_tokens}, {"bytes", plan.queue_bytes}};
   j["output_bytes"] = plan.output_bytes;
+  j["result_buffer_bytes"] = plan.result_buffer_bytes;
   j["total_bytes"] = plan.total_bytes;
   if (in.device == DeviceKind::kCuda) {
     j["device_bytes"] = plan.device_bytes;
@@ -355,17 +361,15 @@ nlohmann::ordered_json render_json(const Report& report) {
 CorpusReport measure_corpus(const std::filesystem::path& dir, const PlanOptions& o, int64_t max_seq_len,
                             int64_t max_batch_tokens) {
   const auto tokenizer = XlmrTokenizer::load(dir);
-  const auto texts = read_texts(o.corpus, parse_input_format(o.format), o.field);
   CorpusReport report;
   report.path = o.corpus;
   std::vector<int64_t> lengths;
-  lengths.reserve(texts.size());
-  for (const auto& text : texts) {
+  for_each_text(o.corpus, parse_input_format(o.format), o.field, [&](std::string_view text, size_t) {
     const auto full = static_cast<int64_t>(tokenizer.encode(text).size());
     report.longest_before_truncation = std::max(report.longest_before_truncation, full);
     if (full > max_seq_len) ++report.truncated;
     lengths.push_back(std::min(full, max_seq_len));
-  }
+  });
   report.stats = corpus_stats(lengths, o.batch_size, max_batch_tokens);
   return report;
 }
@@ -392,6 +396,7 @@ void run_plan(const PlanOptions& o) {
     limit = LimitReport{};
     limit->limit_bytes = options.memory_limit = parse_bytes(o.memory_limit);
   }
+  if (!o.output_memory.empty()) options.output_memory = parse_bytes(o.output_memory);
   const MemoryPlan plan = Embedder::plan_for(dir, config, options);
   const PlanInputs& in = plan.inputs;
   if (limit) {
@@ -399,8 +404,7 @@ void run_plan(const PlanOptions& o) {
     // sized for the largest budget a limit may choose.
     PlanInputs smallest = in;
     smallest.max_batch_tokens = in.max_seq_len;
-    smallest.library_workspace_bytes =
-        CpuBackend::library_workspace_bytes(config, Embedder::kMaxBatchTokensForLimit, in.precision);
+    smallest.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_seq_len, in.precision);
     if (in.device == DeviceKind::kCuda) smallest.library_workspace_bytes = 0;
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
@@ -421,8 +425,8 @@ constexpr const char* kFooter =
     "--json keys: model {path, hidden_size, num_layers, num_heads, intermediate_size, vocab_size, "
     "max_position_embeddings, max_tokens, heads[]}; limits {dtype, max_seq_len, max_batch_tokens, threads, "
     "threads_per_replica, query_tile, replicas}; weights {items[] {name, shape, bytes}, total_bytes}; arena {items[] {name, shape, "
-    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; queue {tokens, bytes}; output_bytes; total_bytes (outputs + queue + weights + "
-    "replicas x arena); memory_limit (null without --memory-limit) {limit_bytes, minimum_bytes, "
+    "offset, bytes}, total_bytes (per replica), bytes_per_batch_token}; replicas; queue {tokens, bytes}; output_bytes; result_buffer_bytes (--output-memory); total_bytes (outputs + "
+    "result buffer + queue + weights + replicas x arena); memory_limit (null without --memory-limit) {limit_bytes, minimum_bytes, "
     "max_batch_tokens, used_bytes, used_fraction}; corpus (null without --corpus) {path, texts, tokens, "
     "max_seq_len, truncated, longest_before_truncation, min, max, mean, percentiles {p50, p90, p95, p99, "
     "p99.9}, histogram[] {min, max, texts, tokens}, reference {batch_size, sorted, unsorted: {batches, "
@@ -454,6 +458,7 @@ void add_plan_command(CLI::App& app) {
                                 "Memory for weights and all arenas (CUDA: for each device's allocation; e.g. 6GiB, 800MB, 2147483648): plans the largest "
                                 "max batch tokens (a multiple of 64) that fits, or fails naming the minimum");
   tokens->excludes(limit);
+  cmd->add_option("--output-memory", o->output_memory, kOutputMemoryHelp);
   cmd->add_option("--dtype", o->dtype, kDtypeHelp)
       ->check(CLI::IsMember({"fp32", "bf16", "fp16", "int8"}))
       ->capture_default_str();

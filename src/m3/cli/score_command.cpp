@@ -10,6 +10,7 @@
 #include "m3/io/line_writer.h"
 #include "m3/io/output_json.h"
 #include "m3/io/text_input.h"
+#include "m3/runtime/ordered_results.h"
 #include "m3/model/scoring.h"
 
 namespace m3::cli {
@@ -21,8 +22,6 @@ struct ScoreOptions {
   int64_t max_query_length = 512, max_passage_length = 8192;
   bool quiet = false;
 };
-
-constexpr size_t kChunkPairs = 1024;
 
 ScoreWeights parse_weights(const std::string& text) {
   std::vector<float> values;
@@ -59,16 +58,30 @@ void run_score(const ScoreOptions& o) {
 
   LineWriter writer(o.output);
   ProgressBar bar(pairs.size(), "pairs", !o.quiet);
-  for (size_t first = 0; first < pairs.size(); first += kChunkPairs) {
-    const size_t last = std::min(pairs.size(), first + kChunkPairs);
-    // Queries and passages of the chunk go through the model together.
-    std::vector<std::vector<int32_t>> sequences;
-    for (size_t i = first; i < last; ++i) sequences.push_back(embedder->tokenize(pairs[i].query, query_length));
-    for (size_t i = first; i < last; ++i) sequences.push_back(embedder->tokenize(pairs[i].passage, passage_length));
-    const auto outputs = embedder->encode(sequences, request);
+  // Pairs go through the model in chunks whose outputs (ColBERT vectors included) fit the
+  // planned output memory, so a file of long passages cannot grow memory past the plan.
+  const uint64_t budget = embedder->plan().result_buffer_bytes;
+  for (size_t first = 0; first < pairs.size();) {
+    std::vector<std::vector<int32_t>> queries, passages;
+    uint64_t bytes = 0;
+    size_t last = first;
+    while (last < pairs.size()) {
+      auto q = embedder->tokenize(pairs[last].query, query_length);
+      auto p = embedder->tokenize(pairs[last].passage, passage_length);
+      const uint64_t pair_bytes = OrderedResults::bytes_for(static_cast<int64_t>(q.size()), hidden, request) +
+                                  OrderedResults::bytes_for(static_cast<int64_t>(p.size()), hidden, request);
+      if (last > first && bytes + pair_bytes > budget) break;
+      bytes += pair_bytes;
+      queries.push_back(std::move(q));
+      passages.push_back(std::move(p));
+      ++last;
+    }
     const size_t n = last - first;
+    for (auto& ids : passages) queries.push_back(std::move(ids));  // queries, then passages: one pass
+    const auto outputs = embedder->encode(queries, request);
     for (size_t i = 0; i < n; ++i) writer.write(scores_json(compute_scores(outputs[i], outputs[n + i], hidden, weights)));
     bar.update(last);
+    first = last;
   }
   writer.close();
   bar.finish();

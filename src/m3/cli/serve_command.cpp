@@ -2,7 +2,9 @@
 // until SIGTERM/SIGINT, finishing what is in flight. Every option also reads M3_<NAME>.
 #include "m3/cli/serve_command.h"
 
+#include <cstdlib>
 #include <filesystem>
+#include <string_view>
 #include <memory>
 
 #include <spdlog/spdlog.h>
@@ -31,6 +33,7 @@ std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
   const auto config = ModelConfig::load(dir);
   EmbedderOptions options = embedder_options(o.model);
   options.max_queue_tokens = o.max_queue_tokens;
+  options.test_batch_gate = o.server.test_batch_gate;
   if (o.max_seq_len > config.max_tokens()) {
     spdlog::warn("--max-seq-len {} is more than this model's {} positions allow; using {}", o.max_seq_len,
                  config.max_position_embeddings, config.max_tokens());
@@ -39,7 +42,19 @@ std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
   return Embedder::load(dir, options);
 }
 
+// --test-batch-gate stops every batch until a test releases it: never in normal use.
+void check_test_controls(const server::ServerOptions& s) {
+  if (!s.test_batch_gate) return;
+  const char* enabled = std::getenv("M3_ENABLE_TEST_CONTROLS");
+  if (enabled == nullptr || std::string_view(enabled) != "1") {
+    fail("--test-batch-gate is a test-only control (it holds every batch until POST /test/batch-gate releases "
+         "it); it needs M3_ENABLE_TEST_CONTROLS=1 in the environment and is never for normal use");
+  }
+  spdlog::warn("TEST MODE: --test-batch-gate holds every batch until POST /test/batch-gate releases it");
+}
+
 void run_serve(ServeOptions o) {
+  check_test_controls(o.server);
   o.server.payload_limit = parse_bytes(o.payload_limit);
   o.server.max_response_bytes = parse_bytes(o.max_response_bytes);
   std::string name = o.server.served_model_name;
@@ -148,6 +163,11 @@ void add_serve_command(CLI::App& app) {
       ->envname("M3_SHUTDOWN_TIMEOUT")
       ->check(CLI::Range(0.0, 3600.0))
       ->capture_default_str();
+  cmd->add_flag("--test-batch-gate", s.test_batch_gate,
+                "TEST ONLY, refused unless M3_ENABLE_TEST_CONTROLS=1: every batch waits until POST "
+                "/test/batch-gate {\"release\": N} or {\"open\": true} lets it run (GET shows what is held); "
+                "the test suite uses it to hold work in flight without timing races")
+      ->group("Test-only controls");
   cmd->callback([o] { run_serve(*o); });
 }
 

@@ -35,6 +35,13 @@ void ProgressBar::finish() {
 void ProgressBar::draw(bool final) {
   if (!enabled_) return;
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+  if (total_ == 0) {  // unknown total (a stream): count and rate only
+    const double rate = seconds > 0 ? static_cast<double>(done_) / seconds : 0.0;
+    fmt::print(stderr, "\r{} {} {:.1f}/s {:.0f}s   ", done_, unit_, rate, seconds);
+    if (final) fmt::print(stderr, "\n");
+    std::fflush(stderr);
+    return;
+  }
   const double fraction = total_ ? static_cast<double>(done_) / static_cast<double>(total_) : 1.0;
   constexpr int kWidth = 30;
   const int filled = static_cast<int>(fraction * kWidth);

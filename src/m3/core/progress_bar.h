@@ -10,6 +10,7 @@ namespace m3 {
 
 class ProgressBar {
  public:
+  // total 0: unknown (a stream); the bar then shows the count and the rate.
   ProgressBar(size_t total, std::string unit, bool enabled = true);
   ~ProgressBar();
   void update(size_t done);

@@ -20,6 +20,16 @@ void LineWriter::write(const std::string& line) {
   if (!*out_) fail("{}: write failed", path_ == "-" ? "<stdout>" : path_);
 }
 
+void LineWriter::write_raw(std::string_view text) {
+  out_->write(text.data(), static_cast<std::streamsize>(text.size()));
+  if (!*out_) fail("{}: write failed", path_ == "-" ? "<stdout>" : path_);
+}
+
+void LineWriter::flush() {
+  out_->flush();
+  if (!*out_) fail("{}: write failed", path_ == "-" ? "<stdout>" : path_);
+}
+
 void LineWriter::close() {
   if (closed_) return;
   closed_ = true;

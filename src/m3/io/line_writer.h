@@ -4,6 +4,7 @@
 
 #include <fstream>
 #include <string>
+#include <string_view>
 
 namespace m3 {
 
@@ -11,6 +12,8 @@ class LineWriter {
  public:
   explicit LineWriter(const std::string& path);
   void write(const std::string& line);
+  void write_raw(std::string_view text);  // as is, no newline added
+  void flush();
   void close();  // flushes and checks; also called by the destructor (errors then ignored)
   ~LineWriter();
 

@@ -24,20 +24,32 @@ void append_vector(std::string& out, const float* v, int64_t n) {
   out += ']';
 }
 
+constexpr size_t kFlushBytes = 256 << 10;
+
 }  // namespace
 
 std::string m3_output_json(const M3Output& o, const OutputRequest& request, int64_t hidden) {
-  std::string out = "{";
+  std::string out;
+  write_m3_output_json(view_of(o), request, hidden, out, {});
+  return out;
+}
+
+void write_m3_output_json(const ResultView& o, const OutputRequest& request, int64_t hidden, std::string& out,
+                          const std::function<void(std::string&)>& flush) {
+  auto maybe_flush = [&] {
+    if (flush && out.size() >= kFlushBytes) flush(out);
+  };
+  out += '{';
   const char* sep = "";
   if (request.dense) {
     out += "\"dense_vecs\":";
-    append_vector(out, o.dense.data(), static_cast<int64_t>(o.dense.size()));
+    append_vector(out, o.dense, o.dense_size);
     sep = ",";
   }
   if (request.sparse) {
     out += sep;
     out += "\"lexical_weights\":{";
-    for (size_t i = 0; i < o.lexical.size(); ++i) {
+    for (int64_t i = 0; i < o.lexical_size; ++i) {
       fmt::format_to(std::back_inserter(out), "{}\"{}\":", i ? "," : "", o.lexical[i].first);
       append_float(out, o.lexical[i].second);
     }
@@ -49,12 +61,12 @@ std::string m3_output_json(const M3Output& o, const OutputRequest& request, int6
     out += "\"colbert_vecs\":[";
     for (int64_t r = 0; r < o.colbert_rows; ++r) {
       if (r) out += ',';
-      append_vector(out, o.colbert.data() + r * hidden, hidden);
+      append_vector(out, o.colbert + r * hidden, hidden);
+      maybe_flush();
     }
     out += ']';
   }
   out += '}';
-  return out;
 }
 
 void append_score_fields(std::string& out, const PairScores& s) {

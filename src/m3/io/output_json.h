@@ -3,6 +3,7 @@
 // round-trip form.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,10 @@
 namespace m3 {
 
 std::string m3_output_json(const M3Output& output, const OutputRequest& request, int64_t hidden);
+// The same object appended to `out`, handed to `flush` (which empties it) each time it
+// passes about 256 KiB, so a long text's ColBERT vectors never sit in memory as text whole.
+void write_m3_output_json(const ResultView& output, const OutputRequest& request, int64_t hidden, std::string& out,
+                          const std::function<void(std::string&)>& flush);
 std::string scores_json(const PairScores& scores);
 // The five keys of scores_json, without the braces (for responses that add their own).
 void append_score_fields(std::string& out, const PairScores& scores);

@@ -49,15 +49,39 @@ InputFormat parse_input_format(const std::string& name) {
   fail("unknown input format \"{}\" (expected auto, text or jsonl)", name);
 }
 
+namespace {
+
+InputFormat resolve(const std::string& path, InputFormat format) {
+  if (format != InputFormat::kAuto) return format;
+  const auto ext = std::filesystem::path(path).extension().string();
+  return (ext == ".jsonl" || ext == ".ndjson" || ext == ".json") ? InputFormat::kJsonl : InputFormat::kText;
+}
+
+}  // namespace
+
+std::optional<size_t> count_texts(const std::string& path, InputFormat format) {
+  std::error_code ec;
+  if (path == "-" || !std::filesystem::is_regular_file(path, ec)) return std::nullopt;
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return std::nullopt;
+  const bool jsonl = resolve(path, format) == InputFormat::kJsonl;
+  size_t count = 0;
+  std::string line;
+  while (std::getline(file, line)) count += !jsonl || !blank(line);
+  return count;
+}
+
 std::vector<std::string> read_texts(const std::string& path, InputFormat format, const std::string& field) {
-  if (format == InputFormat::kAuto) {
-    const auto ext = std::filesystem::path(path).extension().string();
-    format = (ext == ".jsonl" || ext == ".ndjson" || ext == ".json") ? InputFormat::kJsonl : InputFormat::kText;
-  }
   std::vector<std::string> texts;
-  if (format == InputFormat::kText) {
-    for_each_line(path, [&](const std::string& line, size_t) { texts.push_back(line); });
-    return texts;
+  for_each_text(path, format, field, [&](std::string_view text, size_t) { texts.emplace_back(text); });
+  return texts;
+}
+
+void for_each_text(const std::string& path, InputFormat format, const std::string& field,
+                   const std::function<void(std::string_view text, size_t line)>& on_text) {
+  if (resolve(path, format) == InputFormat::kText) {
+    for_each_line(path, [&](const std::string& line, size_t number) { on_text(line, number); });
+    return;
   }
   simdjson::dom::parser parser;
   for_each_line(path, [&](const std::string& line, size_t number) {
@@ -73,9 +97,8 @@ std::vector<std::string> read_texts(const std::string& path, InputFormat format,
     if (value.get_string().get(text) != simdjson::SUCCESS) {
       fail("{}:{}: \"{}\" must be a string", where(path), number, field);
     }
-    texts.emplace_back(text);
+    on_text(text, number);
   });
-  return texts;
 }
 
 std::vector<TextPair> read_pairs(const std::string& path) {

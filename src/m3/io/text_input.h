@@ -3,8 +3,12 @@
 // file and line.
 #pragma once
 
+#include <cstddef>
 #include <filesystem>
+#include <functional>
+#include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace m3 {
@@ -13,6 +17,14 @@ enum class InputFormat { kAuto, kText, kJsonl };
 
 // "auto" picks JSONL for .jsonl/.ndjson/.json files, text otherwise.
 InputFormat parse_input_format(const std::string& name);
+
+// Streams the texts: on_text(text, line number) for each record, in order, as it is
+// read (nothing is held beyond the current line). Same formats and errors as read_texts.
+void for_each_text(const std::string& path, InputFormat format, const std::string& field,
+                   const std::function<void(std::string_view text, size_t line)>& on_text);
+// The number of records in a regular file (a fast pass over it, for a progress bar's
+// total); nullopt for standard input or anything that cannot be read twice.
+std::optional<size_t> count_texts(const std::string& path, InputFormat format);
 
 // One text per record. Text format: every line is a text (an empty line is the empty
 // text; a trailing newline does not start another). JSONL: each non-blank line is an

@@ -143,7 +143,9 @@ MemoryPlan plan_cuda_memory(const PlanInputs& in) {
   }
   plan.queue_bytes = static_cast<uint64_t>(plan.queue_tokens) * sizeof(int32_t);
   plan.output_bytes = 2 * static_cast<uint64_t>(in.replicas) * R * (H + 2) * kF32;
-  plan.host_bytes = plan.queue_bytes + plan.output_bytes + static_cast<uint64_t>(in.replicas) * plan.pinned_bytes;
+  plan.result_buffer_bytes = output_memory_for(in, rows);
+  plan.host_bytes = plan.queue_bytes + plan.output_bytes + plan.result_buffer_bytes +
+                    static_cast<uint64_t>(in.replicas) * plan.pinned_bytes;
   plan.total_bytes = plan.device_bytes;
   return plan;
 }

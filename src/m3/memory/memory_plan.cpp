@@ -140,58 +140,64 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   // (at most rows / 2 sequences), plus a lexical (id, weight) pair.
   plan.output_bytes = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(t) *
                       static_cast<uint64_t>(h + 2) * kF32;
+  plan.result_buffer_bytes = output_memory_for(in, t);
   plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes +
-                     plan.output_bytes;
+                     plan.output_bytes + plan.result_buffer_bytes;
   return plan;
+}
+
+uint64_t default_output_memory(const PlanInputs& in, int64_t rows) {
+  const auto h = static_cast<uint64_t>(in.config.hidden_size);
+  const uint64_t batches = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(rows) * (h + 2) * kF32;
+  const uint64_t longest = 2 * response_bytes_for_floats(static_cast<uint64_t>(in.max_seq_len) * (h + 2));
+  return std::max(batches, longest);
+}
+
+uint64_t output_memory_for(const PlanInputs& in, int64_t rows) {
+  if (in.output_memory == 0) return default_output_memory(in, rows);
+  // One max-length text with every output, as encode stores it (floats).
+  const auto h = static_cast<uint64_t>(in.config.hidden_size);
+  const uint64_t longest = static_cast<uint64_t>(in.max_seq_len) * (h + 2) * kF32 + h * kF32 + 4 * kAlignment;
+  if (in.output_memory < longest) {
+    fail("--output-memory {} cannot hold the results of one {}-token text ({}); raise it or lower the max "
+         "sequence length", format_bytes(in.output_memory), in.max_seq_len, format_bytes(longest));
+  }
+  return in.output_memory;
 }
 
 int64_t max_batch_tokens_for_limit(PlanInputs inputs, uint64_t limit_bytes) {
   inputs.max_batch_tokens = inputs.max_seq_len;
   const MemoryPlan smallest = plan_memory(inputs);
-  if (inputs.device == DeviceKind::kCuda) {
-    if (smallest.total_bytes > limit_bytes) {
+  if (smallest.total_bytes > limit_bytes) {
+    if (inputs.device == DeviceKind::kCuda) {
       fail("device memory limit {} is too small: one {}-token sequence needs {} per device ({} weights + {} "
            "arena and cuBLASLt workspace); raise the limit or lower the max sequence length",
            format_bytes(limit_bytes), inputs.max_seq_len, format_bytes(smallest.total_bytes),
            format_bytes(smallest.weight_bytes), format_bytes(smallest.total_bytes - smallest.weight_bytes));
     }
-    // The device total grows with the tokens per pass: the largest multiple of 64 that fits.
-    auto fits = [&](int64_t blocks) {
-      inputs.max_batch_tokens = blocks * 64;
-      return plan_memory(inputs).total_bytes <= limit_bytes;
-    };
-    int64_t low = (inputs.max_seq_len + 63) / 64;  // blocks; low - 1 fits (or is below max_seq_len)
-    if (!fits(low)) return inputs.max_seq_len;
-    int64_t high = low + 1;                         // the first block count known not to fit
-    while (high < (int64_t{1} << 18) && fits(high)) {
-      low = high;
-      high *= 2;
-    }
-    while (high - low > 1) {
-      const int64_t mid = low + (high - low) / 2;
-      (fits(mid) ? low : high) = mid;
-    }
-    return low * 64;
-  }
-  if (smallest.total_bytes > limit_bytes) {
-    fail("memory limit {} is too small: one {}-token sequence needs {} ({} weights + {} x {} arena); "
-         "raise the limit or lower the max sequence length",
+    fail("memory limit {} is too small: one {}-token sequence needs {} ({} weights + {} x {} arena + {} queue, "
+         "outputs and output memory); raise the limit or lower the max sequence length",
          format_bytes(limit_bytes), inputs.max_seq_len, format_bytes(smallest.total_bytes),
-         format_bytes(smallest.weight_bytes), inputs.replicas, format_bytes(smallest.arena_bytes));
+         format_bytes(smallest.weight_bytes), inputs.replicas, format_bytes(smallest.arena_bytes),
+         format_bytes(smallest.queue_bytes + smallest.output_bytes + smallest.result_buffer_bytes));
   }
-  // total(T) is affine in T (alignment aside): solve, then step down until it fits.
-  const uint64_t spare = (limit_bytes - smallest.total_bytes) / static_cast<uint64_t>(inputs.replicas);
-  const uint64_t queue_per_token = inputs.max_queue_tokens > 0 ? 0 : 16 * sizeof(int32_t);
-  const uint64_t outputs_per_token = 2 * static_cast<uint64_t>(inputs.config.hidden_size + 2) * kF32;
-  int64_t t = inputs.max_seq_len +
-              static_cast<int64_t>(spare / (smallest.bytes_per_batch_token + queue_per_token + outputs_per_token));
-  t = std::max<int64_t>(inputs.max_seq_len, t / 64 * 64);
-  while (t > inputs.max_seq_len) {
-    inputs.max_batch_tokens = t;
-    if (plan_memory(inputs).total_bytes <= limit_bytes) return t;
-    t = std::max<int64_t>(inputs.max_seq_len, t - 64);
+  // The total grows with the tokens per pass: the largest multiple of 64 that fits.
+  auto fits = [&](int64_t blocks) {
+    inputs.max_batch_tokens = blocks * 64;
+    return plan_memory(inputs).total_bytes <= limit_bytes;
+  };
+  int64_t low = (inputs.max_seq_len + 63) / 64;  // blocks; low - 1 fits (or is below max_seq_len)
+  if (!fits(low)) return inputs.max_seq_len;
+  int64_t high = low + 1;                         // the first block count known not to fit
+  while (high < (int64_t{1} << 18) && fits(high)) {
+    low = high;
+    high *= 2;
   }
-  return inputs.max_seq_len;
+  while (high - low > 1) {
+    const int64_t mid = low + (high - low) / 2;
+    (fits(mid) ? low : high) = mid;
+  }
+  return low * 64;
 }
 
 std::string format_bytes(uint64_t bytes) {

@@ -30,6 +30,9 @@ struct PlanInputs {
   uint64_t library_workspace_bytes = 0;
   // Tokens the request queue may hold (0: 16 x max_batch_tokens); host memory for their ids.
   int64_t max_queue_tokens = 0;
+  // --output-memory: results waiting to be written, in bytes: encode's in-order output
+  // buffer, or the server's responses in flight (JSON included). 0: default_output_memory.
+  uint64_t output_memory = 0;
   // CUDA replicas (one per device) are planned by plan_cuda_memory (cuda_memory_plan.h).
   DeviceKind device = DeviceKind::kCpu;
   uint64_t cublas_workspace_bytes = 32ull << 20;  // cuBLASLt workspace per replica (CUDA)
@@ -72,7 +75,10 @@ struct MemoryPlan {
   // Outputs copied out of the arena for callers (ColBERT vectors are tokens x hidden
   // floats): two batches per replica, the one being extracted and the one being delivered.
   uint64_t output_bytes = 0;
-  uint64_t total_bytes = 0;       // weights + replicas * arena + queue + outputs
+  // Results waiting to be written (PlanInputs::output_memory, or its default): a hard
+  // bound that encode's writer and the server's responses are held to.
+  uint64_t result_buffer_bytes = 0;
+  uint64_t total_bytes = 0;       // weights + replicas * arena + queue + outputs + result buffer
 
   // Arena offsets the encoder uses (bytes). Head outputs reuse the FFN buffer, which
   // is free once the last layer has run.
@@ -92,7 +98,7 @@ struct MemoryPlan {
   CudaLayout cuda;
   uint64_t device_bytes = 0;  // one replica's single cudaMalloc: weights + arena + workspace
   uint64_t pinned_bytes = 0;  // one replica's pinned host staging (two slots)
-  uint64_t host_bytes = 0;    // queue + outputs + replicas x pinned staging
+  uint64_t host_bytes = 0;    // queue + outputs + result buffer + replicas x pinned staging
 };
 
 // Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs. Dispatches to
@@ -101,6 +107,19 @@ MemoryPlan plan_memory(const PlanInputs& inputs);
 MemoryPlan plan_cuda_memory(const PlanInputs& inputs);
 // Throws m3::Error when the limits are inconsistent with each other or the model.
 void check_plan_inputs(const PlanInputs& inputs);
+
+// Bytes of JSON text the server's responses take per float (a generous bound: the
+// shortest round-trip form of a float is at most 15 characters, with its comma).
+inline constexpr uint64_t kJsonBytesPerFloat = 16;
+// Bytes one response of `floats` numbers holds while it is encoded: the floats and their JSON.
+constexpr uint64_t response_bytes_for_floats(uint64_t floats) { return floats * (kJsonBytesPerFloat + 4); }
+
+// --output-memory's default: two full batches of results per replica (every output), and
+// at least two max-length responses with every output as JSON, so one longest text always fits.
+uint64_t default_output_memory(const PlanInputs& inputs, int64_t rows);
+// The output memory these inputs give (theirs, or the default), checked to hold one
+// max-length result with every output (else m3::Error naming --output-memory).
+uint64_t output_memory_for(const PlanInputs& inputs, int64_t rows);
 
 // The largest max_batch_tokens (a multiple of 64, at least max_seq_len) whose total fits
 // `limit_bytes` (for CUDA: one device's allocation); throws m3::Error giving the minimum limit when even max_seq_len does not fit.

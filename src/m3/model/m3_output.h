@@ -24,4 +24,20 @@ struct M3Output {
   bool truncated = false;
 };
 
+// An M3Output's data wherever it is stored (a vector, the encode output buffer).
+struct ResultView {
+  const float* dense = nullptr;
+  int64_t dense_size = 0;
+  const std::pair<int32_t, float>* lexical = nullptr;
+  int64_t lexical_size = 0;
+  const float* colbert = nullptr;  // [colbert_rows, hidden]
+  int64_t colbert_rows = 0;
+  int64_t tokens = 0;
+};
+
+inline ResultView view_of(const M3Output& o) {
+  return {o.dense.data(), static_cast<int64_t>(o.dense.size()), o.lexical.data(),
+          static_cast<int64_t>(o.lexical.size()), o.colbert.data(), o.colbert_rows, o.tokens};
+}
+
 }  // namespace m3

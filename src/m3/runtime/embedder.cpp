@@ -55,6 +55,7 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
 
   // The plan first: a limit that cannot work is refused before any weight is read.
   e->plan_ = plan_for(model_dir, config, options);
+  e->baseline_rss_ = current_rss_bytes();  // libraries, tokenizer: what the plan does not count
   const PlanInputs& in = e->plan_.inputs;
   if (in.device == DeviceKind::kCuda) {
     spdlog::info("memory plan: {} weights + {} arena and workspace = {} on each of {} device(s), {} host (max batch "
@@ -84,6 +85,7 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   }
   e->model_.encoder = load_encoder_weights(model_dir, config, pack);
   e->model_.heads = load_head_weights(model_dir, config);
+  malloc_trim(0);  // what reading the files needed on the way is given back, not kept for reuse
   const uint64_t rss_weights = current_rss_bytes();
   for (int r = 0; r < in.replicas; ++r) {
     if (on_cuda) {
@@ -93,8 +95,13 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
     }
   }
   if (on_cuda) e->release_host_weights();
-  spdlog::debug("resident: {} at start, {} with weights, {} with replicas (kernels compiled)",
-                format_bytes(rss_at_start), format_bytes(rss_weights), format_bytes(current_rss_bytes()));
+  // The runtime the replicas brought (compiled GEMM kernels, thread pools; their arenas are
+  // not touched yet) is fixed too: part of the baseline, beside the plan.
+  const uint64_t rss_replicas = current_rss_bytes();
+  e->baseline_rss_ += rss_replicas - std::min(rss_replicas, rss_weights);
+  spdlog::debug("resident: {} at start, {} with weights, {} with replicas (kernels compiled); baseline {}",
+                format_bytes(rss_at_start), format_bytes(rss_weights), format_bytes(rss_replicas),
+                format_bytes(e->baseline_rss_));
   std::string where = on_cuda ? " on" : fmt::format(" x {} threads on the CPU", in.threads);
   for (size_t r = 0; on_cuda && r < e->replicas_.size(); ++r) where += (r ? ", " : " ") + e->replicas_[r]->device_name();
   spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}; {}) with {} replica(s){}",
@@ -102,10 +109,12 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                std::filesystem::path(e->model_.encoder.source).filename().string(),
                e->model_.heads.sparse ? " sparse" : "", e->model_.heads.colbert ? " colbert" : "",
                precision_name(in.precision), in.replicas, where);
+  e->load_peak_rss_ = peak_rss_bytes();  // before warm-up resets the mark
   SchedulerOptions scheduling;
   scheduling.max_batch_tokens = in.max_batch_tokens;
   scheduling.max_seq_len = in.max_seq_len;
   scheduling.max_queue_tokens = e->plan_.queue_tokens;
+  scheduling.test_batch_gate = options.test_batch_gate;
   e->scheduler_ = std::make_unique<Scheduler>(scheduling);
   std::vector<std::future<WarmupReport>> warmups;
   for (auto& replica : e->replicas_) {
@@ -149,6 +158,7 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   in.colbert_head = std::filesystem::exists(model_dir / "colbert_linear.pt");
   in.max_batch_tokens = options.max_batch_tokens;
   in.max_queue_tokens = options.max_queue_tokens;
+  in.output_memory = options.output_memory;
   if (on_cuda) {
     if (options.replicas != 1) {
       fail("--replicas is for CPU replicas; on CUDA there is one replica per device (--devices cuda:0,cuda:1,...)");
@@ -176,12 +186,26 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   in.replicas = options.replicas;
   in.threads = std::max(1, threads / options.replicas);
   in.precision = cpu_supports(options.precision) ? options.precision : Precision::kFp32;
+  auto workspace = [&](int64_t rows) { return CpuBackend::library_workspace_bytes(config, rows, in.precision); };
   if (options.memory_limit > 0) {
-    // The GEMM workspace grows with the rows: size it for the most a limit could allow.
-    in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, kMaxBatchTokensForLimit, in.precision);
-    in.max_batch_tokens = std::min(max_batch_tokens_for_limit(in, options.memory_limit), kMaxBatchTokensForLimit);
+    // The GEMM workspace grows with the rows: search with the most a limit could allow; when
+    // even one sequence does not fit that way, again with one sequence's (which names the
+    // true minimum when it fails too). Then the chosen rows' own workspace must fit as well.
+    in.library_workspace_bytes = workspace(kMaxBatchTokensForLimit);
+    int64_t t = 0;
+    try {
+      t = max_batch_tokens_for_limit(in, options.memory_limit);
+    } catch (const Error&) {
+      in.library_workspace_bytes = workspace(in.max_seq_len);
+      t = max_batch_tokens_for_limit(in, options.memory_limit);
+    }
+    for (t = std::min(t, kMaxBatchTokensForLimit);; t = std::max(in.max_seq_len, t - 64)) {
+      in.max_batch_tokens = t;
+      in.library_workspace_bytes = workspace(t);
+      if (t <= in.max_seq_len || plan_memory(in).total_bytes <= options.memory_limit) break;
+    }
   }
-  in.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_batch_tokens, in.precision);
+  in.library_workspace_bytes = workspace(in.max_batch_tokens);
   return plan_memory(in);
 }
 
@@ -199,6 +223,8 @@ void Embedder::release_host_weights() {
   if (model_.heads.colbert) std::vector<float>().swap(model_.heads.colbert->weight);
   malloc_trim(0);
 }
+
+uint64_t Embedder::peak_rss() const { return std::max(load_peak_rss_, peak_rss_bytes()); }
 
 void Embedder::check(const OutputRequest& request) const { replicas_.front()->check(request); }
 

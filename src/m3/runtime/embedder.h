@@ -27,6 +27,7 @@ struct EmbedderOptions {
   int64_t max_batch_tokens = 16384;  // tokens per forward pass (ignored with memory_limit)
   int64_t max_seq_len = 0;           // 0: the model's limit (max_position_embeddings - 2)
   uint64_t memory_limit = 0;         // bytes; > 0 chooses the largest max_batch_tokens that fits
+  uint64_t output_memory = 0;        // results waiting to be written (PlanInputs::output_memory); 0: default
   int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
   Precision precision = Precision::kFp32;  // --dtype: what the encoder GEMMs compute in
@@ -34,6 +35,7 @@ struct EmbedderOptions {
   // devices: one replica on each, and memory_limit bounds each device's allocation.
   std::vector<Device> devices;
   double gpu_memory_fraction = 0;    // (0, 1]: also bound each device's allocation by this share of its memory
+  bool test_batch_gate = false;      // TEST ONLY: batches wait at the scheduler's BatchGate (batch_gate.h)
 };
 
 class Embedder {
@@ -52,6 +54,13 @@ class Embedder {
   const std::filesystem::path& model_dir() const { return model_.model_dir; }
   const MemoryPlan& plan() const { return plan_; }
   const std::vector<WarmupReport>& warmup_reports() const { return warmups_; }
+  // The process's fixed baseline, beside the plan: resident bytes before any planned memory
+  // existed (libraries, tokenizer, config) plus what building the replicas added before
+  // their arenas were touched (compiled GEMM kernels, thread pools).
+  uint64_t baseline_rss() const { return baseline_rss_; }
+  // The peak resident bytes of this process: loading included (warm-up restarts the
+  // kernel's peak mark to measure itself, so the load's peak is kept here).
+  uint64_t peak_rss() const;
   int64_t max_seq_len() const { return plan_.inputs.max_seq_len; }
   int64_t max_batch_tokens() const { return plan_.inputs.max_batch_tokens; }
   size_t replica_count() const { return replicas_.size(); }
@@ -82,6 +91,8 @@ class Embedder {
   MemoryPlan plan_;
   std::vector<std::unique_ptr<Replica>> replicas_;
   std::vector<WarmupReport> warmups_;
+  uint64_t baseline_rss_ = 0;
+  uint64_t load_peak_rss_ = 0;
   std::unique_ptr<Scheduler> scheduler_;
   std::vector<std::thread> workers_;  // one per replica: next_batch -> forward -> complete
 };

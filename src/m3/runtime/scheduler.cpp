@@ -93,6 +93,7 @@ Scheduler::Scheduler(const SchedulerOptions& options) : options_(options) {
   if (options.max_overtakes < 0) m3::fail("max_overtakes must not be negative");
   link_ = std::make_shared<SchedulerLink>();
   link_->scheduler = this;
+  if (options.test_batch_gate) gate_ = std::make_unique<BatchGate>();
 }
 
 Scheduler::~Scheduler() {
@@ -114,6 +115,7 @@ Scheduler::~Scheduler() {
   }
   space_cv_.notify_all();
   work_cv_.notify_all();
+  if (gate_) gate_->open();
   for (auto& request : orphans) invoke(*request, RequestResult{{}, "shutting down"});
 }
 
@@ -211,6 +213,7 @@ bool Scheduler::take_batch(Batch& batch, bool wait) {
   lock.unlock();
   if (more) work_cv_.notify_one();
   space_cv_.notify_all();
+  if (gate_) gate_->pass();  // test only: held here, in flight, until the test releases it
 
   for (const auto& ids : batch.incoming_) batch.packed.add(ids, kPadTokenId);
   batch.incoming_.clear();  // frees the request's copy of the ids, off the lock
@@ -382,6 +385,7 @@ void Scheduler::shutdown() {
   }
   work_cv_.notify_all();
   space_cv_.notify_all();
+  if (gate_) gate_->open();
 }
 
 void Scheduler::set_batch_observer(BatchObserver observer) {

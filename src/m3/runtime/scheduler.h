@@ -26,6 +26,7 @@
 
 #include "m3/core/error.h"
 #include "m3/model/m3_output.h"
+#include "m3/runtime/batch_gate.h"
 #include "m3/runtime/packed_batch.h"
 #include "m3/runtime/request.h"
 
@@ -49,6 +50,8 @@ struct SchedulerOptions {
   int64_t max_queue_tokens = 1 << 20;  // queued, not yet batched tokens (>= max_seq_len)
   size_t sort_window = 256;          // queued sequences considered for each batch
   int max_overtakes = 8;             // batches that may skip a sequence before it goes first
+  // TEST ONLY: every formed batch waits at a BatchGate until released (batch_gate.h).
+  bool test_batch_gate = false;
 };
 
 // One batch for a replica: the sequences packed end to end (positions for pad id 1) and,
@@ -136,9 +139,11 @@ class Scheduler {
   using BatchObserver = std::function<void(int64_t tokens, size_t sequences)>;
   void set_batch_observer(BatchObserver observer);
 
-  // Stops accepting work; queued work still drains through next_batch.
+  // Stops accepting work; queued work still drains through next_batch (a test gate opens).
   void shutdown();
   SchedulerStats stats() const;
+  // The test gate, when options().test_batch_gate; else nullptr.
+  BatchGate* test_gate() { return gate_.get(); }
 
  private:
   friend class RequestHandle;
@@ -173,6 +178,7 @@ class Scheduler {
   uint64_t serving_ticket_ = 0;  // the waiter allowed to enqueue next
   SchedulerStats stats_;
   std::shared_ptr<const BatchObserver> batch_observer_;
+  std::unique_ptr<BatchGate> gate_;  // test only
   // form_batch scratch, reused: window indices sorted by length, taken flags.
   std::vector<uint32_t> order_;
   std::vector<char> taken_;

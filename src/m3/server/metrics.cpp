@@ -113,6 +113,11 @@ std::string Metrics::render(const RuntimeGauges& g) const {
   gauge(out, "m3_http_connections", "Open HTTP connections.", static_cast<double>(g.connections));
   gauge(out, "m3_http_active_requests", "Requests admitted and not yet answered (--max-concurrent-requests).",
         static_cast<double>(g.active_requests));
+  gauge(out, "m3_response_bytes_in_flight",
+        "Memory reserved by responses being computed or written (estimated; bounded by --output-memory).",
+        static_cast<double>(g.response_bytes));
+  gauge(out, "m3_response_bytes_capacity", "Memory for responses in flight (--output-memory; in the memory plan).",
+        static_cast<double>(g.response_bytes_capacity));
   {
     std::lock_guard lock(mutex_);
     header(out, "m3_http_requests_total", "counter", "HTTP requests answered, by route and status.");
@@ -163,6 +168,7 @@ std::string Metrics::render(const RuntimeGauges& g) const {
          p.arena_bytes * static_cast<uint64_t>(p.inputs.replicas));
     line(out, "m3_memory_planned_bytes{{part=\"queue\"}} {}", p.queue_bytes);
     line(out, "m3_memory_planned_bytes{{part=\"outputs\"}} {}", p.output_bytes);
+    line(out, "m3_memory_planned_bytes{{part=\"responses\"}} {}", p.result_buffer_bytes);
     line(out, "m3_memory_planned_bytes{{part=\"total\"}} {}", p.total_bytes);
   }
   gauge(out, "m3_memory_resident_bytes", "Resident memory of the process (VmRSS).",

@@ -45,6 +45,8 @@ struct RuntimeGauges {
   bool ready = false;
   size_t connections = 0;
   size_t active_requests = 0;
+  uint64_t response_bytes = 0;           // reserved by responses in flight
+  uint64_t response_bytes_capacity = 0;  // --output-memory
   std::optional<SchedulerStats> scheduler;
   const MemoryPlan* plan = nullptr;
   uint64_t resident_bytes = 0;

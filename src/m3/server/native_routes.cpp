@@ -37,7 +37,8 @@ RouteResult native_encode(ServerContext& context, Embedder& embedder, const Http
   const auto tokens = static_cast<uint64_t>(job.tokens);
   job.response_bytes = json_bytes_for_floats((request->outputs.colbert ? tokens * hidden : 0) +
                                              (request->outputs.dense ? tokenized->sequences.size() * hidden : 0)) +
-                       (request->outputs.sparse ? tokens * 40 : 0) + (request->return_tokens ? tokens * 40 : 0);
+                       (request->outputs.sparse ? tokens * kSparseBytesPerToken : 0) +
+                       (request->return_tokens ? tokens * 40 : 0);
   if (request->return_tokens)
     job.sequences = tokenized->sequences;  // kept for input_ids and tokens
   else
@@ -81,7 +82,10 @@ RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpR
   InferenceJob job;
   job.outputs = outputs;
   job.tokens = tokenized.tokens;
-  job.response_bytes = request.pairs.size() * 200;
+  // The scores are small, but each pair's outputs (ColBERT vectors too) are held until scored.
+  job.response_bytes = static_cast<uint64_t>(job.tokens) * static_cast<uint64_t>(embedder.config().hidden_size + 2) *
+                           sizeof(float) +
+                       request.pairs.size() * 200;
   job.sequences = std::move(tokenized.sequences);
   const std::string model = request.model.empty() ? context.model_name : request.model;
   job.respond = [weights = request.weights, model, tokens = job.tokens,

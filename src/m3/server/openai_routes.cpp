@@ -18,7 +18,9 @@ RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const 
   job.outputs = {true, false, false};
   job.tokens = tokenized.tokens;
   const int64_t dims = request->dimensions ? request->dimensions : embedder.config().hidden_size;
-  job.response_bytes = json_bytes_for_floats(tokenized.sequences.size() * static_cast<uint64_t>(dims));
+  // The outputs hold every dimension; the JSON only `dims` of them.
+  job.response_bytes = tokenized.sequences.size() * (static_cast<uint64_t>(embedder.config().hidden_size) * 4 +
+                                                     static_cast<uint64_t>(dims) * kJsonBytesPerFloat);
   job.sequences = std::move(tokenized.sequences);
   const std::string model = request->model.empty() ? context.model_name : request->model;
   job.respond = [request, model, tokens = job.tokens](std::vector<M3Output>&& outputs) {

@@ -8,6 +8,7 @@
 #include <optional>
 #include <vector>
 
+#include "m3/memory/memory_plan.h"
 #include "m3/model/m3_output.h"
 #include "m3/runtime/embedder.h"
 #include "m3/server/http_types.h"
@@ -19,7 +20,9 @@ struct InferenceJob {
   std::vector<std::vector<int32_t>> sequences;
   OutputRequest outputs;
   int64_t tokens = 0;
-  uint64_t response_bytes = 0;  // estimated size of the JSON answer (--max-response-bytes)
+  // Upper bound of the memory its response holds: the outputs, then their JSON
+  // (--max-response-bytes, and reserved from --output-memory until it is written).
+  uint64_t response_bytes = 0;
   // Runs on an I/O thread with the outputs in sequence order; may throw ApiError.
   std::function<HttpResponse(std::vector<M3Output>&&)> respond;
 };
@@ -38,6 +41,9 @@ RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpR
 RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 
+// TEST ONLY (serve --test-batch-gate): GET/POST /test/batch-gate.
+HttpResponse test_batch_gate(ServerContext& context, const HttpRequest& request);
+
 // Handlers that answer in any state.
 HttpResponse health_response(const ServerContext& context);
 HttpResponse info_response(const ServerContext& context);  // 503 while loading
@@ -46,7 +52,9 @@ HttpResponse models_response(const ServerContext& context);
 
 // 422 naming the missing head file when the model cannot produce `outputs`.
 void check_outputs(const Embedder& embedder, const OutputRequest& outputs);
-// Bytes of JSON for `floats` numbers (a generous per-number estimate).
-constexpr uint64_t json_bytes_for_floats(uint64_t floats) { return floats * 14; }
+// Bytes a response of `floats` numbers holds: the floats, then their JSON (memory_plan.h).
+constexpr uint64_t json_bytes_for_floats(uint64_t floats) { return response_bytes_for_floats(floats); }
+// Per token of sparse output: an (id, weight) pair, then about 40 bytes of JSON.
+inline constexpr uint64_t kSparseBytesPerToken = 48;
 
 }  // namespace m3::server

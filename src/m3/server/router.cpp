@@ -41,8 +41,10 @@ const std::array<Route, 12> kRoutes = {{
 
 RouteResult refuse(ErrorFormat format, const ApiError& error) { return {error_response(format, error), std::nullopt}; }
 
-// Checks the job against the queue bound and the response size limit.
-void check_job(const InferenceJob& job, const Embedder& embedder, const ServerOptions& options) {
+// Checks the job against the queue bound and the response size limits, and reserves its
+// response's bytes (before any compute: a response that cannot fit is refused now).
+ResponseBudget::Reservation admit_job(const InferenceJob& job, const Embedder& embedder, ServerContext& context) {
+  const ServerOptions& options = context.options;
   const int64_t queue = embedder.plan().queue_tokens;
   if (job.tokens > queue) {
     throw ApiError(413,
@@ -58,6 +60,25 @@ void check_job(const InferenceJob& job, const Embedder& embedder, const ServerOp
                                job.response_bytes, options.max_response_bytes),
                    "", "response_too_large");
   }
+  const uint64_t capacity = context.responses.capacity();
+  if (job.response_bytes > capacity) {
+    throw ApiError(413,
+                   fmt::format("the response would need about {} of memory, more than the server holds for "
+                               "responses in flight ({}, --output-memory): send fewer or shorter inputs, or "
+                               "start the server with a larger --output-memory",
+                               format_bytes(job.response_bytes), format_bytes(capacity)),
+                   "", "response_too_large");
+  }
+  auto reservation = context.responses.try_reserve(job.response_bytes);
+  if (!reservation) {
+    throw ApiError(429,
+                   fmt::format("responses in flight hold {} of the server's {} (--output-memory) and this one "
+                               "needs about {}: retry later",
+                               format_bytes(context.responses.used()), format_bytes(capacity),
+                               format_bytes(job.response_bytes)),
+                   "", "too_many_requests");
+  }
+  return std::move(*reservation);
 }
 
 }  // namespace
@@ -78,6 +99,16 @@ bool authorized(std::string_view authorization, std::string_view key) {
 
 RouteDecision Router::route(const HttpRequest& request) const {
   RouteDecision decision;
+  if (context_.options.test_batch_gate && request.path == "/test/batch-gate") {
+    decision.label = "/test/batch-gate";
+    decision.format = kTei;
+    try {
+      decision.result.response = test_batch_gate(context_, request);
+    } catch (const ApiError& e) {
+      decision.result = refuse(kTei, e);
+    }
+    return decision;
+  }
   const Route* route = nullptr;
   bool path_known = false;
   for (const Route& r : kRoutes) {
@@ -140,7 +171,7 @@ RouteDecision Router::route(const HttpRequest& request) const {
   }
   try {
     decision.result = route->model_handler(context_, *embedder, request);
-    if (decision.result.job) check_job(*decision.result.job, *embedder, options);
+    if (decision.result.job) decision.response_memory = admit_job(*decision.result.job, *embedder, context_);
     decision.permit = std::move(*permit);
   } catch (const ApiError& e) {
     decision.result = refuse(route->format, e);

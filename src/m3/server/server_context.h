@@ -11,6 +11,7 @@
 #include "m3/server/in_flight.h"
 #include "m3/server/metrics.h"
 #include "m3/server/request_limiter.h"
+#include "m3/server/response_budget.h"
 #include "m3/server/server_options.h"
 
 namespace m3::server {
@@ -28,6 +29,7 @@ struct ServerContext {
   const ServerOptions options;
   const std::string model_name;
   RequestLimiter limiter;
+  ResponseBudget responses;  // its capacity is the plan's result buffer, set with the model
   InFlightRequests in_flight;
   Metrics metrics;
   std::atomic<ServerState> state{ServerState::kLoading};
@@ -41,6 +43,7 @@ struct ServerContext {
     limits.max_client_batch_size = options.max_client_batch_size;
     limits.vocab_size = engine->config().vocab_size;  // rows of the embedding table
     limits.hidden_size = engine->config().hidden_size;
+    responses.set_capacity(engine->plan().result_buffer_bytes);
     embedder.store(engine);
     ServerState expected = ServerState::kLoading;
     state.compare_exchange_strong(expected, ServerState::kReady);  // not if already draining

@@ -23,6 +23,9 @@ struct ServerOptions {
   double read_timeout_s = 30;                  // per request header, and again per body (keep-alive idle too)
   double write_timeout_s = 30;
   double shutdown_timeout_s = 30;  // in-flight requests get this long after SIGTERM
+  // TEST ONLY (--test-batch-gate, refused unless M3_ENABLE_TEST_CONTROLS=1): batches wait at
+  // the scheduler's BatchGate until POST /test/batch-gate releases them.
+  bool test_batch_gate = false;
 };
 
 }  // namespace m3::server

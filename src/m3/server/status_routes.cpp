@@ -49,10 +49,10 @@ const char* state_name(ServerState state) {
 void append_plan(std::string& out, const MemoryPlan& plan) {
   fmt::format_to(std::back_inserter(out),
                  "{{\"weights_bytes\":{},\"arena_bytes_per_replica\":{},\"replicas\":{},\"queue_tokens\":{},"
-                 "\"queue_bytes\":{},\"output_bytes\":{},\"total_bytes\":{},\"max_batch_tokens\":{},"
+                 "\"queue_bytes\":{},\"output_bytes\":{},\"result_buffer_bytes\":{},\"total_bytes\":{},\"max_batch_tokens\":{},"
                  "\"max_seq_len\":{},\"threads_per_replica\":{},\"device\":\"{}\",",
                  plan.weight_bytes, plan.arena_bytes, plan.inputs.replicas, plan.queue_tokens, plan.queue_bytes,
-                 plan.output_bytes, plan.total_bytes, plan.inputs.max_batch_tokens, plan.inputs.max_seq_len,
+                 plan.output_bytes, plan.result_buffer_bytes, plan.total_bytes, plan.inputs.max_batch_tokens, plan.inputs.max_seq_len,
                  plan.inputs.threads, plan.inputs.device == DeviceKind::kCuda ? "cuda" : "cpu");
   if (plan.inputs.device == DeviceKind::kCuda) {
     fmt::format_to(std::back_inserter(out), "\"device_bytes_per_replica\":{},\"pinned_bytes_per_replica\":{},"
@@ -145,6 +145,8 @@ HttpResponse metrics_response(const ServerContext& context) {
   gauges.ready = context.state.load() == ServerState::kReady;
   gauges.connections = context.connections.load();
   gauges.active_requests = context.limiter.active();
+  gauges.response_bytes = context.responses.used();
+  gauges.response_bytes_capacity = context.responses.capacity();
   if (Embedder* embedder = context.embedder.load()) {
     gauges.scheduler = embedder->scheduler().stats();
     gauges.plan = &embedder->plan();

@@ -24,7 +24,7 @@ RouteResult tei_job(ServerContext& context, Embedder& embedder, const TeiEmbedRe
   if (outputs.colbert)
     job.response_bytes = json_bytes_for_floats(static_cast<uint64_t>(job.tokens) * hidden);
   else if (outputs.sparse)
-    job.response_bytes = static_cast<uint64_t>(job.tokens) * 40;
+    job.response_bytes = static_cast<uint64_t>(job.tokens) * kSparseBytesPerToken;
   else
     job.response_bytes = json_bytes_for_floats(tokenized.sequences.size() * hidden);
   job.sequences = std::move(tokenized.sequences);
