@@ -105,9 +105,12 @@ def oracle_outputs(model: str, dtype: str, texts: list[str], max_len: int):
 def m3embed_outputs(tmp_path: Path, model: str, dtype: str, texts: list[str], max_len: int) -> list[dict]:
     inp, out = tmp_path / "in.jsonl", tmp_path / f"out-{dtype}.jsonl"
     inp.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
-    subprocess.run([BINARY, "encode", "--model", str(FIXTURES / model), "--input", str(inp), "--output", str(out),
-                    "--dense", "--sparse", "--colbert", "--max-length", str(max_len), "--dtype", dtype],
-                   check=True, capture_output=True, text=True, timeout=300)
+    run = subprocess.run([BINARY, "encode", "--model", str(FIXTURES / model), "--input", str(inp), "--output",
+                          str(out), "--dense", "--sparse", "--colbert", "--max-length", str(max_len), "--dtype", dtype],
+                         check=True, capture_output=True, text=True, timeout=300)
+    fallback = [line for line in run.stderr.splitlines() if "computing in fp32 instead" in line]
+    if fallback:  # this CPU cannot run the dtype, and m3embed said so: nothing of it to check here
+        pytest.skip(f"{dtype} cannot run on this CPU: {fallback[0]}")
     return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
 
 
@@ -120,8 +123,8 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_matches_flagembedding_with_the_same_rounding(tmp_path, model, dtype):
     golden = json.loads((FIXTURES / "golden" / f"{model}.json").read_text(encoding="utf-8"))
     texts, max_len = golden["texts"], golden["max_length"]
+    got = m3embed_outputs(tmp_path, model, dtype, texts, max_len)  # skips first where the CPU cannot
     want = oracle_outputs(model, dtype, texts, max_len)
-    got = m3embed_outputs(tmp_path, model, dtype, texts, max_len)
     assert len(got) == len(texts)
 
     dense_want = np.asarray(want["dense_vecs"], dtype=np.float64)

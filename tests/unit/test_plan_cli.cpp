@@ -98,9 +98,15 @@ class PlanCliTest : public ::testing::Test {
     return CpuBackend::library_workspace_bytes(ModelConfig::load(model), rows, Precision::kFp32);
   }
 
-  // Outputs in flight: 2 batches per replica of rows x (hidden + 2) floats (BGE-M3).
-  static uint64_t outputs(uint64_t tokens, uint64_t replicas) {
-    return 2 * replicas * ((tokens + 63) / 64 * 64) * (1024 + 2) * 4;
+  // Outputs in flight: 2 batches per replica of rows x (hidden + 2) floats (BGE-M3); and the
+  // default output memory: the larger of that and two max-length responses as JSON (20 bytes
+  // a float: the float and its text).
+  static uint64_t outputs(uint64_t tokens, uint64_t replicas, uint64_t hidden = 1024) {
+    return 2 * replicas * ((tokens + 63) / 64 * 64) * (hidden + 2) * 4;
+  }
+  static uint64_t output_memory(uint64_t tokens, uint64_t replicas, uint64_t max_seq_len = 8192,
+                                uint64_t hidden = 1024) {
+    return std::max(outputs(tokens, replicas, hidden), 2 * max_seq_len * (hidden + 2) * 20);
   }
 
   test::TempDir tmp_;
@@ -121,7 +127,9 @@ TEST_F(PlanCliTest, BgeM3TotalsMatchTheFormula) {
   EXPECT_EQ(arena - align64(buffers.back()), 637534208u);
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
   EXPECT_EQ(j["arena"]["bytes_per_batch_token"].get<uint64_t>(), 36864u);
-  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights + arena + 16 * 16384 * 4 + outputs(16384, 1));  // + queue, outputs
+  EXPECT_EQ(j["result_buffer_bytes"].get<uint64_t>(), output_memory(16384, 1));
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(),
+            weights + arena + 16 * 16384 * 4 + outputs(16384, 1) + output_memory(16384, 1));  // + queue, outputs
   EXPECT_EQ(j["queue"]["tokens"].get<int64_t>(), 16 * 16384);
   EXPECT_EQ(j["replicas"].get<int>(), 1);
 
@@ -161,7 +169,8 @@ TEST_F(PlanCliTest, ReplicasShareWeightsAndSplitThreads) {
   EXPECT_EQ(j["limits"]["threads_per_replica"], 8);
   const uint64_t arena = arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 8, workspace(bge_, 8192)));
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
-  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(bge_shapes_) + 2 * arena + 16 * 8192 * 4 + outputs(8192, 2));
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(),
+            weights_by_hand(bge_shapes_) + 2 * arena + 16 * 8192 * 4 + outputs(8192, 2) + output_memory(8192, 2));
 }
 
 TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
@@ -172,7 +181,8 @@ TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
   const uint64_t arena = arena_by_hand(arena_buffers_by_hand(tiny, 1000, 128, 3, workspace(tiny_, 1000)));
   EXPECT_EQ(j["arena"]["items"][0]["shape"], "[1024, 64] f32");  // 1000 rows rounded up to 64
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
-  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(tiny) + arena + 16 * 1000 * 4 + 2 * 1024 * (64 + 2) * 4);
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(tiny) + arena + 16 * 1000 * 4 + 2 * 1024 * (64 + 2) * 4 +
+                                                  output_memory(1000, 1, 128, 64));
 
   // Without head files only the encoder counts. With an FFN narrower than the head
   // outputs (32 < 64 + 1), the shared buffer takes the heads' width.
@@ -208,17 +218,20 @@ TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
   const uint64_t ws_most = workspace(bge_, Embedder::kMaxBatchTokensForLimit);
   auto total = [&](uint64_t tokens) {
     return weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, tokens, 8192, 16, ws_most)) +
-           16 * tokens * 4 + outputs(tokens, 1);  // the queue holds 16 batches of ids
+           16 * tokens * 4 + outputs(tokens, 1) + output_memory(tokens, 1);  // the queue holds 16 batches of ids
   };
   EXPECT_LE(total(t), limit);
   EXPECT_GT(total(t + 64), limit);
   const uint64_t used =
       weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, t, 8192, 16, workspace(bge_, t))) + 16 * t * 4 +
-      outputs(t, 1);
+      outputs(t, 1) + output_memory(t, 1);
   EXPECT_EQ(j["total_bytes"].get<uint64_t>(), used);
   EXPECT_EQ(j["memory_limit"]["used_bytes"].get<uint64_t>(), used);
   EXPECT_EQ(j["memory_limit"]["limit_bytes"].get<uint64_t>(), limit);
-  EXPECT_EQ(j["memory_limit"]["minimum_bytes"].get<uint64_t>(), total(8192));
+  // The minimum is one sequence per pass with that pass's own workspace.
+  EXPECT_EQ(j["memory_limit"]["minimum_bytes"].get<uint64_t>(),
+            weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192))) +
+                16 * 8192 * 4 + outputs(8192, 1) + output_memory(8192, 1));
   EXPECT_DOUBLE_EQ(j["memory_limit"]["used_fraction"].get<double>(), double(used) / double(limit));
 
   // A limit never picks more than Embedder's cap.
@@ -231,10 +244,10 @@ TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
 }
 
 TEST_F(PlanCliTest, TooSmallLimitFailsNamingTheMinimum) {
-  const uint64_t ws_most = workspace(bge_, Embedder::kMaxBatchTokensForLimit);
-  const uint64_t minimum =
-      weights_by_hand(bge_shapes_) + arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, ws_most)) +
-      16 * 8192 * 4 + outputs(8192, 1);
+  // One sequence per pass, with that pass's own GEMM workspace (not the largest budget's).
+  const uint64_t minimum = weights_by_hand(bge_shapes_) +
+                           arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192))) +
+                           16 * 8192 * 4 + outputs(8192, 1) + output_memory(8192, 1);
   const auto r = plan(bge_, "--memory-limit 2GiB --threads 16");
   expect_one_line_error(r, "too small");
   EXPECT_THAT(r.output, HasSubstr(format_bytes(minimum)));
