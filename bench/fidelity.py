@@ -12,8 +12,11 @@ compares every candidate with every reference (m3embed fp32, FlagEmbedding fp32)
 - ColBERT: cosine per vector (min, mean) over all token vectors (row counts must agree).
 
 Writes bench/results/<date>-fidelity-<label>.json and .md and the fidelity section of
-docs/benchmarks.md (unless --no-docs). With random weights (transformers' init) the outputs
-carry no meaning, but the arithmetic error of a precision is what it is on these shapes.
+docs/benchmarks.md (unless --no-docs; like peers.py it records each run's load average before
+and after, waits for a quiet machine before each run, and refuses the docs, exit status 1,
+when a run started on a loaded machine, unless --force-docs: bench/README.md, "Machine load").
+With random weights (transformers' init) the outputs carry no meaning, but the arithmetic error
+of a precision is what it is on these shapes.
 
     bench/.venv-bench/bin/python bench/fidelity.py --label L24
     bench/.venv-bench/bin/python bench/fidelity.py --model ~/.cache/m3embed/bench/bge-m3-random-L2 \\
@@ -56,6 +59,7 @@ def parse_args(argv=None):
     ap.add_argument("--label", default=None, help="default: the model directory name")
     ap.add_argument("--no-docs", action="store_true")
     ap.add_argument("--out-dir", type=Path, default=peers.RESULTS)
+    rc.add_load_args(ap)
     args = ap.parse_args(argv)
     args.model = args.model.expanduser()
     if not (args.model / "config.json").exists():
@@ -113,10 +117,16 @@ def compare(a: dict, b: dict) -> dict:
     return out
 
 
+def run_list(result: dict) -> list[dict]:
+    return [{"engine": e, **r} for e, r in result["runs"].items() if r.get("load_before")]
+
+
 def markdown(result: dict) -> str:
+    limit = result.get("max_load_per_core", rc.LOAD_LIMIT_PER_CORE)
+    warn = rc.load_warning(run_list(result), limit)
     out = [f"## Fidelity of the low-precision paths: {result['label']}", "",
            f"Command (from the repository root, {result['date']}, git {result['git']}):", "",
-           f"    {result['command']}", "",
+           f"    {result['command']}", "", *([warn, ""] if warn else []),
            f"- Machine: {rc.machine_line(result['machine'])}",
            f"- Model: `{result['model']['path']}` ({result['model'].get('layers')} layers, random weights, seed "
            f"{result['model'].get('seed')})",
@@ -145,6 +155,9 @@ def markdown(result: dict) -> str:
     failed = [f"{e}: {r.get('reason')}" for e, r in result["runs"].items() if r.get("status") != "ok"]
     if failed:
         out += ["", "Runs without outputs: " + "; ".join(failed) + "."]
+    if run_list(result):
+        out += [""] + rc.load_section(run_list(result), result.get("load_at_start"), result.get("load_at_end"),
+                                      limit, timeout_s=result.get("quiet_timeout_s"))
     return "\n".join(out) + "\n"
 
 
@@ -163,7 +176,9 @@ def main(argv=None) -> int:
     ids = tok(texts, add_special_tokens=True)["input_ids"]
     result = {"label": args.label, "date": date, "command": rc.command_line(), "git": rc.git_revision(),
               "machine": rc.machine(), "model": rc.model_facts(args.model), "versions": rc.versions(args.python),
-              "texts": len(texts), "tokens": sum(len(x) for x in ids), "runs": {}, "comparisons": []}
+              "texts": len(texts), "tokens": sum(len(x) for x in ids), "runs": {}, "comparisons": [],
+              "max_load_per_core": args.max_load_per_core, "quiet_timeout_s": args.quiet_timeout_s,
+              "load_at_start": rc.load_snapshot(), "load_at_end": None}
     m3 = [f"m3embed-{d}" for d in ["fp32", *[d for d in args.dtypes if d != "fp32"]]]
     engines = m3 + ["flagembedding-fp32"] + [e for e in args.extra_engines if e != "flagembedding-fp32"]
     outputs = {}
@@ -180,11 +195,10 @@ def main(argv=None) -> int:
             eng = pe.ENGINES[e]
             out_json = logs / f"{e}.outputs.json"
             report = logs / f"{e}.json"
-            print(f"fidelity: {e} ...", end=" ", flush=True)
             st = peers.prepare_engine(eng, args, env, logs)
             if st["status"] != "ok":
                 result["runs"][e] = {"status": "unavailable", "reason": st.get("reason")}
-                print(f"unavailable: {st.get('reason')}", flush=True)
+                print(f"fidelity: {e} ... unavailable: {st.get('reason')}", flush=True)
                 continue
             if eng.kind == "binary":
                 cmd = eng.command(args, str(ids_file), str(report), args.budget_s, outputs=str(out_json))
@@ -193,17 +207,20 @@ def main(argv=None) -> int:
                        "--threads", str(args.threads), "--batch-size", str(args.batch_size), "--inputs",
                        str(inputs_file), "--repeat", "1", "--warmup", "0", "--json", str(report),
                        "--outputs", str(out_json)]
+            before = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s, what=f"fidelity: {e}")
+            print(f"fidelity: {e} ...", end=" ", flush=True)
             r = peers.run_child(cmd, env, logs / f"{e}.log", args.budget_s)
+            loads = {"load_before": before, "load_after": rc.load_snapshot()}
             try:
                 rep = json.loads(report.read_text())
                 outputs[e] = load_outputs(out_json)
                 result["runs"][e] = {"status": "ok", "backend": rep.get("backend"), "dtype": rep.get("dtype"),
-                                     "seconds": rep.get("seconds"), "peak_rss_bytes": r["peak_rss_bytes"]}
+                                     "seconds": rep.get("seconds"), "peak_rss_bytes": r["peak_rss_bytes"], **loads}
                 print(f"ok ({r['wall_s']:.0f} s)", flush=True)
             except (OSError, ValueError, KeyError) as ex:
                 reason = ("timed out" if r["timed_out"] else f"exit {r['exit']}: {peers.log_tail(logs / f'{e}.log')}"
                           if r["exit"] else f"no outputs ({ex})")
-                result["runs"][e] = {"status": "failed", "reason": reason}
+                result["runs"][e] = {"status": "failed", "reason": reason, **loads}
                 print(f"failed: {reason}", flush=True)
     refs = ["m3embed-fp32", "flagembedding-fp32"]
     for c in engines:
@@ -219,14 +236,21 @@ def main(argv=None) -> int:
             else:
                 row["reason"] = "unavailable"
             result["comparisons"].append(row)
+    result["load_at_end"] = rc.load_snapshot()
     Path(str(stem) + ".json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     Path(str(stem) + ".md").write_text(md)
-    if not args.no_docs:
+    refused = not args.no_docs and rc.refuse_docs_if_loaded("fidelity", run_list(result), args.force_docs,
+                                                            args.max_load_per_core)
+    if not args.no_docs and not refused:
         rc.update_docs_section("fidelity", md)
         print("fidelity: docs/benchmarks.md updated")
     print(f"fidelity: wrote {os.path.relpath(stem, REPO)}.json and .md\n")
     print(md)
+    if refused:
+        print("fidelity: docs/benchmarks.md NOT updated: the machine was loaded (see above; --force-docs overrides)",
+              file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

@@ -25,7 +25,10 @@ bytes) and the most used against the plan plus the CUDA context (goal: within 2%
 Before any run it checks that there is a usable GPU for both engines (a tiny m3bench-workload
 run with --device cuda, and torch.cuda.is_available() in --python) and stops with one line
 saying why when there is not. Writes bench/results/DATE-gpu-peers-LABEL.json and .md (per-run
-logs and reports: ~/.cache/m3embed/bench/logs/DATE-gpu-peers-LABEL/).
+logs and reports: ~/.cache/m3embed/bench/logs/DATE-gpu-peers-LABEL/). Like peers.py, it waits
+before each run (at most --quiet-timeout-s) for the host's 1-minute load average to be at most
+--max-load-per-core x the CPUs and records each run's load before and after (the .md says
+"taken on a loaded machine" when a run started above it; bench/README.md, "Machine load").
 
 On the GPU machine, from the repository root (CUDA build, torch with CUDA + transformers in
 the Python that runs it, the full-size model from bench/make_full_model.py):
@@ -109,6 +112,7 @@ def parse_args(argv=None):
     ap.add_argument("--label", default=None,
                     help="results name: DATE-gpu-peers-LABEL (default: the model directory name)")
     ap.add_argument("--out-dir", type=Path, default=peers.RESULTS, help="where results go (default: bench/results)")
+    rc.add_load_args(ap, docs=False)
     args = ap.parse_args(argv)
 
     args.workloads = split_list(args.workloads)
@@ -627,10 +631,20 @@ def soak_section(soak: dict) -> list[str]:
     return lines
 
 
+def measured_runs(result: dict) -> list[dict]:
+    """The runs with load snapshots, the soak included (named "soak")."""
+    runs = [r for r in result["runs"] if r.get("load_before")]
+    if result.get("soak") and result["soak"].get("load_before"):
+        runs.append({"engine": "m3bench-soak", "workload": "soak", **result["soak"]})
+    return runs
+
+
 def markdown(result: dict) -> str:
+    limit = result.get("max_load_per_core", rc.LOAD_LIMIT_PER_CORE)
+    warn = rc.load_warning(measured_runs(result), limit)
     out = [f"## GPU: m3embed and transformers (PyTorch fp16, SDPA): {result['label']}", "",
            f"Command (from the repository root, {result['date']}, git {result['git']}):", "",
-           f"    {result['command']}", "",
+           f"    {result['command']}", "", *([warn, ""] if warn else []),
            f"- GPU: {gpu_line(result['gpu'])}",
            f"- Host: {rc.machine_line(result['machine'])}",
            f"- Model: `{result['model']['path']}` ({result['model'].get('layers')} layers, random weights, seed "
@@ -665,6 +679,9 @@ def markdown(result: dict) -> str:
         wdesc.append(f"{w}: {len(s)} texts, {sum(s)} tokens (min {s[0]}, median {s[len(s) // 2]}, max {s[-1]})")
     if wdesc:
         out += ["", "Workloads: " + "; ".join(wdesc) + "."]
+    if measured_runs(result):
+        out += [""] + rc.load_section(measured_runs(result), result.get("load_at_start"), result.get("load_at_end"),
+                                      limit, timeout_s=result.get("quiet_timeout_s"))
     return "\n".join(out) + "\n"
 
 
@@ -707,7 +724,9 @@ def main(argv=None) -> int:
               "machine": rc.machine(), "gpu": gpu, "model": rc.model_facts(args.model),
               "versions": rc.versions(args.python), "repeat": args.repeat, "warmup": args.warmup,
               "budget_s": args.budget_s, "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
-              "engines": engines, "workloads": args.workloads, "runs": [], "soak": None}
+              "engines": engines, "workloads": args.workloads, "runs": [], "soak": None,
+              "max_load_per_core": args.max_load_per_core, "quiet_timeout_s": args.quiet_timeout_s,
+              "load_at_start": rc.load_snapshot(), "load_at_end": None}
 
     def save():
         add_ratios(result)
@@ -721,18 +740,23 @@ def main(argv=None) -> int:
             ids_file = write_ids(w, tmp)
             for e in engines:
                 k += 1
+                before = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s, what=f"gpu_peers: {e} x {w}")
                 print(f"[{k}/{total}] {e} x {w} ...", end=" ", flush=True)
                 row = run_one(e, w, ids_file, args, env, logs)
+                row["load_before"], row["load_after"] = before, rc.load_snapshot()
                 result["runs"].append(row)
                 save()
                 print(describe(row), flush=True)
     if args.soak:
+        before = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s, what="gpu_peers: soak")
         print(f"gpu_peers: soak, {args.soak_requests} requests ...", end=" ", flush=True)
         result["soak"] = run_soak(args, env, logs)
+        result["soak"]["load_before"], result["soak"]["load_after"] = before, rc.load_snapshot()
         s = result["soak"]
         print(f"growth {s.get('device_growth_after_warmup_bytes')} bytes, max vs plan + context "
               f"{s.get('device_max_vs_plan_plus_context_percent')}%" if s["status"] == "ok" else s.get("reason"),
               flush=True)
+    result["load_at_end"] = rc.load_snapshot()
     save()
     md = markdown(result)
     Path(str(stem) + ".md").write_text(md)

@@ -20,6 +20,14 @@ Writes bench/results/<date>-peers-<label>.json and .md and regenerates the peers
 docs/benchmarks.md and docs/benchmarks.png. Setup once: bench/setup.sh (the venv), and
 `cmake --build build -j2 --target m3bench-workload`.
 
+Machine load: before each (engine, workload) run it waits (at most --quiet-timeout-s, default
+180 s) until the 1-minute load average is at most --max-load-per-core (default 0.5) x the CPUs,
+and records that as the run's load_before (1/5/15-min averages, CPUs); load_after is taken when
+the run ends. Only load_before is judged (load_after includes the run's own threads: a 2-thread
+run on 2 cores ends near 2). If any run started above the limit, the results are still written,
+marked "taken on a loaded machine", but docs/benchmarks.md / .png are not (exit status 1)
+unless --force-docs.
+
     bench/.venv-bench/bin/python bench/peers.py --threads 2 --repeat 3 --label L24
     bench/.venv-bench/bin/python bench/peers.py --model ~/.cache/m3embed/bench/bge-m3-random-L2 \\
         --workloads W1,W3 --repeat 1 --label L2-quick --no-docs
@@ -79,6 +87,7 @@ def parse_args(argv=None):
     ap.add_argument("--python", default=sys.executable, help="interpreter for the Python peers (default: this one)")
     ap.add_argument("--no-docs", action="store_true", help="do not touch docs/benchmarks.md / .png")
     ap.add_argument("--out-dir", type=Path, default=RESULTS, help="(default: bench/results)")
+    rc.add_load_args(ap)
     args = ap.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
     args.workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
@@ -206,9 +215,10 @@ def markdown(result: dict, png: str | None) -> str:
     rows, engines, workloads = result["runs"], result["engines"], result["workloads"]
     cell = {(r["engine"], r["workload"]): r for r in rows}
     status = result["engine_status"]
+    warn = rc.load_warning(rows, result.get("max_load_per_core", rc.LOAD_LIMIT_PER_CORE))
     out = [f"## Speed and memory: {result['label']}", "",
            f"Command (from the repository root, {result['date']}, git {result['git']}):", "",
-           f"    {result['command']}", "",
+           f"    {result['command']}", "", *([warn, ""] if warn else []),
            f"- Machine: {rc.machine_line(result['machine'])}",
            f"- Model: `{result['model']['path']}` ({result['model'].get('layers')} layers, random weights, seed "
            f"{result['model'].get('seed')})",
@@ -278,6 +288,10 @@ def markdown(result: dict, png: str | None) -> str:
             out.append(f"| {r['engine']} | {r['workload']} | {rep.get('backend')} | {rep.get('load_seconds', 0):.1f} | "
                        f"{rc.mib(rep.get('rss_after_load_bytes'))} | {rc.mib(rep.get('plan_total_bytes'))} | "
                        f"{rc.mib(r['peak_rss_bytes'])} |")
+    if any(r.get("load_before") for r in rows):
+        out += [""] + rc.load_section(rows, result.get("load_at_start"), result.get("load_at_end"),
+                                      result.get("max_load_per_core", rc.LOAD_LIMIT_PER_CORE),
+                                      timeout_s=result.get("quiet_timeout_s"))
     return "\n".join(out) + "\n"
 
 
@@ -344,7 +358,9 @@ def main(argv=None) -> int:
               "machine": rc.machine(), "model": rc.model_facts(args.model), "versions": rc.versions(args.python),
               "threads": args.threads, "repeat": args.repeat, "warmup": args.warmup, "budget_s": args.budget_s,
               "batch_size": args.batch_size, "max_batch_tokens": args.max_batch_tokens,
-              "engines": args.engines, "workloads": args.workloads, "engine_status": {}, "runs": []}
+              "engines": args.engines, "workloads": args.workloads, "engine_status": {}, "runs": [],
+              "max_load_per_core": args.max_load_per_core, "quiet_timeout_s": args.quiet_timeout_s,
+              "load_at_start": rc.load_snapshot(), "load_at_end": None}
 
     def save():
         add_ratios(result["runs"])
@@ -374,29 +390,41 @@ def main(argv=None) -> int:
                 if result["engine_status"][e]["status"] != "ok":
                     continue
                 k += 1
+                before = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s, what=f"peers: {e} x {w}")
                 print(f"[{k}/{total}] {e} x {w} ...", end=" ", flush=True)
                 row = run_one(pe.ENGINES[e], w, files, args, env, logs)
+                row["load_before"], row["load_after"] = before, rc.load_snapshot()
                 result["runs"].append(row)
                 save()
+                flag = " (LOADED)" if rc.is_loaded(before, args.max_load_per_core) else ""
+                loads = f"1-min load {before['load1']:.2f} before{flag}, {row['load_after']['load1']:.2f} after"
                 if row["status"] == "ok":
                     print(f"{row['tokens_per_second']:,.0f} tokens/s, peak RSS {rc.mib(row['peak_rss_bytes'])} MiB, "
-                          f"load {row.get('load_seconds') or 0:.1f} s ({row['wall_s']:.0f} s)", flush=True)
+                          f"load {row.get('load_seconds') or 0:.1f} s ({row['wall_s']:.0f} s; {loads})", flush=True)
                 else:
-                    print(f"{row['status']}: {row.get('reason', '')}", flush=True)
+                    print(f"{row['status']}: {row.get('reason', '')} ({loads})", flush=True)
 
+    result["load_at_end"] = rc.load_snapshot()
     save()
+    refused = not args.no_docs and rc.refuse_docs_if_loaded("peers", result["runs"], args.force_docs,
+                                                            args.max_load_per_core)
+    write_docs = not args.no_docs and not refused
     png = None
-    if not args.no_docs:
+    if write_docs:
         png_path = REPO / "docs" / "benchmarks.png"
         if plot(result, png_path):
             png = "benchmarks.png"
     md = markdown(result, png)
     Path(str(stem) + ".md").write_text(md.replace("](benchmarks.png)", "](../../docs/benchmarks.png)"))
-    if not args.no_docs:
+    if write_docs:
         rc.update_docs_section("peers", md)
         print(f"peers: docs/benchmarks.md and docs/benchmarks.png updated", flush=True)
     print(f"peers: wrote {os.path.relpath(stem, REPO)}.json and .md", flush=True)
     print(md)
+    if refused:
+        print("peers: docs/benchmarks.md and .png NOT updated: the machine was loaded (see above; --force-docs "
+              "overrides)", file=sys.stderr, flush=True)
+        return 1
     return 0
 
 

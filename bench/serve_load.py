@@ -10,7 +10,10 @@ Two phases against POST /v1/embeddings (encoding_format "float"):
 Texts come from bench/workloads.py, exact token lengths with the fixture tokenizer (which the
 random benchmark models ship too). The server is started here (`--binary serve --model ...`,
 loopback, free port) unless --url names a running one. Results: --json (full record, with the
-command) and a markdown summary beside it.
+command) and a markdown summary beside it. Before each phase it waits (at most --quiet-timeout-s,
+default 180 s) until the 1-minute load average is at most --max-load-per-core (0.5) x the CPUs,
+and records the load averages before and after each phase; the summary says "taken on a loaded
+machine" when a phase started above that (bench/README.md, "Machine load").
 
     .venv/bin/python bench/serve_load.py --binary build/m3embed --model tests/fixtures/tiny-st \
         --json bench/results/$(date +%F)-serve-load-tiny.json
@@ -35,6 +38,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import report_common as rc  # noqa: E402
 import workloads  # noqa: E402
 
 
@@ -190,6 +194,7 @@ def main(argv=None) -> int:
     ap.add_argument("--warmup", type=float, default=2, help="unmeasured seconds before each phase")
     ap.add_argument("--generator", choices=["wrk", "httpx"], default="wrk")
     ap.add_argument("--json", help="write the record here (and a .md summary beside it)")
+    rc.add_load_args(ap, docs=False)
     args = ap.parse_args(argv)
 
     short_bodies = [{"input": t, "encoding_format": "float"} for t in texts_of(args.short_tokens, 256, "short")]
@@ -197,21 +202,36 @@ def main(argv=None) -> int:
     long_bodies = [{"input": docs[i:i + args.long_batch], "encoding_format": "float"}
                    for i in range(0, len(docs), args.long_batch)]
 
+    load_at_start = rc.load_snapshot()
     server = None
     url = args.url
     if not url:
         server = ServerProcess(args.binary, args.model, shlex.split(args.server_args))
         url = f"http://127.0.0.1:{server.port}"
     load_before = os.getloadavg()
+    loads = {}
+
+    def quiet(name: str) -> None:
+        loads[name] = {"load_before": rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s,
+                                                        what=f"serve_load: {name} phase")}
+
     try:
         if args.generator == "wrk":
+            quiet("short")
             short = phase_wrk(url, short_bodies, args.clients, args.duration, args.warmup, args.short_tokens)
+            loads["short"]["load_after"] = rc.load_snapshot()
+            quiet("long")
             long = phase_wrk(url, long_bodies, args.long_clients, args.long_duration or args.duration, args.warmup,
                              args.long_tokens * args.long_batch)
+            loads["long"]["load_after"] = rc.load_snapshot()
         else:
+            quiet("short")
             short = asyncio.run(phase(url, short_bodies, args.clients, args.duration, args.warmup))
+            loads["short"]["load_after"] = rc.load_snapshot()
+            quiet("long")
             long = asyncio.run(phase(url, long_bodies, args.long_clients, args.long_duration or args.duration,
                                      args.warmup))
+            loads["long"]["load_after"] = rc.load_snapshot()
         info = httpx.get(url + "/info", timeout=30).json()
         metrics = scrape(url)
     finally:
@@ -227,20 +247,29 @@ def main(argv=None) -> int:
         "max_batch_tokens": info.get("max_batch_tokens"),
         "threads_per_replica": info["memory"]["plan"]["threads_per_replica"],
         "replicas": info["memory"]["plan"]["replicas"],
-        "short": {**short, "tokens_per_input": args.short_tokens},
-        "long": {**long, "tokens_per_input": args.long_tokens, "inputs_per_request": args.long_batch},
+        "short": {**short, "tokens_per_input": args.short_tokens, **loads["short"]},
+        "long": {**long, "tokens_per_input": args.long_tokens, "inputs_per_request": args.long_batch,
+                 **loads["long"]},
         "server_metrics": metrics,
+        "max_load_per_core": args.max_load_per_core, "quiet_timeout_s": args.quiet_timeout_s,
+        "load_at_start": load_at_start, "load_at_end": rc.load_snapshot(),
     }
     text = json.dumps(record, indent=2)
     print(text)
     if args.json:
         Path(args.json).write_text(text + "\n")
         s, l = record["short"], record["long"]
+        phases = [{"phase": "short", **s}, {"phase": "long", **l}]
+        warn = rc.load_warning(phases, args.max_load_per_core, name=lambda r: r["phase"])
         Path(args.json).with_suffix(".md").write_text(
             f"# serve load: {Path(str(record['model'])).name}\n\n"
             f"`{record['command']}`\n\nserver: `{record['server_command']}` (exit {exit_code})\n\n"
-            f"{record['machine']['cpus']} CPUs, load average before {load_before[0]:.2f}, "
-            f"after {record['machine']['loadavg_after'][0]:.2f} (other jobs share the machine)\n\n"
+            + (f"{warn}\n\n" if warn else "") +
+            f"{record['machine']['cpus']} CPUs; 1/5/15-min load averages before the short phase "
+            f"{rc.load_text(s['load_before'])} (waited {s['load_before']['waited_s']:.0f} s), after it "
+            f"{rc.load_text(s['load_after'])}; before the long phase {rc.load_text(l['load_before'])} (waited "
+            f"{l['load_before']['waited_s']:.0f} s), after it {rc.load_text(l['load_after'])} (the server and the "
+            "load generator share the machine)\n\n"
             f"generator: {s['generator']}\n\n"
             "| phase | clients | input | req/s | tokens/s | p50 ms | p90 ms | p99 ms | errors |\n"
             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n"
