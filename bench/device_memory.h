@@ -3,7 +3,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/backend/cuda_devices.h"
 #include "m3/runtime/embedder.h"
 
 namespace m3::bench {

@@ -13,8 +13,8 @@
 #include <map>
 #include <random>
 
-#include "m3/backend/cuda/cuda_runtime_info.h"
-#include "m3/model/checkpoint.h"
+#include "m3/backend/cuda_devices.h"
+#include "m3/checkpoint/checkpoint.h"
 #include "m3/runtime/embedder.h"
 #include "test_support.h"
 
@@ -37,7 +37,7 @@ double cosine(const float* a, const float* b, int64_t n) {
   return ab / std::sqrt(aa * bb + 1e-30);
 }
 
-std::unique_ptr<Embedder> load_on_gpu(const std::filesystem::path& dir, Precision precision, int64_t max_seq_len,
+std::unique_ptr<Embedder> load_on_gpu(const std::filesystem::path& dir, DType precision, int64_t max_seq_len,
                                       int64_t max_batch_tokens) {
   EmbedderOptions options;
   options.devices = {Device{DeviceKind::kCuda, 0}};
@@ -49,7 +49,7 @@ std::unique_ptr<Embedder> load_on_gpu(const std::filesystem::path& dir, Precisio
 
 struct Case {
   std::string model;
-  Precision precision;
+  DType precision;
   double dense_min = 0.999;  // least dense cosine to the float32 golden (fp16/bf16)
 };
 
@@ -75,7 +75,7 @@ TEST_P(CudaFidelity, OutputsMatchTheReference) {
   auto lexical = golden["lexical_weights"].get_array();
   auto colbert = golden["colbert_vecs"].get_array();
   ASSERT_EQ(outputs.size(), dense.size());
-  const bool exact = c.precision == Precision::kFp32;
+  const bool exact = c.precision == DType::F32;
   double least_dense = 1, least_colbert = 1;
   for (size_t i = 0; i < outputs.size(); ++i) {
     const auto want = test::floats(dense.at(i).get_array());
@@ -113,12 +113,12 @@ TEST_P(CudaFidelity, OutputsMatchTheReference) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFidelity,
-                         ::testing::Values(Case{"tiny-st", Precision::kFp32}, Case{"tiny-bin", Precision::kFp32},
-                                           Case{"tiny-st", Precision::kFp16}, Case{"tiny-bin", Precision::kFp16},
+                         ::testing::Values(Case{"tiny-st", DType::F32}, Case{"tiny-bin", DType::F32},
+                                           Case{"tiny-st", DType::F16}, Case{"tiny-bin", DType::F16},
                                            // tiny-bin's random weights amplify rounding: bfloat16's 8-bit
                                            // mantissa gives 0.9974 here (the CPU's bf16 path 0.9983);
                                            // float16 stays above 0.9999 on both fixtures.
-                                           Case{"tiny-st", Precision::kBf16}, Case{"tiny-bin", Precision::kBf16, 0.997}),
+                                           Case{"tiny-st", DType::BF16}, Case{"tiny-bin", DType::BF16, 0.997}),
                          [](const auto& info) {
                            std::string name = info.param.model + "_" + std::string(precision_name(info.param.precision));
                            for (char& ch : name) ch = ch == '-' ? '_' : ch;
@@ -128,7 +128,7 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFidelity,
 // After warm-up the device's free memory does not move by a byte, whatever the batches.
 TEST(CudaMemory, NoDeviceAllocationAfterWarmUp) {
   SKIP_WITHOUT_GPU();
-  auto embedder = load_on_gpu(test::fixtures() / "tiny-st", Precision::kFp16, 128, 512);
+  auto embedder = load_on_gpu(test::fixtures() / "tiny-st", DType::F16, 128, 512);
   const WarmupReport& w = embedder->warmup_reports().at(0);
   ASSERT_TRUE(w.device);
   const uint64_t growth = w.device_free_before - w.device_free_after;
@@ -213,7 +213,7 @@ TEST(CudaLongInput, AMaxLengthSequenceMatchesTheCpuWithinThePlan) {
   cpu_options.max_batch_tokens = kLongTokens;
   const auto want = Embedder::load(dir.path(), cpu_options)->encode({ids}, {true, true, true});
 
-  auto gpu = load_on_gpu(dir.path(), Precision::kFp32, kLongTokens, kLongTokens);
+  auto gpu = load_on_gpu(dir.path(), DType::F32, kLongTokens, kLongTokens);
   const uint64_t free_after_warmup = cuda_memory_info(0).free;
   const auto got = gpu->encode({ids}, {true, true, true});
   EXPECT_EQ(cuda_memory_info(0).free, free_after_warmup) << "the long input allocated device memory";

@@ -18,7 +18,7 @@ namespace {
 
 struct Shape {
   int64_t heads, head_dim;
-  Precision precision = Precision::kFp32;
+  DType precision = DType::F32;
 };
 
 void round_to_bf16(std::vector<float>& x) {
@@ -34,7 +34,7 @@ class AttentionTest : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   const auto [heads, head_dim, precision] = GetParam();
-  const bool bf16 = precision == Precision::kBf16;
+  const bool bf16 = precision == DType::BF16;
   if (bf16 && !bf16_attention_kernels_supported(head_dim)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
   // max_len a multiple of 16, so the kernels' K layout fits the scratch (as for BGE-M3).
   const int64_t hidden = heads * head_dim, max_len = 704;
@@ -47,19 +47,31 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   std::normal_distribution<float> normal(0.f, 1.f);
   std::vector<float> qkv(t * 3 * hidden);
   for (float& x : qkv) x = 2.f * normal(rng);  // peaked enough that the running max moves
-  CpuBackendOptions options;
-  options.threads = 2;
-  options.max_rows = t;
-  options.precision = precision;
-  CpuBackend backend(options);
-  std::vector<float> scratch(options.threads * options.query_tile * max_len, std::nanf(""));
-  BackendWorkspace workspace;
-  workspace.attention_scratch = scratch.data();
-  workspace.max_seq_len = max_len;
-  backend.bind_workspace(workspace);
+  // The backend's attention scratch comes from a plan for these shapes (its arena).
+  PlanInputs in;
+  in.config.vocab_size = 8;
+  in.config.hidden_size = hidden;
+  in.config.num_layers = 1;
+  in.config.num_heads = heads;
+  in.config.intermediate_size = 4;
+  in.config.max_position_embeddings = max_len + 2;
+  in.max_seq_len = max_len;
+  in.max_batch_tokens = t;
+  in.threads = 2;
+  in.precision = precision;
+  const MemoryPlan plan = plan_memory(in);
+  CpuBackend backend(plan, 2);
   backend.attach_thread();
   std::vector<float> out(t * hidden, std::nanf(""));
-  backend.attention(batch, qkv.data(), heads, head_dim, out.data());
+  auto view = [](float* data, int64_t rows, int64_t cols) {
+    TensorView v;
+    v.data = data;
+    v.rows = rows;
+    v.cols = cols;
+    return v;
+  };
+  backend.attention(backend.stage(batch, 0), view(qkv.data(), t, 3 * hidden), {}, heads, head_dim,
+                    view(out.data(), t, hidden));
 
   // The bf16 kernels round Q, K and V to bfloat16: so does the reference. They also
   // round the softmax numerators, which the reference does not: hence the looser bound.
@@ -97,8 +109,8 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest,
-                         ::testing::Values(Shape{2, 64}, Shape{3, 16}, Shape{2, 24}, Shape{2, 64, Precision::kBf16},
-                                           Shape{3, 16, Precision::kBf16}, Shape{2, 32, Precision::kBf16}),
+                         ::testing::Values(Shape{2, 64}, Shape{3, 16}, Shape{2, 24}, Shape{2, 64, DType::BF16},
+                                           Shape{3, 16, DType::BF16}, Shape{2, 32, DType::BF16}),
                          [](const auto& info) {
                            return "d" + std::to_string(info.param.head_dim) + "_" +
                                   std::string(precision_name(info.param.precision));

@@ -15,8 +15,8 @@
 #include <zip.h>
 
 #include "m3/core/error.h"
-#include "m3/model/checkpoint.h"
-#include "m3/model/restricted_unpickler.h"
+#include "m3/checkpoint/checkpoint.h"
+#include "m3/checkpoint/restricted_unpickler.h"
 
 namespace fs = std::filesystem;
 using ::testing::AllOf;

@@ -4,7 +4,7 @@
 
 #include <algorithm>
 
-#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/backend/cuda_devices.h"
 #include "m3/core/error.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/runtime/device_selection.h"
@@ -13,7 +13,7 @@
 namespace m3 {
 namespace {
 
-PlanInputs cuda_inputs(Precision precision, int64_t max_batch_tokens = 16384) {
+PlanInputs cuda_inputs(DType precision, int64_t max_batch_tokens = 16384) {
   PlanInputs in;
   in.config = test::bge_m3_config();
   in.device = DeviceKind::kCuda;
@@ -26,7 +26,7 @@ PlanInputs cuda_inputs(Precision precision, int64_t max_batch_tokens = 16384) {
 uint64_t align256(uint64_t n) { return (n + 255) / 256 * 256; }
 
 TEST(CudaPlan, WeightsCountEveryTensorInTheGemmType) {
-  const MemoryPlan fp16 = plan_memory(cuda_inputs(Precision::kFp16));
+  const MemoryPlan fp16 = plan_memory(cuda_inputs(DType::F16));
   // Worked by hand: embeddings and linear weights 2 bytes each, biases and norms f32.
   const uint64_t h = 1024, f = 4096, layers = 24;
   uint64_t want = align256(250002 * h * 2) + align256(8194 * h * 2) + 3 * align256(h * 4);
@@ -35,13 +35,13 @@ TEST(CudaPlan, WeightsCountEveryTensorInTheGemmType) {
   want += align256(h * h * 2) + align256(h * 4) + align256(h * 4) + align256(4);  // colbert, sparse
   EXPECT_EQ(fp16.weight_bytes, want);
   EXPECT_EQ(fp16.cuda.weight_bytes, want);
-  const MemoryPlan fp32 = plan_memory(cuda_inputs(Precision::kFp32));
+  const MemoryPlan fp32 = plan_memory(cuda_inputs(DType::F32));
   EXPECT_GT(fp32.weight_bytes, 2 * fp16.weight_bytes - 4 * layers * f * 4);  // about double
-  EXPECT_EQ(plan_memory(cuda_inputs(Precision::kBf16)).weight_bytes, fp16.weight_bytes);
+  EXPECT_EQ(plan_memory(cuda_inputs(DType::BF16)).weight_bytes, fp16.weight_bytes);
 }
 
 TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
-  for (Precision p : {Precision::kFp32, Precision::kFp16}) {
+  for (DType p : {DType::F32, DType::F16}) {
     const MemoryPlan plan = plan_memory(cuda_inputs(p, 4096));
     EXPECT_EQ(plan.device_bytes, plan.weight_bytes + plan.arena_bytes);
     EXPECT_EQ(plan.total_bytes, plan.device_bytes);
@@ -53,15 +53,23 @@ TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
     }
     EXPECT_LE(items.back().offset + items.back().bytes, plan.arena_bytes);
     const CudaLayout& l = plan.cuda;
-    const uint64_t rows = 4096, h = 1024;
-    // The head outputs (ColBERT rows, sparse weights, per-id maxima) fit in the FFN buffer.
-    const auto ffn = std::find_if(plan.arena.begin(), plan.arena.end(), [&](const auto& a) { return a.offset == l.intermediate; });
-    ASSERT_NE(ffn, plan.arena.end());
-    EXPECT_LE(l.lexical + rows * 4, l.intermediate + ffn->bytes);
-    EXPECT_GE(l.sparse, l.colbert + rows * h * 4);
-    // The dense vectors (one per sequence, at most rows / 2) fit in the projection buffer.
+      const uint64_t rows = 4096, h = 1024;
+    auto item_at = [&](uint64_t offset) {
+      const auto it = std::find_if(plan.arena.begin(), plan.arena.end(), [&](const auto& a) { return a.offset == offset; });
+      EXPECT_NE(it, plan.arena.end());
+      return *it;
+    };
+    // The head outputs reuse dead encoder buffers: ColBERT rows and sparse weights in FFN,
+    // the per-id maxima in qkv, the dense vectors (one per sequence, at most rows / 2) in
+    // the attention output.
+    EXPECT_EQ(plan.buffer("colbert"), plan.buffer("ffn"));
+    EXPECT_GE(plan.buffer("sparse"), plan.buffer("colbert") + rows * h * 4);
+    EXPECT_LE(plan.buffer("sparse") + rows * 4, plan.buffer("ffn") + item_at(plan.buffer("ffn")).bytes);
+    EXPECT_EQ(plan.buffer("lexical"), plan.buffer("qkv"));
+    EXPECT_LE(rows * 4, item_at(plan.buffer("qkv")).bytes);
     EXPECT_EQ(l.max_sequences, 2048);
-    EXPECT_EQ(l.dense, l.projection);
+    EXPECT_EQ(plan.buffer("dense"), plan.buffer("context"));
+    EXPECT_LE(2048 * h * 4, item_at(plan.buffer("context")).bytes);
     EXPECT_EQ(l.workspace_bytes, 32u << 20);
     EXPECT_GE(plan.pinned_bytes, rows * h * 4 + 2048 * h * 4 + rows * 4 * 3);
     EXPECT_EQ(plan.host_bytes,
@@ -70,7 +78,7 @@ TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
 }
 
 TEST(CudaPlan, MemoryLimitPicksTheLargestBatchThatFits) {
-  PlanInputs in = cuda_inputs(Precision::kFp16);
+  PlanInputs in = cuda_inputs(DType::F16);
   const uint64_t limit = 3ull << 30;
   const int64_t t = max_batch_tokens_for_limit(in, limit);
   EXPECT_EQ(t % 64, 0);
@@ -80,7 +88,7 @@ TEST(CudaPlan, MemoryLimitPicksTheLargestBatchThatFits) {
   EXPECT_GT(plan_memory(in).total_bytes, limit);
   // Too small for one 8192-token sequence: the error names the minimum.
   try {
-    max_batch_tokens_for_limit(cuda_inputs(Precision::kFp16), 1ull << 30);
+    max_batch_tokens_for_limit(cuda_inputs(DType::F16), 1ull << 30);
     FAIL() << "a 1 GiB device limit was accepted";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("too small"), std::string::npos) << e.what();
@@ -88,7 +96,7 @@ TEST(CudaPlan, MemoryLimitPicksTheLargestBatchThatFits) {
 }
 
 TEST(CudaPlan, Int8IsRefusedOnCuda) {
-  EXPECT_THROW(plan_memory(cuda_inputs(Precision::kInt8)), Error);
+  EXPECT_THROW(plan_memory(cuda_inputs(DType::I8)), Error);
 }
 
 TEST(Devices, ParsesDeviceNamesAndLists) {

@@ -11,7 +11,8 @@
 #include <new>
 #include <string>
 
-#include "m3/runtime/cpu_replica.h"
+#include "m3/backend/cpu/cpu_backend.h"
+#include "m3/runtime/model_replica.h"
 #include "m3/runtime/embedder.h"
 #include "test_support.h"
 
@@ -106,24 +107,29 @@ TEST(ForwardAllocations, NoneFromM3AfterWarmUp) {
   SharedModel model;
   model.model_dir = test::fixtures() / "tiny-st";
   model.config = ModelConfig::load(model.model_dir);
-  model.encoder = load_encoder_weights(model.model_dir, model.config);
-  model.heads = load_head_weights(model.model_dir, model.config);
   EmbedderOptions options;
   options.max_batch_tokens = 512;
   const MemoryPlan plan = Embedder::plan_for(model.model_dir, model.config, options);
-  CpuReplica replica(0, model, plan, plan.inputs.threads);
+  model.weights = load_weights(model.model_dir, model.config, plan.table);
+  ModelReplica replica(0, model, plan, std::make_unique<CpuBackend>(plan, plan.inputs.threads));
   replica.warm_up();
   const OutputRequest all{true, true, true};
   // Batches of several shapes, built before counting starts.
   const PackedBatch batches[] = {make_batch({128}), make_batch({2, 17, 128, 64, 3}), make_batch({40, 40, 40, 40}),
                                  make_batch({128, 128, 128, 128}), make_batch({5})};
 
+  // The outputs are copied out into vectors the caller keeps: sized by one warm pass first.
+  std::vector<M3Output> outputs;
+  for (const auto& batch : batches) replica.run(batch, all, outputs);
   own_allocations = library_allocations = largest_library_allocation = 0;
-  counting = true;
   for (int round = 0; round < 3; ++round) {
-    for (const auto& batch : batches) replica.forward(batch, all);
+    for (const auto& batch : batches) {
+      counting = true;  // the graph and its ops (begin); extraction copies into the caller's vectors
+      replica.begin(batch, all, 0);
+      counting = false;
+      replica.end(batch, all, outputs, 0);
+    }
   }
-  counting = false;
 
   EXPECT_EQ(own_allocations.load(), 0) << "m3embed's forward path allocated";
   // oneDNN's per-call allocations: bookkeeping and GEMM packing, freed on return.

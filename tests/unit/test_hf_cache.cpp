@@ -9,7 +9,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
-#include "m3/model/hf_cache.h"
+#include "m3/hub/hf_cache.h"
 
 namespace fs = std::filesystem;
 

@@ -32,7 +32,7 @@ double cosine(const float* a, const std::vector<float>& b) {
 
 struct Case {
   std::string model;
-  Precision precision;
+  DType precision;
   double dense_min;    // least dense cosine to the float32 golden
   double colbert_min;  // least ColBERT vector cosine
   double lexical_max;  // largest lexical weight difference on shared keys
@@ -102,10 +102,10 @@ TEST_P(LowPrecisionTest, OutputsStayCloseToTheFloat32Reference) {
 INSTANTIATE_TEST_SUITE_P(Fixtures, LowPrecisionTest,
                          // Measured: bf16 dense >= 0.9985, ColBERT >= 0.969, lexical <= 0.11;
                          // int8 dense >= 0.977, ColBERT >= 0.817, lexical <= 0.25.
-                         ::testing::Values(Case{"tiny-st", Precision::kBf16, 0.995, 0.95, 0.2},
-                                           Case{"tiny-bin", Precision::kBf16, 0.995, 0.95, 0.2},
-                                           Case{"tiny-st", Precision::kInt8, 0.97, 0.75, 0.4},
-                                           Case{"tiny-bin", Precision::kInt8, 0.97, 0.75, 0.4}),
+                         ::testing::Values(Case{"tiny-st", DType::BF16, 0.995, 0.95, 0.2},
+                                           Case{"tiny-bin", DType::BF16, 0.995, 0.95, 0.2},
+                                           Case{"tiny-st", DType::I8, 0.97, 0.75, 0.4},
+                                           Case{"tiny-bin", DType::I8, 0.97, 0.75, 0.4}),
                          case_name);
 
 TEST(GemmInputs, Bf16RoundsToNearestEven) {
@@ -145,7 +145,7 @@ TEST(GemmInputs, Int8EpilogueScalesAddsBiasAndAppliesTheEpilogue) {
   EXPECT_FLOAT_EQ(y[1], 0.5f * 1 * -20 - 1);
   EXPECT_FLOAT_EQ(y[3], 2 * 1 * 40.f - 1);
   float acc_y[4] = {1, 1, 1, 1};
-  int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kAccumulate, acc_y);
+  int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kResidual, acc_y);
   EXPECT_FLOAT_EQ(acc_y[2], 1 + 2 * 0.1f * 30 + 1);
   int8_epilogue(acc, 2, 2, rows, channels, bias, Epilogue::kGelu, y);
   EXPECT_NEAR(y[1], gelu_erf(-11.f), 1e-6);

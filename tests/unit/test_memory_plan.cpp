@@ -25,12 +25,16 @@ TEST(MemoryPlan, BgeM3ByHand) {
   // hidden + qkv + context + FFN: 16384 x (1024 + 3072 + 1024 + 4096) x 4 = 576 MiB
   EXPECT_EQ(plan.bytes_per_batch_token, 36864u);
   EXPECT_EQ(plan.rows, 16384);
-  EXPECT_EQ(plan.hidden_offset, 0u);
-  EXPECT_EQ(plan.qkv_offset, 16384u * 1024 * 4);
-  EXPECT_EQ(plan.context_offset, 16384u * 4096 * 4);
-  EXPECT_EQ(plan.intermediate_offset, 16384u * 5120 * 4);
-  EXPECT_EQ(plan.colbert_offset, plan.intermediate_offset);  // heads reuse the FFN buffer
-  EXPECT_EQ(plan.sparse_offset, plan.intermediate_offset + 16384u * 1024 * 4);
+  EXPECT_EQ(plan.buffer("hidden"), 0u);
+  EXPECT_EQ(plan.buffer("hidden_in"), plan.buffer("hidden"));  // the CPU's GEMMs read the float32 residual stream
+  EXPECT_EQ(plan.buffer("qkv"), 16384u * 1024 * 4);
+  EXPECT_EQ(plan.buffer("context"), 16384u * 4096 * 4);
+  EXPECT_EQ(plan.buffer("ffn"), 16384u * 5120 * 4);
+  // After the last layer the heads reuse dead encoder buffers.
+  EXPECT_EQ(plan.buffer("colbert"), plan.buffer("ffn"));
+  EXPECT_EQ(plan.buffer("sparse"), plan.buffer("ffn") + 16384u * 1024 * 4);
+  EXPECT_EQ(plan.buffer("lexical"), plan.buffer("qkv"));
+  EXPECT_EQ(plan.buffer("dense"), plan.buffer("context"));
   EXPECT_EQ(plan.attention_scratch_offset, 16384u * 9216 * 4);
   // attention scores: 2 threads x 64 rows x 8192 keys x 4 bytes = 4 MiB; no library workspace given
   EXPECT_EQ(plan.arena_bytes, 16384u * 9216 * 4 + 2 * 64 * 8192 * 4);

@@ -1,70 +1,144 @@
-// Backend: the few operations the XLM-R encoder and the M3 heads are written against.
-// The model code (XlmrEncoder, M3Heads) never knows which device runs them; CPU
-// implements them with oneDNN and its own loops, CUDA with cuBLASLt and kernels.
-// A backend computes in memory it is given (the replica's arena): after set-up it
-// allocates nothing of its own.
+// Backend: the ops the one graph (graph/xlmr_encoder.h, graph/m3_heads.h) is written
+// against, on typed tensor views, plus the few hooks in which devices differ (where the
+// weights and the arena live, how a batch's inputs get to the device and its outputs
+// back). A backend knows no layer count and no head semantics: the graph calls its ops
+// in order; the CPU runs each at once, CUDA queues it on the replica's stream.
+// After set-up a backend computes only in memory it was planned (memory_plan.h).
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
+#include <vector>
 
+#include "m3/core/tensor.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/weights.h"
-#include "m3/runtime/packed_batch.h"
+#include "m3/model/packed_batch.h"
 
 namespace m3 {
 
-// What happens to x W^T + b before it is stored in y.
+// What happens to x W^T (+ b) before it is stored in y.
 enum class Epilogue {
-  kStore,       // y = x W^T + b
-  kGelu,        // y = gelu_erf(x W^T + b)
-  kAccumulate,  // y += x W^T + b   (the residual connection: y holds the residual)
+  kStore,     // y = x W^T + b
+  kGelu,      // y = gelu_erf(x W^T + b)
+  kRelu,      // y = max(x W^T + b, 0)
+  kResidual,  // y += x W^T + b   (y is the float32 residual stream)
 };
 
-// A linear layer prepared for one backend (weights bound, kernels compiled).
+// A weight as a backend placed it: a view (host or device memory) and, when the backend
+// packed it into its own GEMM layout at load, that form.
+struct WeightView {
+  TensorView tensor;
+  const PackedWeights* packed = nullptr;
+};
+
+struct LinearRef {
+  WeightView weight;  // [out, in]
+  TensorView bias;    // [1, out] float32; empty: no bias
+};
+
+struct NormRef {
+  TensorView gamma, beta;  // [1, width] float32
+};
+
+// A linear layer prepared for one backend (weights bound, kernels chosen).
 class PreparedLinear {
  public:
   virtual ~PreparedLinear() = default;
 };
 
-// Scratch memory the backend computes in, carved from the replica's arena.
-struct BackendWorkspace {
-  float* attention_scratch = nullptr;  // threads x query_tile x max_seq_len floats
-  int64_t max_seq_len = 0;
-  void* library = nullptr;  // GEMM library scratchpad
-  uint64_t library_bytes = 0;
-  // Low-precision GEMMs: their inputs rounded to bf16 or quantized to int8 (rows x the
-  // widest input), the int8 per-row scales, and the int8 accumulators of the linears
-  // that add into the residual (rows x hidden; it may alias a buffer free at that time).
-  void* gemm_input = nullptr;
-  uint64_t gemm_input_bytes = 0;
-  float* row_scales = nullptr;
-  float* int8_accumulator = nullptr;
+// A packed batch where the backend computes: token ids, positions [T, 1] and sequence
+// starts cu_seqlens [S + 1, 1] (int32), beside the host batch they came from.
+struct BatchView {
+  const PackedBatch* host = nullptr;
+  TensorView token_ids, positions, cu_seqlens;
+  int slot = 0;  // the pipeline slot the batch was staged in
+  int64_t tokens() const { return host->tokens(); }
+  int32_t sequences() const { return host->sequences(); }
+};
+
+// What the graph must know of a backend to lay out its calls.
+struct BackendTraits {
+  DeviceKind device = DeviceKind::kCpu;
+  // GEMM inputs between ops (hidden copy, qkv, attention output, FFN): the CPU keeps
+  // float32 and rounds inside its GEMMs; CUDA stores them in the GEMM precision.
+  DType activation = DType::F32;
+  // The QKV bias is added by attention (in float32, before the activation rounding) rather
+  // than by the QKV GEMM.
+  bool attention_adds_qkv_bias = false;
+  // Batches in flight at once (2: staged while the previous one computes).
+  int slots = 1;
 };
 
 class Backend {
  public:
   virtual ~Backend() = default;
-  virtual std::string name() const = 0;
-
-  virtual void bind_workspace(const BackendWorkspace& workspace) = 0;
-  // Call on the thread that will run this backend's operations (sets its thread pool).
+  virtual std::string name() const = 0;  // "cpu-onednn", "cuda-cublaslt"
+  virtual std::string device_name() const = 0;  // "cpu", "cuda:0"
+  virtual BackendTraits traits() const = 0;
+  // Call on the thread that will run this backend's operations.
   virtual void attach_thread() = 0;
 
-  // `weights` must outlive the returned object. Linear calls may compute whole row
-  // chunks (padded_rows(rows) rows, gemm_row_blocks.h): x and y must have that many rows.
-  virtual std::unique_ptr<PreparedLinear> prepare_linear(const LinearWeights& weights, Epilogue epilogue) = 0;
-  // y[rows, out] (epilogue) x[rows, in] W^T + b.
-  virtual void linear(const PreparedLinear& op, const float* x, int64_t rows, float* y) = 0;
-  // In place over rows of width gamma.size().
-  virtual void layer_norm(float* x, int64_t rows, const LayerNormWeights& weights, float eps) = 0;
-  // out[t] = word[ids[t]] + position[positions[t]] + token_type, then layer-norm.
-  virtual void embed(const PackedBatch& batch, const EncoderWeights& weights, float eps, int64_t hidden,
-                     float* out) = 0;
-  // Multi-head self-attention of each sequence of the packed batch over itself.
-  // qkv: [T, 3*hidden] (query | key | value), out: [T, hidden].
-  virtual void attention(const PackedBatch& batch, const float* qkv, int64_t heads, int64_t head_dim,
-                         float* out) = 0;
+  // --- memory and data movement (the per-device hooks)
+  // The replica's arena (MemoryPlan::arena_bytes, allocated once), on this device.
+  virtual TensorView arena() = 0;
+  // Makes the whole arena resident before traffic (CPU: writes every page; CUDA: zeroes it).
+  virtual void touch_arena() = 0;
+  // Every table entry, where the ops read it (index i = weights.table.specs[i]). The CPU
+  // shares the host tensors; CUDA uploads them into its planned weight region.
+  virtual std::vector<WeightView> place_weights(const HostWeights& weights) = 0;
+  // Puts the batch's inputs where the ops read them, in `slot`; checks it fits the plan.
+  virtual BatchView stage(const PackedBatch& batch, int slot) = 0;
+  // Queues a copy of `tensor` to host memory of `slot`; the pointer is readable after finish(slot).
+  virtual const void* fetch(const TensorView& tensor, int slot) = 0;
+  // Marks the end of the slot's work (nothing more is queued for it).
+  virtual void submit(int slot) = 0;
+  // Waits until the slot's work and copies are done; throws m3::Error on a device fault.
+  virtual void finish(int slot) = 0;
+  // The device's memory (cudaMemGetInfo) for warm-up reports; {} on the CPU.
+  struct DeviceMemory {
+    bool device = false;
+    int index = 0;
+    uint64_t total = 0;
+    uint64_t free_before = 0;  // before the backend allocated (its context created)
+    uint64_t free = 0;         // now
+    uint64_t planned = 0;      // the backend's single allocation
+  };
+  virtual DeviceMemory device_memory() const = 0;
+
+  // --- ops
+  // Output dtype `out` (float32 or the activation type); kResidual needs float32.
+  virtual std::unique_ptr<PreparedLinear> prepare_linear(const LinearRef& linear, Epilogue epilogue, DType out) = 0;
+  // y[rows, out] (epilogue) x[rows, in] W^T + b for the first `rows` rows of x and y.
+  // x is float32 or the activation type; the CPU may compute whole row chunks
+  // (gemm_row_blocks.h), so x and y must have plan.rows rows there.
+  virtual void linear(const PreparedLinear& op, const TensorView& x, int64_t rows, const TensorView& y) = 0;
+  // Runs every kernel variant `op` may choose once (CUDA loads them now, not under traffic).
+  virtual void warm_up(const PreparedLinear& op, const TensorView& x, const TensorView& y) = 0;
+  // x = LayerNorm(x) over the first `rows` rows of the float32 x; when `copy` is not x,
+  // also writes the result there in its dtype.
+  virtual void layer_norm(const TensorView& x, int64_t rows, const NormRef& norm, float eps,
+                          const TensorView& copy) = 0;
+  // hidden[t] = LayerNorm((word[ids[t]] + token_type) + position[positions[t]]), float32,
+  // and into `copy` as layer_norm does.
+  virtual void embed(const BatchView& batch, const WeightView& word, const WeightView& position,
+                     const TensorView& token_type, const NormRef& norm, float eps, const TensorView& hidden,
+                     const TensorView& copy) = 0;
+  // Self-attention of each packed sequence over itself, never L x L. qkv: [T, 3*heads*
+  // head_dim] (query | key | value); `qkv_bias` [1, 3*heads*head_dim] is added here when
+  // not empty. context: [T, heads*head_dim].
+  virtual void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
+                         int64_t head_dim, const TensorView& context) = 0;
+  // dense[s] = x[cu_seqlens[s]] / max(||.||, 1e-12) for every sequence s (float32).
+  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) = 0;
+  // Each of the first `rows` rows of the float32 x divided by max(its norm, 1e-12), in place.
+  virtual void normalize_rows(const TensorView& x, int64_t rows) = 0;
+  // lexical[t] = the largest weight of token ids[t] within its sequence when t is that id's
+  // first position with a positive weight and the id is not in `skip`; else 0.
+  virtual void sparse_max_per_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
+                                 const TensorView& lexical) = 0;
 };
 
 }  // namespace m3

@@ -4,7 +4,7 @@
 #include <memory>
 
 #include "m3/cli/commands.h"
-#include "m3/model/hub.h"
+#include "m3/hub/hub.h"
 
 namespace m3::cli {
 

@@ -4,7 +4,7 @@
 
 #include "m3/core/error.h"
 #include "m3/memory/memory_plan.h"
-#include "m3/model/hub.h"
+#include "m3/hub/hub.h"
 #include "m3/runtime/device_selection.h"
 
 namespace m3::cli {

@@ -7,7 +7,7 @@
 #include "m3/io/line_writer.h"
 #include "m3/io/output_json.h"
 #include "m3/io/text_input.h"
-#include "m3/model/hub.h"
+#include "m3/hub/hub.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 
 namespace m3::cli {

@@ -1,4 +1,6 @@
-// Element types of stored tensors and the exact conversions to float32.
+// DType: the one element-type enum of m3embed: stored checkpoint tensors, weights and
+// activations on every backend, and the precision the encoder's GEMMs compute in
+// (`--dtype`, core/precision.h). Also the exact conversions to float32.
 #pragma once
 
 #include <cstdint>
@@ -7,15 +9,24 @@
 
 namespace m3 {
 
-enum class DType { F32, F16, BF16 };
+enum class DType { F32, F16, BF16, I8, I32 };
 
-constexpr size_t dtype_size(DType t) { return t == DType::F32 ? 4 : 2; }
+constexpr size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: return 2;
+    case DType::I8: return 1;
+  }
+  return 0;
+}
 
 constexpr std::string_view dtype_name(DType t) {
   switch (t) {
     case DType::F32: return "float32";
     case DType::F16: return "float16";
     case DType::BF16: return "bfloat16";
+    case DType::I8: return "int8";
+    case DType::I32: return "int32";
   }
   return "?";
 }

@@ -2,10 +2,14 @@
 
 #include <cctype>
 #include <cmath>
+#include <algorithm>
+#include <map>
 
 #include <fmt/format.h>
 
 #include "m3/core/error.h"
+#include "m3/memory/plan_rules.h"
+#include "m3/model/graph_buffers.h"
 
 namespace m3 {
 namespace {
@@ -13,50 +17,85 @@ namespace {
 constexpr uint64_t kAlignment = 64;
 constexpr uint64_t kF32 = 4;
 
-uint64_t align_up(uint64_t n) { return (n + kAlignment - 1) / kAlignment * kAlignment; }
+std::string type_label(DType t) { return t == DType::F32 ? "f32" : std::string(precision_name(t)); }
 
-std::string shape(std::initializer_list<int64_t> dims) {
-  std::string s = "[";
-  for (auto it = dims.begin(); it != dims.end(); ++it) s += (it == dims.begin() ? "" : ", ") + std::to_string(*it);
-  return s + "] f32";
+// One plan line per group of tensors (the same tensor of every layer is one line).
+void add_weights(MemoryPlan& plan, const PlanRules& rules) {
+  std::vector<uint64_t> counts;
+  for (const WeightSpec& spec : plan.table.specs) {
+    const DType type = rules.weight_type(spec);
+    const uint64_t extra = rules.weight_extra_bytes(spec);
+    const uint64_t align = rules.weight_alignment;
+    const uint64_t bytes = (spec.elements() * dtype_size(type) + extra + align - 1) / align * align;
+    const std::string one =
+        fmt::format("[{}, {}] {}{}", spec.rows, spec.cols, type_label(type), extra > 0 ? " + scales" : "");
+    const std::string group = weight_group_name(spec.name);
+    plan.weight_bytes += bytes;
+    const auto it = std::find_if(plan.weights.begin(), plan.weights.end(), [&](const PlanItem& i) { return i.name == group; });
+    if (it == plan.weights.end()) {
+      plan.weights.push_back({group, one, bytes, 0});
+      counts.push_back(1);
+      continue;
+    }
+    const auto k = static_cast<size_t>(it - plan.weights.begin());
+    it->bytes += bytes;
+    it->shape = fmt::format("{} x {}", ++counts[k], one);
+  }
 }
 
-// A Linear layer: weight [out, in] and bias [out], `copies` times (once per layer).
-// bf16 weights take 2 bytes, int8 1 byte plus a float scale per output channel; the
-// bias stays float32.
-void add_linear(MemoryPlan& plan, std::string name, int64_t out, int64_t in, int64_t copies = 1,
-                Precision precision = Precision::kFp32) {
-  const uint64_t weight_bytes = precision == Precision::kFp32 ? kF32 : precision == Precision::kBf16 ? 2 : 1;
-  const uint64_t scales = precision == Precision::kInt8 ? static_cast<uint64_t>(out) * kF32 : 0;
-  const uint64_t bytes = (static_cast<uint64_t>(out * in) * weight_bytes + scales + static_cast<uint64_t>(out) * kF32) *
-                         static_cast<uint64_t>(copies);
-  std::string s = precision == Precision::kFp32
-                      ? fmt::format("[{}, {}] + [{}] f32", out, in, out)
-                      : fmt::format("[{}, {}] {}{} + [{}] f32", out, in, precision_name(precision),
-                                    precision == Precision::kInt8 ? fmt::format(" + [{}] scales", out) : "", out);
-  if (copies > 1) s = fmt::format("{} x ({})", copies, s);
-  plan.weights.push_back({std::move(name), std::move(s), bytes, 0});
-  plan.weight_bytes += bytes;
-}
-
-void add_weight(MemoryPlan& plan, std::string name, std::initializer_list<int64_t> dims, int64_t copies = 1) {
-  uint64_t elements = 1;
-  for (int64_t d : dims) elements *= static_cast<uint64_t>(d);
-  const uint64_t bytes = elements * kF32 * static_cast<uint64_t>(copies);
-  std::string s = shape(dims);
-  if (copies > 1) s = fmt::format("{} x {}", copies, s);
-  plan.weights.push_back({std::move(name), std::move(s), bytes, 0});
-  plan.weight_bytes += bytes;
-}
-
-uint64_t add_buffer(MemoryPlan& plan, std::string name, std::string shape_text, uint64_t bytes) {
-  const uint64_t offset = plan.arena_bytes;
-  plan.arena.push_back({std::move(name), std::move(shape_text), bytes, offset});
-  plan.arena_bytes += align_up(bytes);
-  return offset;
+// The graph's buffers: each at its own offset, or inside one that is dead by then (which
+// grows to hold them), or the same memory as another of the same element type.
+void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& arena,
+                       const std::vector<BufferSpec>& specs) {
+  const int64_t t = plan.rows;
+  auto type_of = [&](const BufferSpec& b) { return b.type == BufferType::kF32 ? DType::F32 : rules.activation; };
+  auto rows_of = [&](const BufferSpec& b) { return b.rows == BufferRows::kTokens ? t : t / 2; };
+  auto bytes_of = [&](const BufferSpec& b) {
+    return static_cast<uint64_t>(rows_of(b)) * static_cast<uint64_t>(b.cols) * dtype_size(type_of(b));
+  };
+  auto find = [&](const std::string& name) {
+    for (const auto& b : specs) {
+      if (b.name == name) return &b;
+    }
+    fail("internal: the graph declares no buffer \"{}\"", name);
+  };
+  // First the room each host buffer needs: its own, or what lives inside it, whichever is more.
+  std::map<std::string, uint64_t> size, used;
+  for (const auto& b : specs) {
+    if (b.inside.empty()) size[b.name] = std::max(size[b.name], bytes_of(b));
+  }
+  for (const auto& b : specs) {
+    if (b.inside.empty()) continue;
+    used[b.inside] += arena.align(bytes_of(b));
+    size[b.inside] = std::max(size[b.inside], used[b.inside]);
+  }
+  used.clear();
+  for (const auto& b : specs) {
+    if (!b.alias_of.empty() && type_of(b) == type_of(*find(b.alias_of))) {
+      plan.buffers[b.name] = plan.buffer(b.alias_of);
+    } else if (!b.inside.empty()) {
+      plan.buffers[b.name] = plan.buffer(b.inside) + used[b.inside];
+      used[b.inside] += arena.align(bytes_of(b));
+    } else {
+      const std::string label =
+          type_of(b) == DType::F32 ? b.label : fmt::format("{} ({})", b.label, type_label(type_of(b)));
+      // A buffer grown for what lives inside it shows its grown width.
+      const uint64_t row_bytes = static_cast<uint64_t>(rows_of(b)) * dtype_size(type_of(b));
+      const int64_t cols = size[b.name] % row_bytes == 0 ? static_cast<int64_t>(size[b.name] / row_bytes) : b.cols;
+      plan.buffers[b.name] =
+          arena.add(label, fmt::format("[{}, {}] {}", rows_of(b), cols, type_label(type_of(b))), size[b.name]);
+      if (b.rows == BufferRows::kTokens) plan.bytes_per_batch_token += size[b.name] / static_cast<uint64_t>(t);
+    }
+  }
 }
 
 }  // namespace
+
+uint64_t MemoryPlan::buffer(std::string_view name) const {
+  const auto it = buffers.find(name);
+  if (it == buffers.end()) fail("internal: the memory plan has no buffer \"{}\"", name);
+  return it->second;
+}
 
 void check_plan_inputs(const PlanInputs& in) {
   const auto& c = in.config;
@@ -70,66 +109,29 @@ void check_plan_inputs(const PlanInputs& in) {
 }
 
 MemoryPlan plan_memory(const PlanInputs& in) {
-  if (in.device == DeviceKind::kCuda) return plan_cuda_memory(in);
   check_plan_inputs(in);
+  const PlanRules rules = in.device == DeviceKind::kCuda ? cuda_plan_rules(in) : cpu_plan_rules(in);
   const auto& c = in.config;
   MemoryPlan plan;
   plan.inputs = in;
-  const int64_t h = c.hidden_size, ffn = c.intermediate_size, layers = c.num_layers;
-  add_weight(plan, "embeddings.word_embeddings", {c.vocab_size, h});
-  add_weight(plan, "embeddings.position_embeddings", {c.max_position_embeddings, h});
-  add_weight(plan, "embeddings.token_type_embeddings[0]", {h});
-  add_weight(plan, "embeddings.LayerNorm", {2, h});
-  const Precision p = in.precision;
-  add_linear(plan, "encoder.layer.*.attention.self.{query,key,value} (stacked)", 3 * h, h, layers, p);
-  add_linear(plan, "encoder.layer.*.attention.output.dense", h, h, layers, p);
-  add_linear(plan, "encoder.layer.*.intermediate.dense", ffn, h, layers, p);
-  add_linear(plan, "encoder.layer.*.output.dense", h, ffn, layers, p);
-  add_weight(plan, "encoder.layer.*.{attention.output,output}.LayerNorm", {4, h}, layers);
-  if (in.colbert_head) add_linear(plan, "colbert_linear", h, h);
-  if (in.sparse_head) add_linear(plan, "sparse_linear", 1, h);
+  plan.activation = rules.activation;
+  plan.table = xlmr_m3_weight_table(c, in.sparse_head, in.colbert_head);
+  add_weights(plan, rules);
 
-  // Any batch of up to max_batch_tokens rows covers at most this many rows in GEMM chunks.
+  // Rows of every token buffer: CPU GEMM chunks of any batch up to max_batch_tokens cover
+  // at most this many (gemm_row_blocks.h); cuBLASLt takes the batch as it is.
   int64_t t = in.max_batch_tokens;
-  for (int64_t rows = std::max<int64_t>(1, in.max_batch_tokens - kRowGranularity); rows <= in.max_batch_tokens; ++rows) {
-    t = std::max(t, padded_rows(rows));
-  }
-  plan.rows = t;
-  auto rows = [&](int64_t width) { return static_cast<uint64_t>(t) * static_cast<uint64_t>(width) * kF32; };
-  plan.hidden_offset = add_buffer(plan, "hidden (residual stream)", shape({t, h}), rows(h));
-  plan.qkv_offset = add_buffer(plan, "qkv", shape({t, 3 * h}), rows(3 * h));
-  plan.context_offset = add_buffer(plan, "attention output", shape({t, h}), rows(h));
-  // The FFN buffer is free after the last layer: the heads write their outputs there.
-  const int64_t head_width = (in.colbert_head ? h : 0) + (in.sparse_head ? 1 : 0);
-  const int64_t shared_width = std::max(ffn, head_width);
-  plan.intermediate_offset =
-      add_buffer(plan, "FFN intermediate / head outputs", shape({t, shared_width}), rows(shared_width));
-  plan.colbert_offset = plan.intermediate_offset;
-  plan.sparse_offset = plan.intermediate_offset + (in.colbert_head ? rows(h) : 0);
-  const int64_t scratch_rows = static_cast<int64_t>(in.threads) * in.query_tile;
-  plan.attention_scratch_offset =
-      add_buffer(plan, fmt::format("attention scores ({} threads x {} query rows)", in.threads, in.query_tile),
-                 shape({scratch_rows, in.max_seq_len}),
-                 static_cast<uint64_t>(scratch_rows) * static_cast<uint64_t>(in.max_seq_len) * kF32);
-  plan.library_workspace_offset =
-      add_buffer(plan, "GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
-  plan.bytes_per_batch_token = static_cast<uint64_t>(h + 3 * h + h + shared_width) * kF32;
-  if (p != Precision::kFp32) {
-    // The widest GEMM input is the FFN's; GEMM chunks may read up to 63 rows past t.
-    const uint64_t element = p == Precision::kBf16 ? 2 : 1;
-    const int64_t input_rows = t + kRowGranularity;
-    plan.gemm_input_bytes = static_cast<uint64_t>(input_rows) * static_cast<uint64_t>(ffn) * element;
-    plan.gemm_input_offset = add_buffer(plan, fmt::format("GEMM inputs ({})", precision_name(p)),
-                                        fmt::format("[{}, {}] {}", input_rows, ffn, precision_name(p)),
-                                        plan.gemm_input_bytes);
-    plan.bytes_per_batch_token += static_cast<uint64_t>(ffn) * element;
-    if (p == Precision::kInt8) {
-      plan.row_scales_offset = add_buffer(plan, "int8 row scales", shape({input_rows}),
-                                          static_cast<uint64_t>(input_rows) * kF32);
-      plan.bytes_per_batch_token += kF32;
-      plan.int8_accumulator_offset = plan.qkv_offset;  // [t, h] of the [t, 3h] qkv buffer
+  if (rules.gemm_row_chunks) {
+    for (int64_t r = std::max<int64_t>(1, in.max_batch_tokens - kRowGranularity); r <= in.max_batch_tokens; ++r) {
+      t = std::max(t, padded_rows(r));
     }
   }
+  plan.rows = t;
+  ArenaLayout arena(plan, rules.alignment);
+  add_graph_buffers(plan, rules, arena, xlmr_m3_buffers(c, in.sparse_head, in.colbert_head));
+  rules.workspaces(plan, arena);
+  plan.arena_bytes = arena.end();
+
   plan.queue_tokens = in.max_queue_tokens > 0 ? in.max_queue_tokens : 16 * in.max_batch_tokens;
   if (plan.queue_tokens < in.max_seq_len) {
     fail("the request queue ({} tokens) must hold at least one max-length sequence ({})", plan.queue_tokens,
@@ -139,10 +141,9 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   // Per output row: a ColBERT vector (hidden floats) or a share of the dense vectors
   // (at most rows / 2 sequences), plus a lexical (id, weight) pair.
   plan.output_bytes = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(t) *
-                      static_cast<uint64_t>(h + 2) * kF32;
+                      static_cast<uint64_t>(c.hidden_size + 2) * kF32;
   plan.result_buffer_bytes = output_memory_for(in, t);
-  plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes +
-                     plan.output_bytes + plan.result_buffer_bytes;
+  rules.totals(plan);
   return plan;
 }
 

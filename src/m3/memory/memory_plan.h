@@ -1,16 +1,22 @@
 // MemoryPlan: the bytes one replica needs, computed before anything is allocated, as a
-// pure function of the model config and the limits. The arena offsets the encoder uses
-// come from here, so what is planned is what is used.
+// pure function of the model config and the limits: the weights of the model's weight
+// table and the buffers its graph declares, laid out by the rules of the backend that
+// will run them (plan_rules.h), plus the host's queue and output buffers. The arena
+// offsets the graph and the backends use come from here: what is planned is what is used.
 #pragma once
 
 #include <cstdint>
+#include <functional>
+#include <map>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "m3/core/device.h"
 #include "m3/core/precision.h"
 #include "m3/memory/gemm_row_blocks.h"
 #include "m3/model/model_config.h"
+#include "m3/model/weight_table.h"
 
 namespace m3 {
 
@@ -24,7 +30,7 @@ struct PlanInputs {
   bool colbert_head = true;          // colbert_linear.pt present
   int replicas = 1;                  // replicas share the weights; each has its own arena
   // Encoder linears are stored and computed in this precision (the heads stay float32).
-  Precision precision = Precision::kFp32;
+  DType precision = DType::F32;
   // GEMM library workspace (oneDNN scratchpads), as the backend reports it for these
   // shapes (CpuBackend::library_workspace_bytes); one per replica, in its arena.
   uint64_t library_workspace_bytes = 0;
@@ -33,7 +39,7 @@ struct PlanInputs {
   // --output-memory: results waiting to be written, in bytes: encode's in-order output
   // buffer, or the server's responses in flight (JSON included). 0: default_output_memory.
   uint64_t output_memory = 0;
-  // CUDA replicas (one per device) are planned by plan_cuda_memory (cuda_memory_plan.h).
+  // Whose rules lay the plan out (plan_rules.h): CPU replicas, or one replica per CUDA device.
   DeviceKind device = DeviceKind::kCpu;
   uint64_t cublas_workspace_bytes = 32ull << 20;  // cuBLASLt workspace per replica (CUDA)
 };
@@ -42,10 +48,7 @@ struct PlanInputs {
 // arena, then the cuBLASLt workspace) and inside its pinned host staging block.
 struct CudaLayout {
   uint64_t weights_offset = 0, weight_bytes = 0;
-  // Arena: the residual stream in float32 and in the GEMM type, qkv, attention output,
-  // residual-GEMM output (float32), FFN; the heads reuse FFN and projection buffers.
-  uint64_t hidden_f32 = 0, hidden_gemm = 0, qkv = 0, context = 0, projection = 0, intermediate = 0;
-  uint64_t colbert = 0, sparse = 0, lexical = 0, dense = 0;
+  // Arena (beside the graph's buffers): the batch inputs and the attention tiles.
   uint64_t token_ids = 0, positions = 0, cu_seqlens = 0, attention_tiles = 0;
   uint64_t workspace = 0, workspace_bytes = 0;
   int64_t max_sequences = 0;        // a batch holds at most rows / 2 sequences (>= 2 tokens each)
@@ -54,7 +57,7 @@ struct CudaLayout {
   // (offsets below are within a slot), so one batch is staged while the other computes.
   uint64_t staging_slot_bytes = 0;
   uint64_t staging_ids = 0, staging_positions = 0, staging_cu_seqlens = 0, staging_tiles = 0;
-  uint64_t staging_dense = 0, staging_lexical = 0, staging_colbert = 0;
+  uint64_t staging_outputs = 0;  // the batch's fetched outputs from here to the slot's end
 };
 
 struct PlanItem {
@@ -66,6 +69,12 @@ struct PlanItem {
 
 struct MemoryPlan {
   PlanInputs inputs;
+  WeightTable table;              // every weight tensor (the loader and the backends iterate it too)
+  DType activation = DType::F32;  // the type of the graph's activation buffers (the backend's rule)
+  // Byte offsets in the arena of the buffers the graph declares (model/graph_buffers.h).
+  std::map<std::string, uint64_t, std::less<>> buffers;
+  // The offset of graph buffer `name`; throws m3::Error when the plan has none.
+  uint64_t buffer(std::string_view name) const;
   std::vector<PlanItem> weights;  // shared by all replicas
   std::vector<PlanItem> arena;    // per replica: activations, head outputs, attention scratch
   uint64_t weight_bytes = 0;
@@ -80,10 +89,8 @@ struct MemoryPlan {
   uint64_t result_buffer_bytes = 0;
   uint64_t total_bytes = 0;       // weights + replicas * arena + queue + outputs + result buffer
 
-  // Arena offsets the encoder uses (bytes). Head outputs reuse the FFN buffer, which
-  // is free once the last layer has run.
-  uint64_t hidden_offset = 0, qkv_offset = 0, context_offset = 0, intermediate_offset = 0;
-  uint64_t sparse_offset = 0, colbert_offset = 0, attention_scratch_offset = 0, library_workspace_offset = 0;
+  // CPU workspaces (bytes into the arena): attention scratch, oneDNN scratchpads.
+  uint64_t attention_scratch_offset = 0, library_workspace_offset = 0;
   // bf16/int8 only: GEMM inputs in that precision, int8 row scales, int8 accumulators of
   // the residual linears (these alias the qkv buffer, which is dead by then).
   uint64_t gemm_input_offset = 0, gemm_input_bytes = 0, row_scales_offset = 0, int8_accumulator_offset = 0;
@@ -101,10 +108,11 @@ struct MemoryPlan {
   uint64_t host_bytes = 0;    // queue + outputs + result buffer + replicas x pinned staging
 };
 
-// Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs. Dispatches to
-// plan_cuda_memory when inputs.device is CUDA.
+// Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs. The rules are
+// the CPU's or CUDA's by inputs.device.
 MemoryPlan plan_memory(const PlanInputs& inputs);
-MemoryPlan plan_cuda_memory(const PlanInputs& inputs);
+// How a CUDA replica stores a weight tensor at GEMM precision `precision`.
+DType cuda_weight_dtype(const WeightSpec& spec, DType precision);
 // Throws m3::Error when the limits are inconsistent with each other or the model.
 void check_plan_inputs(const PlanInputs& inputs);
 

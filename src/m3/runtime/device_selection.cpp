@@ -2,7 +2,7 @@
 
 #include <spdlog/spdlog.h>
 
-#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/backend/cuda_devices.h"
 #include "m3/core/error.h"
 
 namespace m3 {

@@ -11,9 +11,8 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/backend/cpu/cpu_backend.h"
-#include "m3/backend/cuda/cuda_replica.h"
-#include "m3/backend/cuda/cuda_runtime_info.h"
-#include "m3/runtime/cpu_replica.h"
+#include "m3/backend/cuda_devices.h"
+#include "m3/runtime/model_replica.h"
 #include "m3/runtime/replica_worker.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/core/error.h"
@@ -73,26 +72,27 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   if (in.precision != options.precision) {
     spdlog::warn("--dtype {}: this CPU has no {} instructions (oneDNN reports ISA {}); computing in fp32 instead",
                  precision_name(options.precision),
-                 options.precision == Precision::kBf16 ? "AVX512-BF16/AMX" : "VNNI/AMX int8",
+                 options.precision == DType::BF16 ? "AVX512-BF16/AMX" : "VNNI/AMX int8",
                  static_cast<int>(dnnl::get_effective_cpu_isa()));
   }
   // Low precision on the CPU: each encoder linear is packed as soon as it is read and its
   // float32 copy freed, so the float32 encoder never sits in memory whole. CUDA replicas
   // convert while uploading, then the host copy is dropped.
-  LinearLoadedHook pack;
-  if (!on_cuda && in.precision != Precision::kFp32) {
-    pack = [p = in.precision](LinearWeights& w) { pack_linear_weights(w, p); };
+  WeightLoadedHook pack;
+  if (!on_cuda && in.precision != DType::F32) {
+    pack = [p = in.precision](const WeightSpec& spec, std::vector<float>& data,
+                              std::shared_ptr<const PackedWeights>& packed) {
+      packed = pack_linear_weights(data, spec.rows, spec.cols, p);
+      std::vector<float>().swap(data);
+    };
   }
-  e->model_.encoder = load_encoder_weights(model_dir, config, pack);
-  e->model_.heads = load_head_weights(model_dir, config);
+  e->model_.weights = load_weights(model_dir, config, e->plan_.table, pack);
   malloc_trim(0);  // what reading the files needed on the way is given back, not kept for reuse
   const uint64_t rss_weights = current_rss_bytes();
   for (int r = 0; r < in.replicas; ++r) {
-    if (on_cuda) {
-      e->replicas_.push_back(make_cuda_replica(r, e->model_, e->plan_, options.devices[r]));
-    } else {
-      e->replicas_.push_back(std::make_unique<CpuReplica>(r, e->model_, e->plan_, in.threads));
-    }
+    std::unique_ptr<Backend> backend = on_cuda ? make_cuda_backend(e->plan_, options.devices[r])
+                                               : std::make_unique<CpuBackend>(e->plan_, in.threads);
+    e->replicas_.push_back(std::make_unique<ModelReplica>(r, e->model_, e->plan_, std::move(backend)));
   }
   if (on_cuda) e->release_host_weights();
   // The runtime the replicas brought (compiled GEMM kernels, thread pools; their arenas are
@@ -106,8 +106,8 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   for (size_t r = 0; on_cuda && r < e->replicas_.size(); ++r) where += (r ? ", " : " ") + e->replicas_[r]->device_name();
   spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}; {}) with {} replica(s){}",
                model_dir.string(), config.num_layers, config.hidden_size, config.num_heads,
-               std::filesystem::path(e->model_.encoder.source).filename().string(),
-               e->model_.heads.sparse ? " sparse" : "", e->model_.heads.colbert ? " colbert" : "",
+               std::filesystem::path(e->model_.weights.source).filename().string(),
+               in.sparse_head ? " sparse" : "", in.colbert_head ? " colbert" : "",
                precision_name(in.precision), in.replicas, where);
   e->load_peak_rss_ = peak_rss_bytes();  // before warm-up resets the mark
   SchedulerOptions scheduling;
@@ -163,7 +163,7 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
     if (options.replicas != 1) {
       fail("--replicas is for CPU replicas; on CUDA there is one replica per device (--devices cuda:0,cuda:1,...)");
     }
-    if (options.precision == Precision::kInt8) fail("--dtype int8 is CPU only; on CUDA use fp16, bf16 or fp32");
+    if (options.precision == DType::I8) fail("--dtype int8 is CPU only; on CUDA use fp16, bf16 or fp32");
     in.device = DeviceKind::kCuda;
     in.replicas = static_cast<int>(options.devices.size());
     in.threads = 1;  // a CUDA replica's host thread only stages batches
@@ -180,12 +180,12 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
     }
     return plan_memory(in);
   }
-  if (options.precision == Precision::kFp16) fail("--dtype fp16 is for CUDA devices; on the CPU use bf16");
+  if (options.precision == DType::F16) fail("--dtype fp16 is for CUDA devices; on the CPU use bf16");
   if (options.gpu_memory_fraction > 0) fail("--gpu-memory-fraction needs a CUDA device (--device cuda)");
   const int threads = options.threads > 0 ? options.threads : CpuBackend::default_threads();
   in.replicas = options.replicas;
   in.threads = std::max(1, threads / options.replicas);
-  in.precision = cpu_supports(options.precision) ? options.precision : Precision::kFp32;
+  in.precision = cpu_supports(options.precision) ? options.precision : DType::F32;
   auto workspace = [&](int64_t rows) { return CpuBackend::library_workspace_bytes(config, rows, in.precision); };
   if (options.memory_limit > 0) {
     // The GEMM workspace grows with the rows: search with the most a limit could allow; when
@@ -212,15 +212,7 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
 // The CUDA replicas hold their own converted copies; the host float32 weights (2.3 GB
 // for BGE-M3) are not read again.
 void Embedder::release_host_weights() {
-  EncoderWeights& e = model_.encoder;
-  std::vector<float>().swap(e.word_embeddings);
-  std::vector<float>().swap(e.position_embeddings);
-  for (auto& layer : e.layers) {
-    for (LinearWeights* w : {&layer.qkv, &layer.attention_out, &layer.intermediate, &layer.output}) {
-      std::vector<float>().swap(w->weight);
-    }
-  }
-  if (model_.heads.colbert) std::vector<float>().swap(model_.heads.colbert->weight);
+  model_.weights.release_host_copies();
   malloc_trim(0);
 }
 

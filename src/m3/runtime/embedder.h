@@ -13,7 +13,7 @@
 #include "m3/core/precision.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/model/m3_output.h"
-#include "m3/runtime/packed_batch.h"
+#include "m3/model/packed_batch.h"
 #include "m3/runtime/replica.h"
 #include "m3/core/device.h"
 #include "m3/runtime/scheduler.h"
@@ -30,7 +30,7 @@ struct EmbedderOptions {
   uint64_t output_memory = 0;        // results waiting to be written (PlanInputs::output_memory); 0: default
   int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
-  Precision precision = Precision::kFp32;  // --dtype: what the encoder GEMMs compute in
+  DType precision = DType::F32;  // --dtype: what the encoder GEMMs compute in
   // Where replicas run (select_devices): empty or {cpu}: `replicas` CPU replicas; CUDA
   // devices: one replica on each, and memory_limit bounds each device's allocation.
   std::vector<Device> devices;

@@ -1,6 +1,7 @@
 // Replica: one device's worth of the model, computing batches from the scheduler on its
-// own thread, in memory allocated once and sized by the MemoryPlan. CpuReplica runs the
-// encoder on oneDNN in a host arena; CudaReplica on one GPU in one device allocation.
+// own thread, in memory allocated once and sized by the MemoryPlan. ModelReplica
+// (model_replica.h) is the one implementation, for every backend; the interface exists
+// so the batch loop can be tested with a stand-in.
 #pragma once
 
 #include <cstdint>
@@ -11,15 +12,14 @@
 #include "m3/model/m3_output.h"
 #include "m3/model/model_config.h"
 #include "m3/model/weights.h"
-#include "m3/runtime/packed_batch.h"
+#include "m3/model/packed_batch.h"
 
 namespace m3 {
 
 struct SharedModel {
   std::filesystem::path model_dir;
   ModelConfig config;
-  EncoderWeights encoder;
-  HeadWeights heads;
+  HostWeights weights;
 };
 
 struct WarmupReport {

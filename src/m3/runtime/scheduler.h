@@ -27,7 +27,7 @@
 #include "m3/core/error.h"
 #include "m3/model/m3_output.h"
 #include "m3/runtime/batch_gate.h"
-#include "m3/runtime/packed_batch.h"
+#include "m3/model/packed_batch.h"
 #include "m3/runtime/request.h"
 
 namespace m3 {

@@ -1,7 +1,7 @@
 // GET /health, /info and /metrics: what orchestrators, people and Prometheus ask.
 #include <fmt/format.h>
 
-#include "m3/backend/cuda/cuda_runtime_info.h"
+#include "m3/backend/cuda_devices.h"
 #include "m3/core/process_memory.h"
 #include "m3/server/json_writer.h"
 #include "m3/server/route.h"
@@ -10,12 +10,12 @@ namespace m3::server {
 namespace {
 
 // TEI's model_dtype names: float32, float16, bfloat16; int8 is m3embed's own.
-const char* dtype_label(Precision p) {
+const char* dtype_label(DType p) {
   switch (p) {
-    case Precision::kBf16: return "bfloat16";
-    case Precision::kFp16: return "float16";
-    case Precision::kInt8: return "int8";
-    case Precision::kFp32: break;
+    case DType::BF16: return "bfloat16";
+    case DType::F16: return "float16";
+    case DType::I8: return "int8";
+    case DType::F32: break;
   }
   return "float32";
 }

@@ -2,6 +2,9 @@
 
 #include <omp.h>
 
+#include <algorithm>
+#include <cstring>
+
 #include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
@@ -17,56 +20,73 @@ using dnnl::memory;
 using tag = memory::format_tag;
 using dt = memory::data_type;
 
-Precision precision_of(const LinearWeights& w) {
-  return w.packed ? static_cast<const CpuPackedWeights&>(*w.packed).precision : Precision::kFp32;
-}
-
 // fp32 and bf16: y (epilogue)= x W^T + b in one primitive. int8: the raw accumulators
 // only (x and W are quantized), int8_epilogue applies the scales, bias and epilogue.
 dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows, int64_t out, int64_t in,
-                                       Epilogue epilogue, Precision precision) {
+                                       Epilogue epilogue, DType precision, bool bias = true) {
   const memory::desc dst_md({rows, out}, dt::f32, tag::ab);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
-  if (precision == Precision::kInt8) {
+  if (precision == DType::I8) {
     const memory::desc src_md({rows, in}, dt::s8, tag::ab);
     const memory::desc wei_md = packed_weights_desc(engine, precision, out, in);
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
   }
-  const bool bf16 = precision == Precision::kBf16;
+  const bool bf16 = precision == DType::BF16;
   const memory::desc src_md({rows, in}, bf16 ? dt::bf16 : dt::f32, tag::ab);
   // fp32 keeps PyTorch's [out, in] in place (format ba of W^T); bf16 uses the packed layout.
   const memory::desc wei_md =
       bf16 ? packed_weights_desc(engine, precision, out, in) : memory::desc({in, out}, dt::f32, tag::ba);
   const memory::desc bias_md({1, out}, dt::f32, tag::ab);
   dnnl::post_ops post_ops;
-  if (epilogue == Epilogue::kAccumulate) post_ops.append_sum(1.0f);
+  if (epilogue == Epilogue::kResidual) post_ops.append_sum(1.0f);
   if (epilogue == Epilogue::kGelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
+  if (epilogue == Epilogue::kRelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
   attr.set_post_ops(post_ops);
+  if (!bias) return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md), attr, engine);
 }
 
 class CpuLinear final : public PreparedLinear {
  public:
-  CpuLinear(const LinearWeights& w, CpuBackend::RowBlockKernels& k, Epilogue e, const dnnl::engine& engine)
-      : weights(w), kernels(k), epilogue(e), precision(precision_of(w)), bias_memory(memory::desc({1, w.out}, dt::f32, tag::ab), engine, const_cast<float*>(w.bias.data())) {
-    if (w.packed) {
-      const auto& packed = static_cast<const CpuPackedWeights&>(*w.packed);
+  CpuLinear(const LinearRef& l, CpuBackend::RowBlockKernels& k, Epilogue e, const dnnl::engine& engine)
+      : out(l.weight.tensor.rows), in(l.weight.tensor.cols), kernels(k), epilogue(e),
+        precision(l.weight.packed ? static_cast<const CpuPackedWeights&>(*l.weight.packed).precision : DType::F32),
+        bias(l.bias.empty() ? nullptr : l.bias.as<const float>()) {
+    if (!bias && precision == DType::I8) {  // int8_epilogue always adds a bias: zeros stand in
+      zero_bias.assign(static_cast<size_t>(out), 0.f);
+      int8_bias = zero_bias.data();
+    } else {
+      int8_bias = bias;
+    }
+    if (bias) bias_memory = memory(memory::desc({1, out}, dt::f32, tag::ab), engine, const_cast<float*>(bias));
+    if (l.weight.packed) {
+      const auto& packed = static_cast<const CpuPackedWeights&>(*l.weight.packed);
       weight_memory = memory(packed.desc, engine, packed.data.get());
       channel_scales = packed.channel_scales.data();
     } else {
-      weight_memory = memory(memory::desc({w.in, w.out}, dt::f32, tag::ba), engine, const_cast<float*>(w.weight.data()));
+      weight_memory = memory(memory::desc({in, out}, dt::f32, tag::ba), engine, l.weight.tensor.data);
     }
   }
 
-  const LinearWeights& weights;
+  int64_t out, in;
   CpuBackend::RowBlockKernels& kernels;
   Epilogue epilogue;
-  Precision precision;
+  DType precision;
+  const float* bias;
   memory weight_memory;
   memory bias_memory;
   const float* channel_scales = nullptr;  // int8
+  const float* int8_bias = nullptr;       // int8: the bias, or zeros
+  std::vector<float> zero_bias;
 };
+
+void l2_normalize(const float* in, int64_t n, float* out) {
+  float sum = 0.f;
+  for (int64_t i = 0; i < n; ++i) sum += in[i] * in[i];
+  const float norm = std::max(std::sqrt(sum), 1e-12f);
+  for (int64_t i = 0; i < n; ++i) out[i] = in[i] / norm;
+}
 
 // Layer norm of one row, two passes over it (it is in L1 by then): mean, then variance
 // of the centred values, as PyTorch computes it; the simd reductions let the compiler
@@ -94,23 +114,76 @@ int CpuBackend::default_threads() {
   return quota > 0 ? std::min(visible, quota) : visible;
 }
 
-CpuBackend::CpuBackend(CpuBackendOptions options)
-    : options_(options), engine_(dnnl::engine::kind::cpu, 0), stream_(engine_) {
-  if (options_.query_tile < 1 || options_.query_tile > kMaxQueryTile) {
-    fail("attention query tile {} is outside 1..{}", options_.query_tile, kMaxQueryTile);
+CpuBackend::CpuBackend(const MemoryPlan& plan, int threads)
+    : query_tile_(plan.inputs.query_tile),
+      max_rows_(plan.inputs.max_batch_tokens),
+      max_seq_len_(plan.inputs.max_seq_len),
+      precision_(plan.inputs.precision),
+      threads_(threads > 0 ? threads : default_threads()),
+      arena_(plan.arena_bytes),
+      engine_(dnnl::engine::kind::cpu, 0),
+      stream_(engine_) {
+  if (query_tile_ < 1 || query_tile_ > kMaxQueryTile) {
+    fail("attention query tile {} is outside 1..{}", query_tile_, kMaxQueryTile);
   }
-  threads_ = options_.threads > 0 ? options_.threads : default_threads();
+  attention_scratch_ = arena_.at<float>(plan.attention_scratch_offset);
+  library_ = arena_.at<void>(plan.library_workspace_offset);
+  library_bytes_ = plan.inputs.library_workspace_bytes;
+  if (plan.gemm_input_bytes > 0) {
+    gemm_input_ = arena_.at<void>(plan.gemm_input_offset);
+    gemm_input_bytes_ = plan.gemm_input_bytes;
+  }
+  if (precision_ == DType::I8) {
+    row_scales_ = arena_.at<float>(plan.row_scales_offset);
+    int8_accumulator_ = arena_.at<float>(plan.int8_accumulator_offset);
+  }
+}
+
+TensorView CpuBackend::arena() { return tensor_view(arena_.at<void>(0), DType::I8, static_cast<int64_t>(arena_.size()), 1); }
+
+std::vector<WeightView> CpuBackend::place_weights(const HostWeights& w) {
+  std::vector<WeightView> views;
+  for (size_t i = 0; i < w.table.specs.size(); ++i) {
+    const WeightSpec& spec = w.table.specs[i];
+    WeightView v;
+    v.packed = w.packed[i].get();
+    v.tensor = tensor_view(v.packed ? nullptr : w.data[i].data(),
+                         v.packed ? static_cast<const CpuPackedWeights&>(*v.packed).precision : DType::F32, spec.rows,
+                         spec.cols);
+    if (!v.packed && w.data[i].size() != spec.elements()) fail("internal: {} has no host copy to compute from", spec.name);
+    views.push_back(v);
+  }
+  return views;
+}
+
+BatchView CpuBackend::stage(const PackedBatch& batch, int slot) {
+  if (batch.tokens() > max_rows_) fail("batch of {} tokens exceeds the planned {} tokens", batch.tokens(), max_rows_);
+  if (batch.max_seq_len > max_seq_len_) {
+    fail("sequence of {} tokens exceeds the planned {}", batch.max_seq_len, max_seq_len_);
+  }
+  BatchView v;
+  v.host = &batch;
+  v.slot = slot;
+  v.token_ids = tensor_view(batch.token_ids.data(), DType::I32, batch.tokens(), 1);
+  v.positions = tensor_view(batch.positions.data(), DType::I32, batch.tokens(), 1);
+  v.cu_seqlens = tensor_view(batch.cu_seqlens.data(), DType::I32, batch.sequences() + 1, 1);
+  return v;
+}
+
+void CpuBackend::zero_chunk_tail(const TensorView& x, int64_t rows) const {
+  const int64_t padded = std::min(padded_rows(rows), x.rows);
+  if (padded > rows) std::memset(x.slice_rows(rows, padded - rows).data, 0, x.slice_rows(rows, padded - rows).bytes());
 }
 
 void CpuBackend::attach_thread() { omp_set_num_threads(threads_); }
 
-uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows, Precision precision) {
+uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows, DType precision) {
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   const int64_t h = c.hidden_size, ffn = c.intermediate_size;
-  const std::tuple<int64_t, int64_t, Epilogue, Precision> shapes[] = {
-      {3 * h, h, Epilogue::kStore, precision}, {h, h, Epilogue::kAccumulate, precision},
-      {ffn, h, Epilogue::kGelu, precision},    {h, ffn, Epilogue::kAccumulate, precision},
-      {h, h, Epilogue::kStore, Precision::kFp32}, {1, h, Epilogue::kStore, Precision::kFp32}};
+  const std::tuple<int64_t, int64_t, Epilogue, DType> shapes[] = {
+      {3 * h, h, Epilogue::kStore, precision}, {h, h, Epilogue::kResidual, precision},
+      {ffn, h, Epilogue::kGelu, precision},    {h, ffn, Epilogue::kResidual, precision},
+      {h, h, Epilogue::kStore, DType::F32}, {1, h, Epilogue::kRelu, DType::F32}};
   uint64_t most = 0;
   for (const auto& [out, in, epilogue, p] : shapes) {
     for (int64_t rows : gemm_block_sizes(max_rows)) {
@@ -120,64 +193,67 @@ uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_r
   return most;
 }
 
-CpuBackend::RowBlockKernels& CpuBackend::kernels_for(const LinearWeights& w, Epilogue epilogue) {
-  const Precision precision = precision_of(w);
-  auto [it, inserted] = kernels_.try_emplace({w.out, w.in, epilogue, precision});
+CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision,
+                                                      bool bias) {
+  auto [it, inserted] = kernels_.try_emplace({out, in, epilogue, precision, bias});
   RowBlockKernels& k = it->second;
   if (!inserted) return k;
-  for (int64_t rows : gemm_block_sizes(options_.max_rows)) {
-    const auto pd = gemm_desc(engine_, rows, w.out, w.in, epilogue, precision);
+  for (int64_t rows : gemm_block_sizes(max_rows_)) {
+    const auto pd = gemm_desc(engine_, rows, out, in, epilogue, precision, bias || precision == DType::I8);
     k.index[rows] = k.primitives.size();
-    if (pd.scratchpad_desc().get_size() > workspace_.library_bytes) {
+    if (pd.scratchpad_desc().get_size() > library_bytes_) {
       fail("oneDNN needs a {}-byte scratchpad for a {}x{}x{} GEMM, more than the {} planned", pd.scratchpad_desc().get_size(),
-           rows, w.out, w.in, workspace_.library_bytes);
+           rows, out, in, library_bytes_);
     }
     k.primitives.emplace_back(pd);
     k.src.emplace_back(pd.src_desc(), engine_, static_cast<void*>(DNNL_MEMORY_NONE));
     k.dst.emplace_back(pd.dst_desc(), engine_, static_cast<void*>(DNNL_MEMORY_NONE));
-    k.scratchpad.emplace_back(pd.scratchpad_desc(), engine_, workspace_.library);
+    k.scratchpad.emplace_back(pd.scratchpad_desc(), engine_, library_);
   }
   return k;
 }
 
-std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearWeights& weights, Epilogue epilogue) {
-  const Precision precision = precision_of(weights);
-  if (precision != Precision::kFp32) {
-    const uint64_t need = static_cast<uint64_t>(options_.max_rows + kRowGranularity) * weights.in *
-                          (precision == Precision::kBf16 ? 2 : 1);
-    if (workspace_.gemm_input == nullptr || workspace_.gemm_input_bytes < need) {
-      fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), weights.in, need);
+std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, Epilogue epilogue, DType out) {
+  if (out != DType::F32) fail("internal: CPU linears write float32, not {}", dtype_name(out));
+  const DType precision = l.weight.packed ? static_cast<const CpuPackedWeights&>(*l.weight.packed).precision : DType::F32;
+  const int64_t in = l.weight.tensor.cols;
+  if (precision != DType::F32) {
+    const uint64_t need = static_cast<uint64_t>(max_rows_ + kRowGranularity) * in * (precision == DType::BF16 ? 2 : 1);
+    if (gemm_input_ == nullptr || gemm_input_bytes_ < need) {
+      fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), in, need);
     }
-    if (precision == Precision::kInt8 && (workspace_.row_scales == nullptr ||
-                                          (epilogue == Epilogue::kAccumulate && workspace_.int8_accumulator == nullptr))) {
+    if (precision == DType::I8 && (row_scales_ == nullptr || int8_accumulator_ == nullptr)) {
       fail("an int8 GEMM needs planned row scales and accumulators");
     }
   }
-  return std::make_unique<CpuLinear>(weights, kernels_for(weights, epilogue), epilogue, engine_);
+  auto& kernels = kernels_for(l.weight.tensor.rows, in, epilogue, precision, !l.bias.empty());
+  return std::make_unique<CpuLinear>(l, kernels, epilogue, engine_);
 }
 
-void CpuBackend::linear(const PreparedLinear& prepared, const float* x, int64_t rows, float* y) {
+void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view, int64_t rows, const TensorView& y_view) {
   if (rows <= 0) return;
-  if (rows > options_.max_rows) fail("a batch of {} rows exceeds the planned {}", rows, options_.max_rows);
+  if (rows > max_rows_) fail("a batch of {} rows exceeds the planned {}", rows, max_rows_);
   const auto& op = static_cast<const CpuLinear&>(prepared);
-  const int64_t in = op.weights.in, out = op.weights.out;
+  const float* x = x_view.as<const float>();
+  float* y = y_view.as<float>();
+  const int64_t in = op.in, out = op.out;
   const int64_t covered = padded_rows(rows);
   // The GEMM's own input and output: x and y (fp32), x rounded (bf16), x quantized and
   // raw accumulators (int8; the residual linears accumulate aside, then add).
   const void* src = x;
   size_t src_element = sizeof(float);
   float* dst = y;
-  if (op.precision == Precision::kBf16) {
-    round_rows_to_bf16(x, covered, in, static_cast<uint16_t*>(workspace_.gemm_input));
-    src = workspace_.gemm_input;
+  if (op.precision == DType::BF16) {
+    round_rows_to_bf16(x, covered, in, static_cast<uint16_t*>(gemm_input_));
+    src = gemm_input_;
     src_element = 2;
-  } else if (op.precision == Precision::kInt8) {
-    quantize_rows_to_int8(x, covered, in, static_cast<int8_t*>(workspace_.gemm_input), workspace_.row_scales);
-    src = workspace_.gemm_input;
+  } else if (op.precision == DType::I8) {
+    quantize_rows_to_int8(x, covered, in, static_cast<int8_t*>(gemm_input_), row_scales_);
+    src = gemm_input_;
     src_element = 1;
-    if (op.epilogue == Epilogue::kAccumulate) dst = workspace_.int8_accumulator;
+    if (op.epilogue == Epilogue::kResidual) dst = int8_accumulator_;
   }
-  const dnnl_memory_t bias = op.precision == Precision::kInt8 ? nullptr : op.bias_memory.get();
+  const dnnl_memory_t bias = op.precision == DType::I8 || !op.bias ? nullptr : op.bias_memory.get();
   for_each_gemm_chunk(rows, [&](int64_t first, int64_t chunk) {
     const size_t k = op.kernels.index.at(chunk);
     memory& src_memory = op.kernels.src[k];
@@ -195,48 +271,141 @@ void CpuBackend::linear(const PreparedLinear& prepared, const float* x, int64_t 
     }
   });
   stream_.wait();
-  if (op.precision == Precision::kInt8) {
-    int8_epilogue(dst, rows, out, workspace_.row_scales, op.channel_scales, op.weights.bias.data(), op.epilogue, y);
+  if (op.precision == DType::I8) {
+    int8_epilogue(dst, rows, out, row_scales_, op.channel_scales, op.int8_bias, op.epilogue, y);
   }
 }
 
-void CpuBackend::layer_norm(float* x, int64_t rows, const LayerNormWeights& w, float eps) {
-  const int64_t n = static_cast<int64_t>(w.gamma.size());
+void CpuBackend::layer_norm(const TensorView& x_view, int64_t rows, const NormRef& norm, float eps,
+                            const TensorView& copy) {
+  const int64_t n = x_view.cols;
+  float* x = x_view.as<float>();
+  const float* gamma = norm.gamma.as<const float>();
+  const float* beta = norm.beta.as<const float>();
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, n, w.gamma.data(), w.beta.data(), eps);
+  for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, n, gamma, beta, eps);
+  if (!copy.empty() && copy.data != x_view.data) std::memcpy(copy.data, x, static_cast<size_t>(rows * n) * sizeof(float));
 }
 
-void CpuBackend::embed(const PackedBatch& batch, const EncoderWeights& w, float eps, int64_t hidden, float* out) {
-  const int64_t rows = batch.tokens();
+void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, const WeightView& position_view,
+                       const TensorView& token_type_view, const NormRef& norm, float eps, const TensorView& hidden_view,
+                       const TensorView& copy) {
+  const PackedBatch& b = *batch.host;
+  const int64_t rows = b.tokens(), hidden = hidden_view.cols;
+  const float* word_table = word_view.tensor.as<const float>();
+  const float* position_table = position_view.tensor.as<const float>();
+  const float* token_type = token_type_view.as<const float>();
+  const int64_t vocab = word_view.tensor.rows, positions = position_view.tensor.rows;
+  for (int64_t t = 0; t < rows; ++t) {
+    if (b.token_ids[t] < 0 || b.token_ids[t] >= vocab) fail("token id {} is outside the vocabulary of {}", b.token_ids[t], vocab);
+    if (b.positions[t] < 0 || b.positions[t] >= positions) fail("position {} is outside the model's {}", b.positions[t], positions);
+  }
+  float* out = hidden_view.as<float>();
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < rows; ++t) {
-    const float* word = w.word_embeddings.data() + int64_t(batch.token_ids[t]) * hidden;
-    const float* position = w.position_embeddings.data() + int64_t(batch.positions[t]) * hidden;
+    const float* word = word_table + int64_t(b.token_ids[t]) * hidden;
+    const float* position = position_table + int64_t(b.positions[t]) * hidden;
     float* row = out + t * hidden;
     // Same association as PyTorch: (word + token_type) + position.
-    for (int64_t i = 0; i < hidden; ++i) row[i] = (word[i] + w.token_type_embedding[i]) + position[i];
-    normalize_row(row, hidden, w.embedding_norm.gamma.data(), w.embedding_norm.beta.data(), eps);
+    for (int64_t i = 0; i < hidden; ++i) row[i] = (word[i] + token_type[i]) + position[i];
+    normalize_row(row, hidden, norm.gamma.as<const float>(), norm.beta.as<const float>(), eps);
+  }
+  zero_chunk_tail(hidden_view, rows);
+  if (!copy.empty() && copy.data != hidden_view.data) std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
+}
+
+void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) {
+  const PackedBatch& b = *batch.host;
+  const int64_t h = x.cols;
+  if (b.sequences() > dense.rows) fail("batch of {} sequences exceeds the planned {}", b.sequences(), dense.rows);
+#pragma omp parallel for schedule(static)
+  for (int32_t s = 0; s < b.sequences(); ++s) {
+    l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, dense.as<float>() + s * h);
   }
 }
 
-void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t heads, int64_t head_dim,
-                           float* out) {
+void CpuBackend::normalize_rows(const TensorView& x, int64_t rows) {
+  const int64_t n = x.cols;
+  float* data = x.as<float>();
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; ++r) l2_normalize(data + r * n, n, data + r * n);
+}
+
+void CpuBackend::sparse_max_per_id(const BatchView& batch, const TensorView& weights_view, std::span<const int32_t> skip,
+                                   const TensorView& lexical_view) {
+  const PackedBatch& b = *batch.host;
+  const float* weights = weights_view.as<const float>();
+  float* lexical = lexical_view.as<float>();
+  // Each sequence finds an id's first position through an open-addressing table in its
+  // thread's attention scratch (free once the encoder has run): nothing is allocated.
+  const int64_t scratch_bytes = query_tile_ * max_seq_len_ * static_cast<int64_t>(sizeof(float));
+  int64_t capacity = 1;
+  while (capacity * 2 * 8 <= scratch_bytes) capacity *= 2;
+#pragma omp parallel for schedule(dynamic, 1)
+  for (int32_t s = 0; s < b.sequences(); ++s) {
+    const int64_t begin = b.seq_begin(s), end = begin + b.seq_len(s);
+    auto* table = reinterpret_cast<int32_t*>(attention_scratch_ + int64_t(omp_get_thread_num()) * query_tile_ * max_seq_len_);
+    int64_t size = 1;
+    while (size < 2 * (end - begin)) size *= 2;
+    const bool hashed = size <= capacity;
+    if (hashed) std::fill(table, table + 2 * size, -1);  // [id, first position] pairs
+    for (int64_t t = begin; t < end; ++t) {
+      lexical[t] = 0.f;
+      const int32_t id = b.token_ids[t];
+      const float w = weights[t];
+      if (!(w > 0.f) || std::find(skip.begin(), skip.end(), id) != skip.end()) continue;
+      int64_t first = -1;
+      if (hashed) {
+        uint64_t slot = (static_cast<uint32_t>(id) * 2654435761u) & static_cast<uint64_t>(size - 1);
+        while (table[2 * slot] != -1 && table[2 * slot] != id) slot = (slot + 1) & static_cast<uint64_t>(size - 1);
+        if (table[2 * slot] == id) {
+          first = table[2 * slot + 1];
+        } else {
+          table[2 * slot] = id;
+          table[2 * slot + 1] = static_cast<int32_t>(t);
+        }
+      } else {
+        for (int64_t j = begin; j < t && first < 0; ++j) {
+          if (b.token_ids[j] == id && lexical[j] > 0.f) first = j;
+        }
+      }
+      if (first < 0) {
+        lexical[t] = w;
+      } else if (w > lexical[first]) {
+        lexical[first] = w;
+      }
+    }
+  }
+}
+
+void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_view, const TensorView& qkv_bias,
+                           int64_t heads, int64_t head_dim, const TensorView& context) {
+  const PackedBatch& batch = *batch_view.host;
   const int64_t hidden = heads * head_dim;
   const int64_t stride = 3 * hidden;
-  const int64_t tile = options_.query_tile;
+  const int64_t tile = query_tile_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
-  if (batch.max_seq_len > workspace_.max_seq_len) {
-    fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, workspace_.max_seq_len);
+  if (batch.max_seq_len > max_seq_len_) fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, max_seq_len_);
+  if (!qkv_bias.empty()) {  // the graph adds it in the QKV GEMM here; an op test may not
+    float* x = qkv_view.as<float>();
+    const float* bias = qkv_bias.as<const float>();
+#pragma omp parallel for schedule(static)
+    for (int64_t t = 0; t < batch.tokens(); ++t) {
+      for (int64_t i = 0; i < stride; ++i) x[t * stride + i] += bias[i];
+    }
   }
+  const float* qkv = qkv_view.as<const float>();
+  float* out = context.as<float>();
+  zero_chunk_tail(context, batch.tokens());
   // Each thread's planned scratch (tile x max_seq_len floats) holds this head's K of the
   // sequence, transposed block by block (head_dim x block each: rows 1 KB apart, not a
   // multiple of 4 KB, which thrashed L1) for the float32 AVX-512 kernels; or its K and V
   // in bf16 pair layouts for the bf16 kernels; or, with neither, the score block of
   // oneDNN's sgemm. The kernels keep their 64 x 256 score block on the stack.
-  const int64_t max_len = workspace_.max_seq_len;
+  const int64_t max_len = max_seq_len_;
   const int64_t per_thread = tile * max_len;
   const Kernels preferred = !attention_kernels_supported(head_dim) ? Kernels::kSgemm
-                            : options_.precision == Precision::kBf16 && bf16_attention_kernels_supported(head_dim)
+                            : precision_ == DType::BF16 && bf16_attention_kernels_supported(head_dim)
                                 ? Kernels::kBf16
                                 : Kernels::kFp32;
   const int64_t block = std::min(kKeyBlock, max_len);
@@ -254,7 +423,7 @@ void CpuBackend::attention(const PackedBatch& batch, const float* qkv, int64_t h
     const int64_t len = batch.seq_len(seq);
     const float* k = qkv + begin * stride + hidden + head * head_dim;
     const float* v = qkv + begin * stride + 2 * hidden + head * head_dim;
-    float* thread_scratch = workspace_.attention_scratch + int64_t(omp_get_thread_num()) * per_thread;
+    float* thread_scratch = attention_scratch_ + int64_t(omp_get_thread_num()) * per_thread;
     // The kernels' K (and V) layouts take head_dim x len rounded up to 16: that fits
     // unless len is within 15 of a max_seq_len that is not a multiple of 16.
     const bool fits = head_dim * ((len + 15) / 16 * 16) <= per_thread;

@@ -3,7 +3,8 @@
 // A linear whose weights are float32 runs in float32 with the bias, GELU and residual
 // fused as post-ops; one whose weights were packed at load (packed_linear_weights.h)
 // runs in bf16 (same post-ops, inputs rounded first) or int8 (inputs quantized per
-// token, then int8_epilogue). Attention is tiled over queries so its scratch is
+// token, then int8_epilogue). The rows a batch leaves in its last GEMM chunk are zeroed
+// by the ops that start a pass (embed, attention). Attention is tiled over queries so its scratch is
 // threads x q_tile x max_seq_len floats, never L x L for a batch.
 #pragma once
 
@@ -16,6 +17,8 @@
 
 #include "m3/backend/backend.h"
 #include "m3/core/precision.h"
+#include "m3/memory/arena.h"
+#include "m3/memory/memory_plan.h"
 #include "m3/model/model_config.h"
 
 namespace m3 {
@@ -25,40 +28,49 @@ inline constexpr int64_t kMaxQueryTile = 64;
 // in L2 between the score GEMM, the softmax and the value GEMM.
 inline constexpr int64_t kKeyBlock = 256;
 
-struct CpuBackendOptions {
-  int threads = 0;           // 0: OpenMP's default (the cores available)
-  int64_t query_tile = 64;   // attention rows per tile
-  int64_t max_rows = 16384;  // the largest batch, in tokens
-  // --dtype: bf16 also computes attention in bf16 (Q, K, V, softmax numerators) where the
-  // CPU has AVX512-BF16; fp32 and int8 compute it in float32.
-  Precision precision = Precision::kFp32;
-};
-
 class CpuBackend final : public Backend {
  public:
-  explicit CpuBackend(CpuBackendOptions options = {});
-  std::string name() const override { return "cpu"; }
+  // Allocates the replica's arena (plan.arena_bytes; pages are touched at warm-up) and
+  // computes with `threads` OpenMP threads (0: default_threads()).
+  CpuBackend(const MemoryPlan& plan, int threads);
+  std::string name() const override { return "cpu-onednn"; }
+  std::string device_name() const override { return "cpu"; }
+  BackendTraits traits() const override { return {DeviceKind::kCpu, DType::F32, false, 1}; }
 
   // The largest oneDNN scratchpad any GEMM of this model needs up to max_rows rows.
   // Encoder linears compute in `precision`, the heads in float32.
-  static uint64_t library_workspace_bytes(const ModelConfig& config, int64_t max_rows, Precision precision);
+  static uint64_t library_workspace_bytes(const ModelConfig& config, int64_t max_rows, DType precision);
   static int default_threads();
 
-  void bind_workspace(const BackendWorkspace& workspace) override { workspace_ = workspace; }
   void attach_thread() override;
-  std::unique_ptr<PreparedLinear> prepare_linear(const LinearWeights& weights, Epilogue epilogue) override;
-  void linear(const PreparedLinear& op, const float* x, int64_t rows, float* y) override;
-  void layer_norm(float* x, int64_t rows, const LayerNormWeights& weights, float eps) override;
-  void embed(const PackedBatch& batch, const EncoderWeights& weights, float eps, int64_t hidden,
-             float* out) override;
-  void attention(const PackedBatch& batch, const float* qkv, int64_t heads, int64_t head_dim,
-                 float* out) override;
+  TensorView arena() override;
+  // Host tensors are shared, not copied: every CPU replica reads the same weights.
+  std::vector<WeightView> place_weights(const HostWeights& weights) override;
+  BatchView stage(const PackedBatch& batch, int slot) override;
+  const void* fetch(const TensorView& tensor, int) override { return tensor.data; }
+  void submit(int) override {}
+  void finish(int) override {}
+  DeviceMemory device_memory() const override { return {}; }
+  void touch_arena() override { arena_.touch(); }
+
+  std::unique_ptr<PreparedLinear> prepare_linear(const LinearRef& linear, Epilogue epilogue, DType out) override;
+  void linear(const PreparedLinear& op, const TensorView& x, int64_t rows, const TensorView& y) override;
+  void warm_up(const PreparedLinear&, const TensorView&, const TensorView&) override {}  // compiled at prepare
+  void layer_norm(const TensorView& x, int64_t rows, const NormRef& norm, float eps, const TensorView& copy) override;
+  void embed(const BatchView& batch, const WeightView& word, const WeightView& position, const TensorView& token_type,
+             const NormRef& norm, float eps, const TensorView& hidden, const TensorView& copy) override;
+  void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
+                 int64_t head_dim, const TensorView& context) override;
+  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) override;
+  void normalize_rows(const TensorView& x, int64_t rows) override;
+  void sparse_max_per_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
+                         const TensorView& lexical) override;
 
   int threads() const { return threads_; }
-  int64_t query_tile() const { return options_.query_tile; }
+  int64_t query_tile() const { return query_tile_; }
 
-  // One compiled GEMM per row block for one (out, in, epilogue) shape, shared by every
-  // layer; source and destination memory objects are re-pointed per call.
+  // One compiled GEMM per row block for one (out, in, epilogue, bias) shape, shared by
+  // every layer; source and destination memory objects are re-pointed per call.
   struct RowBlockKernels {
     std::map<int64_t, size_t> index;  // chunk rows -> position in the vectors below
     std::vector<dnnl::matmul> primitives;
@@ -67,14 +79,29 @@ class CpuBackend final : public Backend {
 
  private:
   enum class Kernels { kBf16, kFp32, kSgemm };  // which attention path runs
-  RowBlockKernels& kernels_for(const LinearWeights& weights, Epilogue epilogue);
+  RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias);
+  // Rows past a batch up to its last GEMM chunk start from zeros, so they stay finite.
+  void zero_chunk_tail(const TensorView& x, int64_t rows) const;
 
-  CpuBackendOptions options_;
+  int64_t query_tile_ = 64;
+  int64_t max_rows_ = 0;     // the largest batch, in tokens
+  int64_t max_seq_len_ = 0;
+  DType precision_ = DType::F32;
   int threads_ = 1;
+  Arena arena_;
   dnnl::engine engine_;
   dnnl::stream stream_;
-  BackendWorkspace workspace_;
-  std::map<std::tuple<int64_t, int64_t, Epilogue, Precision>, RowBlockKernels> kernels_;
+  // Carved from the arena: attention scratch (threads x query_tile x max_seq_len floats),
+  // the oneDNN scratchpad, and for bf16/int8 the rounded or quantized GEMM inputs, the
+  // int8 row scales and accumulators.
+  float* attention_scratch_ = nullptr;
+  void* library_ = nullptr;
+  uint64_t library_bytes_ = 0;
+  void* gemm_input_ = nullptr;
+  uint64_t gemm_input_bytes_ = 0;
+  float* row_scales_ = nullptr;
+  float* int8_accumulator_ = nullptr;
+  std::map<std::tuple<int64_t, int64_t, Epilogue, DType, bool>, RowBlockKernels> kernels_;
 };
 
 }  // namespace m3

@@ -80,9 +80,13 @@ void int8_epilogue(const float* acc, int64_t rows, int64_t cols, const float* ro
 #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) out[c] = gelu_erf(s * channel_scales[c] * a[c] + bias[c]);
         break;
-      case Epilogue::kAccumulate:
+      case Epilogue::kResidual:
 #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) out[c] += s * channel_scales[c] * a[c] + bias[c];
+        break;
+      case Epilogue::kRelu:
+#pragma omp simd
+        for (int64_t c = 0; c < cols; ++c) out[c] = std::max(s * channel_scales[c] * a[c] + bias[c], 0.f);
         break;
     }
   }

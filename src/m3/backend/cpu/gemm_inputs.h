@@ -16,7 +16,7 @@ void round_rows_to_bf16(const float* x, int64_t rows, int64_t cols, uint16_t* y)
 void quantize_rows_to_int8(const float* x, int64_t rows, int64_t cols, int8_t* q, float* scales);
 
 // y[r, c] (epilogue) row_scales[r] * channel_scales[c] * acc[r, c] + bias[c].
-// acc may equal y for kStore and kGelu.
+// acc may equal y except for kResidual. `bias` has cols entries.
 void int8_epilogue(const float* acc, int64_t rows, int64_t cols, const float* row_scales,
                    const float* channel_scales, const float* bias, Epilogue epilogue, float* y);
 

@@ -13,7 +13,7 @@ using dnnl::memory;
 using dt = memory::data_type;
 using tag = memory::format_tag;
 
-dt weight_type(Precision p) { return p == Precision::kInt8 ? dt::s8 : dt::bf16; }
+dt weight_type(DType p) { return p == DType::I8 ? dt::s8 : dt::bf16; }
 
 std::shared_ptr<void> aligned_bytes(size_t n) {
   void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
@@ -23,7 +23,7 @@ std::shared_ptr<void> aligned_bytes(size_t n) {
 
 }  // namespace
 
-memory::desc packed_weights_desc(const dnnl::engine& engine, Precision precision, int64_t out, int64_t in) {
+memory::desc packed_weights_desc(const dnnl::engine& engine, DType precision, int64_t out, int64_t in) {
   // oneDNN's brgemm kernels choose the same blocked layout for every row count (checked
   // from 1 to 8192 rows), so one chunk size stands for all of them.
   const dt t = weight_type(precision);
@@ -33,9 +33,14 @@ memory::desc packed_weights_desc(const dnnl::engine& engine, Precision precision
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, wei, dst), engine).weights_desc();
 }
 
-void pack_linear_weights(LinearWeights& w, Precision precision) {
-  if (precision == Precision::kFp32) return;
-  if (w.weight.size() != static_cast<size_t>(w.out * w.in)) fail("linear weights are already packed");
+std::shared_ptr<const CpuPackedWeights> pack_linear_weights(const std::vector<float>& weight, int64_t out, int64_t in,
+                                                            DType precision) {
+  if (precision != DType::BF16 && precision != DType::I8) fail("internal: no packed {} weights", precision_name(precision));
+  if (weight.size() != static_cast<size_t>(out * in)) fail("internal: a [{}, {}] linear has {} weights", out, in, weight.size());
+  struct Shape {
+    int64_t out, in;
+    const std::vector<float>& weight;
+  } w{out, in, weight};
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   dnnl::stream stream(engine);
   auto packed = std::make_shared<CpuPackedWeights>();
@@ -44,9 +49,9 @@ void pack_linear_weights(LinearWeights& w, Precision precision) {
   packed->data = aligned_bytes(packed->desc.get_size());
   memory dst(packed->desc, engine, packed->data.get());
 
-  if (precision == Precision::kBf16) {
+  if (precision == DType::BF16) {
     // PyTorch's [out, in] is W^T [in, out] in format ba; the reorder rounds to nearest even.
-    memory src({{w.in, w.out}, dt::f32, tag::ba}, engine, w.weight.data());
+    memory src({{w.in, w.out}, dt::f32, tag::ba}, engine, const_cast<float*>(w.weight.data()));
     dnnl::reorder(src, dst).execute(stream, src, dst);
   } else {
     // Symmetric per output channel: q = round(W / scale), scale = max|W[c, :]| / 127.
@@ -67,21 +72,20 @@ void pack_linear_weights(LinearWeights& w, Precision precision) {
     dnnl::reorder(src, dst).execute(stream, src, dst);
   }
   stream.wait();
-  w.packed = std::move(packed);
-  std::vector<float>().swap(w.weight);
+  return packed;
 }
 
-bool cpu_supports(Precision precision) {
+bool cpu_supports(DType precision) {
   using isa = dnnl::cpu_isa;
   // oneDNN's ISA values are bit sets: an ISA includes every ISA whose bits it has.
   const int have = static_cast<int>(dnnl::get_effective_cpu_isa());
   auto at_least = [&](isa need) { return (have & static_cast<int>(need)) == static_cast<int>(need); };
   switch (precision) {
-    case Precision::kFp32: return true;
-    case Precision::kBf16: return at_least(isa::avx512_core_bf16) || at_least(isa::avx512_core_amx);
-    case Precision::kInt8:
+    case DType::F32: return true;
+    case DType::BF16: return at_least(isa::avx512_core_bf16) || at_least(isa::avx512_core_amx);
+    case DType::I8:
       return at_least(isa::avx512_core_vnni) || at_least(isa::avx2_vnni) || at_least(isa::avx512_core_amx);
-    case Precision::kFp16: return false;  // CUDA only
+    case DType::F16: case DType::I32: return false;  // F16: CUDA only
   }
   return false;
 }

@@ -16,7 +16,7 @@
 namespace m3 {
 
 struct CpuPackedWeights final : PackedWeights {
-  Precision precision = Precision::kBf16;
+  DType precision = DType::BF16;
   dnnl::memory::desc desc;          // oneDNN's packed layout of W^T [in, out]
   std::shared_ptr<void> data;       // desc.get_size() bytes, 64-byte aligned
   std::vector<float> channel_scales;  // int8: W[c, :] ~= channel_scales[c] * q[c, :]
@@ -24,13 +24,14 @@ struct CpuPackedWeights final : PackedWeights {
 };
 
 // The packed weight layout the GEMM kernels of every row chunk are created with.
-dnnl::memory::desc packed_weights_desc(const dnnl::engine& engine, Precision precision, int64_t out, int64_t in);
+dnnl::memory::desc packed_weights_desc(const dnnl::engine& engine, DType precision, int64_t out, int64_t in);
 
-// Packs w.weight into w.packed (bf16 or int8) and frees the float32 weight.
-void pack_linear_weights(LinearWeights& w, Precision precision);
+// `weight` [out, in] (PyTorch's layout) packed for a bf16 or int8 GEMM.
+std::shared_ptr<const CpuPackedWeights> pack_linear_weights(const std::vector<float>& weight, int64_t out, int64_t in,
+                                                            DType precision);
 
 // Whether this CPU runs the precision in hardware (bf16: AVX512-BF16 or AMX; int8:
 // AVX512-VNNI, AVX-VNNI or AMX). Without it oneDNN emulates or refuses.
-bool cpu_supports(Precision precision);
+bool cpu_supports(DType precision);
 
 }  // namespace m3

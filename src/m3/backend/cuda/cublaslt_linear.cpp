@@ -7,11 +7,12 @@
 namespace m3::cuda {
 namespace {
 
-cudaDataType data_type(GemmType type) {
+cudaDataType data_type(DType type) {
   switch (type) {
-    case GemmType::kF32: return CUDA_R_32F;
-    case GemmType::kF16: return CUDA_R_16F;
-    case GemmType::kBF16: return CUDA_R_16BF;
+    case DType::F32: return CUDA_R_32F;
+    case DType::F16: return CUDA_R_16F;
+    case DType::BF16: return CUDA_R_16BF;
+    default: fail("internal: cuBLASLt linears take float32, float16 or bfloat16, not {}", dtype_name(type));
   }
   return CUDA_R_32F;
 }
@@ -19,7 +20,7 @@ cudaDataType data_type(GemmType type) {
 }  // namespace
 
 CublasLtLinear::CublasLtLinear(cublasLtHandle_t handle, int64_t out, int64_t in, int64_t max_rows,
-                               GemmType input_type, GemmType output_type, const void* weight, const float* bias,
+                               DType input_type, DType output_type, const void* weight, const float* bias,
                                bool want_bias_epilogue, void* workspace, uint64_t workspace_bytes)
     : handle_(handle), out_(out), in_(in), max_rows_(max_rows), weight_(weight), workspace_(workspace),
       workspace_bytes_(workspace_bytes) {
@@ -99,19 +100,19 @@ int CublasLtLinear::bucket_for(int64_t rows) const {
   return b;
 }
 
-void CublasLtLinear::run(const void* x, int64_t rows, void* y, cudaStream_t stream) {
+void CublasLtLinear::run(const void* x, int64_t rows, void* y, cudaStream_t stream, bool accumulate) {
   if (rows == 0) return;
   if (rows > max_rows_) fail("linear of {} rows exceeds the planned {}", rows, max_rows_);
   check(cublasLtMatrixLayoutSetAttribute(x_layout_, CUBLASLT_MATRIX_LAYOUT_COLS, &rows, sizeof(rows)), "cols");
   check(cublasLtMatrixLayoutSetAttribute(y_layout_, CUBLASLT_MATRIX_LAYOUT_COLS, &rows, sizeof(rows)), "cols");
-  const float alpha = 1.f, beta = 0.f;
+  const float alpha = 1.f, beta = accumulate ? 1.f : 0.f;
   check(cublasLtMatmul(handle_, desc_, &alpha, weight_, w_layout_, x, x_layout_, &beta, y, y_layout_, y, y_layout_,
                        &algorithms_[bucket_for(rows)], workspace_, workspace_bytes_, stream),
         "cublasLtMatmul");
 }
 
-void CublasLtLinear::warm_up(const void* x, void* y, cudaStream_t stream) {
-  for (int b = 0; b < buckets_; ++b) run(x, bucket_rows_[b], y, stream);
+void CublasLtLinear::warm_up(const void* x, void* y, cudaStream_t stream, bool accumulate) {
+  for (int b = 0; b < buckets_; ++b) run(x, bucket_rows_[b], y, stream, accumulate);
 }
 
 }  // namespace m3::cuda

@@ -1,4 +1,4 @@
-// One linear layer on cuBLASLt: y[rows, out] = x[rows, in] W^T (+ bias through the BIAS
+// One linear layer on cuBLASLt: y[rows, out] (+)= x[rows, in] W^T (+ bias through the BIAS
 // epilogue, which adds the float32 bias exactly as PyTorch does). cuBLASLt's GELU
 // epilogue is the tanh approximation, not BERT's erf, so GELU is our own kernel.
 // Algorithms are chosen at construction for row buckets (64, 128, ..., max_rows) and run
@@ -20,8 +20,8 @@ class CublasLtLinear {
   // `weight` [out, in] of `input_type`, `bias` [out] float32 (may be null), both on the
   // device. `want_bias_epilogue`: fuse the bias when cuBLASLt has an algorithm for it
   // (bias_fused() says whether it did; else the caller adds it).
-  CublasLtLinear(cublasLtHandle_t handle, int64_t out, int64_t in, int64_t max_rows, GemmType input_type,
-                 GemmType output_type, const void* weight, const float* bias, bool want_bias_epilogue,
+  CublasLtLinear(cublasLtHandle_t handle, int64_t out, int64_t in, int64_t max_rows, DType input_type,
+                 DType output_type, const void* weight, const float* bias, bool want_bias_epilogue,
                  void* workspace, uint64_t workspace_bytes);
   ~CublasLtLinear();
   CublasLtLinear(const CublasLtLinear&) = delete;
@@ -29,9 +29,10 @@ class CublasLtLinear {
 
   bool bias_fused() const { return bias_fused_; }
   int64_t out() const { return out_; }
-  void run(const void* x, int64_t rows, void* y, cudaStream_t stream);
+  // accumulate: y += x W^T (+ bias), the residual connection (beta = 1, y is float32).
+  void run(const void* x, int64_t rows, void* y, cudaStream_t stream, bool accumulate = false);
   // Runs every row bucket once on the given buffers (their contents do not matter).
-  void warm_up(const void* x, void* y, cudaStream_t stream);
+  void warm_up(const void* x, void* y, cudaStream_t stream, bool accumulate = false);
 
  private:
   static constexpr int kMaxBuckets = 24;

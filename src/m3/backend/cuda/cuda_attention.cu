@@ -31,13 +31,14 @@ __global__ void __launch_bounds__(kWarps * 32)
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const float scale = rsqrtf(static_cast<float>(D));
 
-  const float* q_bias = bias + head * D;
-  const float* k_bias = bias + hidden + head * D;
-  const float* v_bias = bias + 2 * hidden + head * D;
+  // bias is null when the QKV GEMM added it already (a uniform branch: every thread takes the same side).
+  const float* q_bias = bias ? bias + head * D : nullptr;
+  const float* k_bias = bias ? bias + hidden + head * D : nullptr;
+  const float* v_bias = bias ? bias + 2 * hidden + head * D : nullptr;
   for (int i = threadIdx.x; i < kAttentionQueryTile * D; i += blockDim.x) {
     const int r = i / D, d = i % D;
     const int row = q0 + r;
-    q_tile[i] = row < len ? (to_f32(qkv[int64_t(begin + row) * stride + head * D + d]) + q_bias[d]) * scale : 0.f;
+    q_tile[i] = row < len ? (to_f32(qkv[int64_t(begin + row) * stride + head * D + d]) + (q_bias ? q_bias[d] : 0.f)) * scale : 0.f;
   }
 
   constexpr int kDims = (D + 31) / 32;  // output dims per lane
@@ -59,8 +60,8 @@ __global__ void __launch_bounds__(kWarps * 32)
       const int key = k0 + r;
       const int64_t at = int64_t(begin + key) * stride + head * D + d;
       const bool valid = key < len;
-      k_block[r * (D + 1) + d] = valid ? to_f32(qkv[at + hidden]) + k_bias[d] : 0.f;
-      v_block[r * D + d] = valid ? to_f32(qkv[at + 2 * hidden]) + v_bias[d] : 0.f;
+      k_block[r * (D + 1) + d] = valid ? to_f32(qkv[at + hidden]) + (k_bias ? k_bias[d] : 0.f) : 0.f;
+      v_block[r * D + d] = valid ? to_f32(qkv[at + 2 * hidden]) + (v_bias ? v_bias[d] : 0.f) : 0.f;
     }
     __syncthreads();
     const bool key_valid = k0 + lane < len;
@@ -136,7 +137,7 @@ bool supported_attention_head_dim(int64_t head_dim) {
          head_dim == 128;
 }
 
-void attention(GemmType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
+void attention(DType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
                const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                cudaStream_t stream) {
   if (tile_count == 0) return;

@@ -68,17 +68,21 @@ __global__ void residual_layer_norm_kernel(const float* projection, const float*
   float* scratch = shared;
   float* x = shared + 32;
   const int64_t t = blockIdx.x;
-  const float* proj = projection + t * width;
+  const float* proj = projection ? projection + t * width : nullptr;
   float* h = hidden_f32 + t * width;
-  for (int i = threadIdx.x; i < width; i += blockDim.x) x[i] = (proj[i] + (bias ? bias[i] : 0.f)) + h[i];
+  for (int i = threadIdx.x; i < width; i += blockDim.x) {
+    x[i] = projection ? (proj[i] + (bias ? bias[i] : 0.f)) + h[i] : h[i];
+  }
   layer_norm_row(x, width, gamma, beta, eps, scratch, h, hidden_gemm + t * width);
 }
 
 template <typename T>
-__global__ void bias_gelu_kernel(T* y, const float* bias, int64_t count, int64_t width) {
+__global__ void bias_activation_kernel(T* y, const float* bias, int64_t count, int64_t width, Activation act) {
   for (int64_t i = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; i < count; i += int64_t(gridDim.x) * blockDim.x) {
-    const float x = to_f32(y[i]) + bias[i % width];
-    y[i] = from_f32<T>(0.5f * x * (1.f + erff(x * 0.70710678118654752f)));
+    float x = to_f32(y[i]) + (bias ? bias[i % width] : 0.f);
+    if (act == Activation::kGelu) x = 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
+    if (act == Activation::kRelu) x = fmaxf(x, 0.f);
+    y[i] = from_f32<T>(x);
   }
 }
 
@@ -150,7 +154,7 @@ size_t row_shared_bytes(int64_t width) { return (32 + static_cast<size_t>(width)
 
 }  // namespace
 
-void embed_layer_norm(GemmType type, GemmType embedding_type, const int32_t* ids, const int32_t* positions,
+void embed_layer_norm(DType type, DType embedding_type, const int32_t* ids, const int32_t* positions,
                       int64_t tokens, const void* word, const void* position, const float* token_type,
                       const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
                       void* hidden_gemm, cudaStream_t stream) {
@@ -167,7 +171,7 @@ void embed_layer_norm(GemmType type, GemmType embedding_type, const int32_t* ids
   });
 }
 
-void residual_layer_norm(GemmType type, const float* projection, const float* bias, int64_t tokens,
+void residual_layer_norm(DType type, const float* projection, const float* bias, int64_t tokens,
                          const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
                          void* hidden_gemm, cudaStream_t stream) {
   if (tokens == 0) return;
@@ -178,12 +182,14 @@ void residual_layer_norm(GemmType type, const float* projection, const float* bi
   });
 }
 
-void bias_gelu(GemmType type, void* y, const float* bias, int64_t rows, int64_t width, cudaStream_t stream) {
+void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64_t width, Activation act,
+                     cudaStream_t stream) {
   const int64_t count = rows * width;
   if (count == 0) return;
   dispatch(type, [&](auto zero) {
     using T = decltype(zero);
-    M3_LAUNCH(blocks_for(count, 256), 256, 0, stream, bias_gelu_kernel<T>)(static_cast<T*>(y), bias, count, width);
+    M3_LAUNCH(blocks_for(count, 256), 256, 0, stream, bias_activation_kernel<T>)(static_cast<T*>(y), bias, count,
+                                                                                   width, act);
   });
 }
 

@@ -1,6 +1,6 @@
 // Launchers of m3embed's CUDA kernels (cuda_kernels.cu, cuda_attention.cu). Plain C++
 // declarations, so the host code that calls them needs no CUDA compiler; buffers of the
-// GEMM type are void* with their GemmType. All launch on `stream` and return at once;
+// GEMM type are void* with their DType. All launch on `stream` and return at once;
 // the caller checks cudaGetLastError.
 #pragma once
 
@@ -8,35 +8,37 @@
 
 #include <cuda_runtime.h>
 
-namespace m3::cuda {
+#include "m3/core/dtype.h"
 
-// The type activations are stored in between GEMMs (and the GEMM inputs' type).
-enum class GemmType { kF32, kF16, kBF16 };
+namespace m3::cuda {
 
 // hidden[t] = LayerNorm(word[ids[t]] + token_type + position[positions[t]]), written as
 // float32 (the residual stream) and as the GEMM type (hidden_gemm may equal hidden for f32).
 // The embedding tables are stored as `embedding_type`.
-void embed_layer_norm(GemmType type, GemmType embedding_type, const int32_t* ids, const int32_t* positions,
+void embed_layer_norm(DType type, DType embedding_type, const int32_t* ids, const int32_t* positions,
                       int64_t tokens, const void* word, const void* position, const float* token_type,
                       const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
                       void* hidden_gemm, cudaStream_t stream);
 
-// hidden = LayerNorm(hidden + projection (+ bias when not null)), both outputs as above.
-void residual_layer_norm(GemmType type, const float* projection, const float* bias, int64_t tokens,
+// hidden = LayerNorm(hidden (+ projection (+ bias)) when projection is not null), float32
+// in place and as `type` into hidden_gemm (which may equal hidden for float32).
+void residual_layer_norm(DType type, const float* projection, const float* bias, int64_t tokens,
                          const float* gamma, const float* beta, float eps, int64_t hidden, float* hidden_f32,
                          void* hidden_gemm, cudaStream_t stream);
 
-// y = gelu_erf(y + bias) in place over [rows, width] of the GEMM type.
-void bias_gelu(GemmType type, void* y, const float* bias, int64_t rows, int64_t width, cudaStream_t stream);
+// y = act(y + bias) in place over [rows, width] of `type`; bias may be null.
+enum class Activation { kNone, kGelu, kRelu };
+void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64_t width, Activation act,
+                     cudaStream_t stream);
 
 // Self-attention of each packed sequence over itself, flash-style: 64-query tiles stream
 // 32-key blocks through shared memory with an online softmax, so no score matrix is
 // stored anywhere. qkv: [tokens, 3 * heads * head_dim] without its bias (added here, in
-// float32); tiles: (sequence, first query row) pairs; context: [tokens, heads * head_dim].
+// float32, when not null); tiles: (sequence, first query row) pairs; context: [tokens, heads * head_dim].
 // head_dim must be one of supported_attention_head_dim.
 bool supported_attention_head_dim(int64_t head_dim);
 constexpr int kAttentionQueryTile = 64;
-void attention(GemmType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
+void attention(DType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
                const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                cudaStream_t stream);
 

@@ -1,5 +1,5 @@
 // Storage types of the CUDA kernels: float, __half, __nv_bfloat16, converted to and from
-// float32 for arithmetic, and the dispatch from GemmType to one of them.
+// float32 for arithmetic, and the dispatch from DType to one of them.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -31,11 +31,12 @@ __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { retu
 
 // Calls f(T{}) with T the storage type of `type`.
 template <typename F>
-void dispatch(GemmType type, F&& f) {
+void dispatch(DType type, F&& f) {
   switch (type) {
-    case GemmType::kF32: f(float{}); break;
-    case GemmType::kF16: f(__half{}); break;
-    case GemmType::kBF16: f(__nv_bfloat16{}); break;
+    case DType::F32: f(float{}); break;
+    case DType::F16: f(__half{}); break;
+    case DType::BF16: f(__nv_bfloat16{}); break;
+    default: break;  // integer types are never activations
   }
 }
 

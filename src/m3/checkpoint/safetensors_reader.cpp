@@ -14,7 +14,7 @@
 #include <simdjson.h>
 
 #include "m3/core/error.h"
-#include "m3/model/checkpoint.h"
+#include "m3/checkpoint/checkpoint.h"
 
 namespace m3 {
 namespace {

@@ -1,4 +1,6 @@
-#include "m3/backend/cuda/cuda_runtime_info.h"
+// The CUDA library's entry points: device queries on the CUDA runtime, and the backend
+// factory, registered with cuda_devices.h when the library is linked in.
+#include "m3/backend/cuda_devices.h"
 
 #include <dlfcn.h>
 
@@ -9,9 +11,11 @@
 
 namespace m3 {
 
-bool cuda_built() { return true; }
+std::unique_ptr<Backend> make_cuda_backend_on_device(const MemoryPlan& plan, Device device);  // cuda_backend.cpp
 
-int cuda_device_count(std::string* why) {
+namespace {
+
+int device_count(std::string* why) {
   int count = 0;
   const cudaError_t status = cudaGetDeviceCount(&count);
   if (status != cudaSuccess) {
@@ -28,13 +32,13 @@ int cuda_device_count(std::string* why) {
   return count;
 }
 
-std::string cuda_device_description(int device) {
+std::string describe(int device) {
   cudaDeviceProp prop{};
   cuda::check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
   return fmt::format("{} (sm_{}{}, {})", prop.name, prop.major, prop.minor, format_bytes(prop.totalGlobalMem));
 }
 
-DeviceMemoryInfo cuda_memory_info(int device) {
+DeviceMemoryInfo memory(int device) {
   int current = 0;
   cuda::check(cudaGetDevice(&current), "cudaGetDevice");
   cuda::check(cudaSetDevice(device), "cudaSetDevice");
@@ -44,5 +48,9 @@ DeviceMemoryInfo cuda_memory_info(int device) {
   cuda::check(status, "cudaMemGetInfo");
   return {free, total};
 }
+
+const bool registered = register_cuda_implementation({device_count, describe, memory, make_cuda_backend_on_device});
+
+}  // namespace
 
 }  // namespace m3

@@ -1,4 +1,4 @@
-#include "m3/model/hf_cache.h"
+#include "m3/hub/hf_cache.h"
 
 #include <fcntl.h>
 #include <sys/file.h>

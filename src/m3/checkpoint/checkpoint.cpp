@@ -1,4 +1,4 @@
-#include "m3/model/checkpoint.h"
+#include "m3/checkpoint/checkpoint.h"
 
 #include <array>
 #include <cstring>

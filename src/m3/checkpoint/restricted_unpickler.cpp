@@ -1,4 +1,4 @@
-#include "m3/model/restricted_unpickler.h"
+#include "m3/checkpoint/restricted_unpickler.h"
 
 #include <bit>
 #include <cstring>

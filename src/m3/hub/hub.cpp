@@ -1,4 +1,4 @@
-#include "m3/model/hub.h"
+#include "m3/hub/hub.h"
 
 #include <pwd.h>
 #include <unistd.h>
@@ -18,8 +18,8 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/core/error.h"
-#include "m3/model/hf_cache.h"
-#include "m3/model/http_download.h"
+#include "m3/hub/hf_cache.h"
+#include "m3/hub/http_download.h"
 
 namespace m3 {
 namespace fs = std::filesystem;

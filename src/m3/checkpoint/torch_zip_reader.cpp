@@ -11,8 +11,8 @@
 #include <utility>
 
 #include "m3/core/error.h"
-#include "m3/model/checkpoint.h"
-#include "m3/model/restricted_unpickler.h"
+#include "m3/checkpoint/checkpoint.h"
+#include "m3/checkpoint/restricted_unpickler.h"
 
 namespace m3 {
 namespace {

@@ -1,4 +1,4 @@
-#include "m3/model/http_download.h"
+#include "m3/hub/http_download.h"
 
 #include <curl/curl.h>
 #include <unistd.h>

@@ -1,0 +1,95 @@
+#include "m3/graph/m3_heads.h"
+
+#include "m3/core/error.h"
+#include "m3/graph/arena_view.h"
+#include "m3/tokenizer/xlmr_tokenizer.h"
+
+namespace m3 {
+namespace {
+
+// Token ids that never get a lexical weight (M3-SPEC: the special tokens).
+constexpr int32_t kNotLexical[] = {XlmrTokenizer::kCls, XlmrTokenizer::kEos, XlmrTokenizer::kPad,
+                                   XlmrTokenizer::kUnk};
+
+}  // namespace
+
+M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights,
+                 Backend& backend, const TensorView& arena, std::filesystem::path model_dir)
+    : hidden_size_(config.hidden_size), backend_(backend), model_dir_(std::move(model_dir)) {
+  const int64_t rows = plan.rows, h = config.hidden_size;
+  dense_ = arena_view(arena, plan.buffer("dense"), DType::F32, rows / 2, h);
+  lexical_ = arena_view(arena, plan.buffer("lexical"), DType::F32, rows, 1);
+  const WeightTable& t = plan.table;
+  if (t.has("colbert_linear.weight")) {
+    colbert_ = arena_view(arena, plan.buffer("colbert"), DType::F32, rows, h);
+    colbert_op_ = backend.prepare_linear(linear_ref(t, weights, "colbert_linear"), Epilogue::kStore, DType::F32);
+  }
+  if (t.has("sparse_linear.weight")) {
+    sparse_ = arena_view(arena, plan.buffer("sparse"), DType::F32, rows, 1);
+    sparse_op_ = backend.prepare_linear(linear_ref(t, weights, "sparse_linear"), Epilogue::kRelu, DType::F32);
+  }
+}
+
+void M3Heads::check(const OutputRequest& request) const {
+  if (request.sparse && !sparse_op_) {
+    fail("sparse output needs {}, which is missing", (model_dir_ / "sparse_linear.pt").string());
+  }
+  if (request.colbert && !colbert_op_) {
+    fail("ColBERT output needs {}, which is missing", (model_dir_ / "colbert_linear.pt").string());
+  }
+}
+
+M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hidden& hidden,
+                                  const OutputRequest& request) {
+  check(request);
+  const int64_t t = batch.tokens();
+  const int32_t s = batch.sequences();
+  Fetched f;
+  if (request.dense) {
+    const TensorView dense = dense_.slice_rows(0, s);
+    backend_.cls_normalize(batch, hidden.f32, dense);
+    f.dense = static_cast<const float*>(backend_.fetch(dense, batch.slot));
+  }
+  if (request.sparse) {
+    // The sparse head reads the float32 hidden state: one dot product per token.
+    backend_.linear(*sparse_op_, hidden.f32, t, sparse_);
+    backend_.sparse_max_per_id(batch, sparse_, kNotLexical, lexical_);
+    f.lexical = static_cast<const float*>(backend_.fetch(lexical_.slice_rows(0, t), batch.slot));
+  }
+  if (request.colbert) {
+    backend_.linear(*colbert_op_, hidden.in, t, colbert_);
+    backend_.normalize_rows(colbert_, t);
+    f.colbert = static_cast<const float*>(backend_.fetch(colbert_.slice_rows(0, t), batch.slot));
+  }
+  return f;
+}
+
+void M3Heads::extract(const PackedBatch& batch, const Fetched& f, const OutputRequest& request,
+                      std::vector<M3Output>& outputs) const {
+  const int64_t h = hidden_size_;
+  outputs.resize(batch.sequences());
+  for (int32_t s = 0; s < batch.sequences(); ++s) {
+    M3Output& out = outputs[s];
+    const int64_t begin = batch.seq_begin(s), len = batch.seq_len(s);
+    out.tokens = len;
+    if (request.dense) out.dense.assign(f.dense + s * h, f.dense + (s + 1) * h);
+    if (request.sparse) {
+      // Positive maxima sit at each id's first position: token order is first-occurrence order.
+      out.lexical.clear();
+      for (int64_t i = begin; i < begin + len; ++i) {
+        if (f.lexical[i] > 0.f) out.lexical.emplace_back(batch.token_ids[i], f.lexical[i]);
+      }
+    }
+    if (request.colbert) {
+      out.colbert_rows = len - 1;  // every token after CLS, the final </s> included
+      out.colbert.assign(f.colbert + (begin + 1) * h, f.colbert + (begin + len) * h);
+    }
+  }
+}
+
+void M3Heads::warm_up(const XlmrEncoder::Hidden& hidden) {
+  if (sparse_op_) backend_.warm_up(*sparse_op_, hidden.f32, sparse_);
+  if (colbert_op_) backend_.warm_up(*colbert_op_, hidden.in, colbert_);
+}
+
+}  // namespace m3

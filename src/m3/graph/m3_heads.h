@@ -1,0 +1,53 @@
+// M3Heads: BGE-M3's three outputs from the encoder's last hidden state, per M3-SPEC.md,
+// written once against the Backend ops: dense (the CLS row, normalized), sparse (relu of
+// a 1-wide linear, the largest weight per token id, specials skipped) and ColBERT (a
+// linear over every token, each row normalized, the CLS row dropped).
+#pragma once
+
+#include <filesystem>
+#include <memory>
+#include <vector>
+
+#include "m3/backend/backend.h"
+#include "m3/graph/xlmr_encoder.h"
+#include "m3/memory/memory_plan.h"
+#include "m3/model/m3_output.h"
+
+namespace m3 {
+
+class M3Heads {
+ public:
+  // Host copies of a batch's head outputs, readable once the backend finished its slot.
+  struct Fetched {
+    const float* dense = nullptr;    // [sequences, hidden]
+    const float* lexical = nullptr;  // [tokens]: the per-id maxima (0: not a lexical entry)
+    const float* colbert = nullptr;  // [tokens, hidden]
+  };
+
+  // `weights`, `backend` and the arena must outlive the heads; `model_dir` names missing
+  // head files in errors. The head buffers reuse encoder buffers dead after the last layer.
+  M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights, Backend& backend,
+          const TensorView& arena, std::filesystem::path model_dir);
+
+  // Throws m3::Error naming the missing head file when an output cannot be computed.
+  void check(const OutputRequest& request) const;
+  // Queues the requested heads over the batch and the copies of their outputs to the host.
+  Fetched forward(const BatchView& batch, const XlmrEncoder::Hidden& hidden, const OutputRequest& request);
+  // Each sequence's outputs, from the fetched copies: outputs[s] for sequence s.
+  void extract(const PackedBatch& batch, const Fetched& fetched, const OutputRequest& request,
+               std::vector<M3Output>& outputs) const;
+  // Runs the head GEMMs' kernel variants once (warm-up).
+  void warm_up(const XlmrEncoder::Hidden& hidden);
+
+  bool has_sparse() const { return sparse_op_ != nullptr; }
+  bool has_colbert() const { return colbert_op_ != nullptr; }
+
+ private:
+  int64_t hidden_size_;
+  Backend& backend_;
+  std::filesystem::path model_dir_;
+  std::unique_ptr<PreparedLinear> colbert_op_, sparse_op_;
+  TensorView dense_, sparse_, lexical_, colbert_;
+};
+
+}  // namespace m3

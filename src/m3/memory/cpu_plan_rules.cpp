@@ -1,0 +1,56 @@
+// The CPU's rules: float32 activations (GEMMs round or quantize their inputs themselves),
+// GEMMs over whole row chunks, encoder weights at --dtype, and per replica the attention
+// scratch (per thread), the oneDNN scratchpad and the low-precision GEMM inputs.
+#include <fmt/format.h>
+
+#include "m3/core/precision.h"
+#include "m3/memory/plan_rules.h"
+
+namespace m3 {
+
+PlanRules cpu_plan_rules(const PlanInputs& in) {
+  constexpr uint64_t kF32 = 4;
+  PlanRules r;
+  r.alignment = 64;
+  r.activation = DType::F32;
+  r.gemm_row_chunks = true;
+  const DType p = in.precision;
+  r.weight_type = [p](const WeightSpec& s) { return s.role == WeightRole::kEncoderLinear ? p : DType::F32; };
+  r.weight_extra_bytes = [p](const WeightSpec& s) {
+    return s.role == WeightRole::kEncoderLinear && p == DType::I8 ? static_cast<uint64_t>(s.rows) * kF32 : 0;
+  };
+  r.workspaces = [in](MemoryPlan& plan, ArenaLayout& arena) {
+    const int64_t t = plan.rows, ffn = in.config.intermediate_size;
+    const int64_t scratch_rows = static_cast<int64_t>(in.threads) * in.query_tile;
+    plan.attention_scratch_offset =
+        arena.add(fmt::format("attention scores ({} threads x {} query rows)", in.threads, in.query_tile),
+                  fmt::format("[{}, {}] f32", scratch_rows, in.max_seq_len),
+                  static_cast<uint64_t>(scratch_rows) * static_cast<uint64_t>(in.max_seq_len) * kF32);
+    plan.library_workspace_offset =
+        arena.add("GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
+    const DType p = in.precision;
+    if (p == DType::F32) return;
+    // The widest GEMM input is the FFN's; GEMM chunks may read up to 63 rows past t.
+    const uint64_t element = dtype_size(p);
+    const int64_t input_rows = t + kRowGranularity;
+    plan.gemm_input_bytes = static_cast<uint64_t>(input_rows) * static_cast<uint64_t>(ffn) * element;
+    plan.gemm_input_offset = arena.add(fmt::format("GEMM inputs ({})", precision_name(p)),
+                                       fmt::format("[{}, {}] {}", input_rows, ffn, precision_name(p)),
+                                       plan.gemm_input_bytes);
+    plan.bytes_per_batch_token += static_cast<uint64_t>(ffn) * element;
+    if (p == DType::I8) {
+      plan.row_scales_offset = arena.add("int8 row scales", fmt::format("[{}] f32", input_rows),
+                                         static_cast<uint64_t>(input_rows) * kF32);
+      plan.bytes_per_batch_token += kF32;
+      // The residual GEMMs' accumulators: [t, hidden] of the qkv buffer, dead while they run.
+      plan.int8_accumulator_offset = plan.buffer("qkv");
+    }
+  };
+  r.totals = [in](MemoryPlan& plan) {
+    plan.total_bytes = plan.weight_bytes + static_cast<uint64_t>(in.replicas) * plan.arena_bytes + plan.queue_bytes +
+                       plan.output_bytes + plan.result_buffer_bytes;
+  };
+  return r;
+}
+
+}  // namespace m3

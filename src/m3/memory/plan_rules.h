@@ -1,0 +1,52 @@
+// PlanRules: a backend's part of the memory plan. The plan itself (memory_plan.cpp) is
+// written once: the model's weight table, the buffers its graph declares, the host's
+// queue and outputs. A backend kind says how it stores them: element types, alignment,
+// whether GEMMs compute whole row chunks, its own workspaces and staging, and which
+// totals a limit bounds. Pure C++, so `m3embed plan --device cuda` needs no GPU.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "m3/memory/memory_plan.h"
+
+namespace m3 {
+
+// Places buffers one after another in an arena, each at the rules' alignment.
+class ArenaLayout {
+ public:
+  ArenaLayout(MemoryPlan& plan, uint64_t alignment) : plan_(plan), alignment_(alignment) {}
+  uint64_t align(uint64_t n) const { return (n + alignment_ - 1) / alignment_ * alignment_; }
+  // Appends a plan line; returns its offset.
+  uint64_t add(std::string name, std::string shape, uint64_t bytes) {
+    const uint64_t offset = end_;
+    plan_.arena.push_back({std::move(name), std::move(shape), bytes, offset});
+    end_ += align(bytes);
+    return offset;
+  }
+  uint64_t end() const { return end_; }
+
+ private:
+  MemoryPlan& plan_;
+  uint64_t alignment_;
+  uint64_t end_ = 0;
+};
+
+struct PlanRules {
+  uint64_t alignment = 64;         // of every arena buffer
+  uint64_t weight_alignment = 1;   // of every weight tensor (a device upload aligns each)
+  DType activation = DType::F32;   // the graph's activation buffers
+  bool gemm_row_chunks = false;    // GEMMs compute whole row chunks (gemm_row_blocks.h): pad rows
+  std::function<DType(const WeightSpec&)> weight_type;
+  std::function<uint64_t(const WeightSpec&)> weight_extra_bytes;  // beside the elements (int8 scales)
+  // The backend's own arena buffers, after the graph's; adds their bytes per batch token.
+  std::function<void(MemoryPlan&, ArenaLayout&)> workspaces;
+  // Staging and the totals, once the common parts are sized.
+  std::function<void(MemoryPlan&)> totals;
+};
+
+PlanRules cpu_plan_rules(const PlanInputs& inputs);
+PlanRules cuda_plan_rules(const PlanInputs& inputs);
+
+}  // namespace m3

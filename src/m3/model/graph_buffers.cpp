@@ -1,0 +1,24 @@
+#include "m3/model/graph_buffers.h"
+
+namespace m3 {
+
+std::vector<BufferSpec> xlmr_m3_buffers(const ModelConfig& c, bool sparse_head, bool colbert_head) {
+  const int64_t h = c.hidden_size;
+  using T = BufferType;
+  std::vector<BufferSpec> b = {
+      {"hidden", "hidden (residual stream)", h, T::kF32, BufferRows::kTokens, "", ""},
+      {"hidden_in", "hidden as GEMM input", h, T::kActivation, BufferRows::kTokens, "hidden", ""},
+      {"qkv", "qkv / per-id sparse maxima", 3 * h, T::kActivation, BufferRows::kTokens, "", ""},
+      {"context", "attention output / dense vectors", h, T::kActivation, BufferRows::kTokens, "", ""},
+      {"ffn", "FFN intermediate / head outputs", c.intermediate_size, T::kActivation, BufferRows::kTokens, "", ""},
+  };
+  // After the last layer: ColBERT rows and sparse weights in the FFN buffer, the per-id
+  // maxima in qkv, one dense vector per sequence in the attention output.
+  if (colbert_head) b.push_back({"colbert", "ColBERT rows", h, T::kF32, BufferRows::kTokens, "", "ffn"});
+  if (sparse_head) b.push_back({"sparse", "sparse weights", 1, T::kF32, BufferRows::kTokens, "", "ffn"});
+  b.push_back({"lexical", "per-id sparse maxima", 1, T::kF32, BufferRows::kTokens, "", "qkv"});
+  b.push_back({"dense", "dense vectors", h, T::kF32, BufferRows::kSequences, "", "context"});
+  return b;
+}
+
+}  // namespace m3
