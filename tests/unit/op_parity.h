@@ -23,6 +23,7 @@
 #include "m3/backend/cpu/cpu_backend.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/memory/memory_plan.h"
+#include "m3/memory/plan_rules.h"
 #include "m3/model/weight_table.h"
 #include "op_reference.h"
 
@@ -228,7 +229,8 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
     in.precision = c.precision;
     in.device = target_->device;
     if (in.device == DeviceKind::kCpu) {
-      in.library_workspace_bytes = CpuBackend::library_workspace_bytes(in.config, in.max_batch_tokens, c.precision);
+      in.library_workspace_bytes = CpuBackend::library_workspace_bytes(
+          xlmr_m3_weight_table(in.config, in.sparse_head, in.colbert_head), in.max_batch_tokens, c.precision);
     }
     plan_ = plan_memory(in);
     ASSERT_EQ(plan_.table.specs.size(), data_->weights.size());
@@ -309,7 +311,7 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
   DType stored(const std::string& name) const {
     const WeightSpec& spec = plan_.table.specs[index(name)];
     if (plan_.inputs.device == DeviceKind::kCuda) return cuda_weight_dtype(spec, plan_.inputs.precision);
-    return spec.role == WeightRole::kEncoderLinear ? plan_.inputs.precision : DType::F32;
+    return cpu_weight_dtype(spec, plan_.inputs.precision);
   }
   std::vector<float> weight_as_stored(const std::string& name) const {
     return reference::round_to(stored(name), weight(name));
@@ -555,7 +557,7 @@ TEST_P(OpParity, NormalizeRows) {
 
 // The per-id maxima over a batch whose 8 ids repeat within and across sequences, with
 // zero weights and skipped ids; exact (a maximum is one of its inputs).
-TEST_P(OpParity, SparseMaxPerId) {
+TEST_P(OpParity, MaxPerTokenId) {
   const PackedBatch& b = data_->sparse;
   const BatchView view = backend_->stage(b, 0);
   std::vector<float> weights = random(b.tokens(), 1.f, 61);
@@ -563,10 +565,10 @@ TEST_P(OpParity, SparseMaxPerId) {
   const std::vector<int32_t> skip = {0, 1, 2, 3};
   const TensorView w_view = tensor(DType::F32, plan_.rows, 1, weights);
   const TensorView lexical = tensor(DType::F32, plan_.rows, 1, std::vector<float>(plan_.rows, -1.f));
-  backend_->sparse_max_per_id(view, w_view, skip, lexical);
+  backend_->max_per_token_id(view, w_view, skip, lexical);
   const auto* fetched = static_cast<const float*>(backend_->fetch(lexical.slice_rows(0, b.tokens()), 0));
   sync();
-  const std::vector<double> want = reference::sparse_max_per_id(b, weights, skip);
+  const std::vector<double> want = reference::max_per_token_id(b, weights, skip);
   int kept = 0;
   for (int64_t t = 0; t < b.tokens(); ++t) {
     ASSERT_EQ(fetched[t], static_cast<float>(want[t])) << "token " << t << " (id " << b.token_ids[t] << ", weight "

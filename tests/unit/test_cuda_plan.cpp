@@ -140,6 +140,14 @@ TEST(Devices, AutoFallsBackToTheCpuAndCudaWithoutAGpuIsAClearError) {
   const auto plan = test::run_cli("plan -m '" + model + "' --device cuda --dtype fp16 --json");
   EXPECT_EQ(plan.exit_code, 0) << plan.output;
   EXPECT_NE(plan.output.find("\"device_bytes\""), std::string::npos) << plan.output;
+  // A limit with a 16-bit CUDA type: the CPU's GEMM library is never asked about a type it
+  // may not have (this aborted on CPUs without AVX512-BF16).
+  for (const char* dtype : {"bf16", "fp16"}) {
+    const auto limited = test::run_cli("plan -m '" + model + "' --device cuda --dtype " + dtype +
+                                       " --memory-limit 64MiB --json");
+    EXPECT_EQ(limited.exit_code, 0) << dtype << ": " << limited.output;
+    EXPECT_NE(limited.output.find("\"minimum_bytes\""), std::string::npos) << limited.output;
+  }
 }
 
 }  // namespace

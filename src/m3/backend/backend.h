@@ -19,14 +19,6 @@
 
 namespace m3 {
 
-// What happens to x W^T (+ b) before it is stored in y.
-enum class Epilogue {
-  kStore,     // y = x W^T + b
-  kGelu,      // y = gelu_erf(x W^T + b)
-  kRelu,      // y = max(x W^T + b, 0)
-  kResidual,  // y += x W^T + b   (y is the float32 residual stream)
-};
-
 // A weight as a backend placed it: a view (host or device memory) and, when the backend
 // packed it into its own GEMM layout at load, that form.
 struct WeightView {
@@ -131,14 +123,14 @@ class Backend {
   // not empty. context: [T, heads*head_dim].
   virtual void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
                          int64_t head_dim, const TensorView& context) = 0;
-  // dense[s] = x[cu_seqlens[s]] / max(||.||, 1e-12) for every sequence s (float32).
-  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) = 0;
+  // out[s] = x[cu_seqlens[s]] / max(||.||, 1e-12): each sequence's first row (float32).
+  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) = 0;
   // Each of the first `rows` rows of the float32 x divided by max(its norm, 1e-12), in place.
   virtual void normalize_rows(const TensorView& x, int64_t rows) = 0;
-  // lexical[t] = the largest weight of token ids[t] within its sequence when t is that id's
+  // out[t] = the largest weight of token ids[t] within its sequence when t is that id's
   // first position with a positive weight and the id is not in `skip`; else 0.
-  virtual void sparse_max_per_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
-                                 const TensorView& lexical) = 0;
+  virtual void max_per_token_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
+                                 const TensorView& out) = 0;
 };
 
 }  // namespace m3

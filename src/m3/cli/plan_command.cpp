@@ -404,8 +404,9 @@ void run_plan(const PlanOptions& o) {
     // sized for the largest budget a limit may choose.
     PlanInputs smallest = in;
     smallest.max_batch_tokens = in.max_seq_len;
-    smallest.library_workspace_bytes = CpuBackend::library_workspace_bytes(config, in.max_seq_len, in.precision);
-    if (in.device == DeviceKind::kCuda) smallest.library_workspace_bytes = 0;
+    // (CUDA plans have no oneDNN workspace; asking oneDNN for a CUDA-only type would fail.)
+    smallest.library_workspace_bytes = in.device == DeviceKind::kCuda ? 0
+                                       : CpuBackend::library_workspace_bytes(plan.table, in.max_seq_len, in.precision);
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
 

@@ -22,11 +22,13 @@ M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::v
   const WeightTable& t = plan.table;
   if (t.has("colbert_linear.weight")) {
     colbert_ = arena_view(arena, plan.buffer("colbert"), DType::F32, rows, h);
-    colbert_op_ = backend.prepare_linear(linear_ref(t, weights, "colbert_linear"), Epilogue::kStore, DType::F32);
+    colbert_op_ = backend.prepare_linear(linear_ref(t, weights, "colbert_linear"),
+                                         t.specs[t.index("colbert_linear.weight")].epilogue, DType::F32);
   }
   if (t.has("sparse_linear.weight")) {
     sparse_ = arena_view(arena, plan.buffer("sparse"), DType::F32, rows, 1);
-    sparse_op_ = backend.prepare_linear(linear_ref(t, weights, "sparse_linear"), Epilogue::kRelu, DType::F32);
+    sparse_op_ = backend.prepare_linear(linear_ref(t, weights, "sparse_linear"),
+                                        t.specs[t.index("sparse_linear.weight")].epilogue, DType::F32);
   }
 }
 
@@ -53,7 +55,7 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
   if (request.sparse) {
     // The sparse head reads the float32 hidden state: one dot product per token.
     backend_.linear(*sparse_op_, hidden.f32, t, sparse_);
-    backend_.sparse_max_per_id(batch, sparse_, kNotLexical, lexical_);
+    backend_.max_per_token_id(batch, sparse_, kNotLexical, lexical_);
     f.lexical = static_cast<const float*>(backend_.fetch(lexical_.slice_rows(0, t), batch.slot));
   }
   if (request.colbert) {

@@ -29,8 +29,6 @@ XlmrEncoder::XlmrEncoder(const ModelConfig& config, const MemoryPlan& plan, cons
   position_ = weights[t.index("embeddings.position_embeddings")];
   token_type_ = weights[t.index("embeddings.token_type_embeddings[0]")].tensor;
   embedding_norm_ = norm_ref(t, weights, "embeddings.LayerNorm");
-  // The QKV bias goes where the backend wants it: into the GEMM, or into attention.
-  const Epilogue qkv_epilogue = Epilogue::kStore;
   for (int64_t i = 0; i < config.num_layers; ++i) {
     const std::string l = "encoder.layer." + std::to_string(i) + ".";
     Layer layer;
@@ -42,10 +40,16 @@ XlmrEncoder::XlmrEncoder(const ModelConfig& config, const MemoryPlan& plan, cons
     layer.output_norm = norm_ref(t, weights, l + "output.LayerNorm");
     LinearRef qkv_gemm = layer.qkv;
     if (traits_.attention_adds_qkv_bias) qkv_gemm.bias = {};
-    layer.qkv_op = backend.prepare_linear(qkv_gemm, qkv_epilogue, act);
-    layer.attention_out_op = backend.prepare_linear(layer.attention_out, Epilogue::kResidual, DType::F32);
-    layer.intermediate_op = backend.prepare_linear(layer.intermediate, Epilogue::kGelu, act);
-    layer.output_op = backend.prepare_linear(layer.output, Epilogue::kResidual, DType::F32);
+    // Each linear with the epilogue the weight table declares for it; the residual ones add
+    // into the float32 stream, the others write the activation type.
+    auto prepare = [&](const LinearRef& linear, const std::string& name) {
+      const Epilogue e = t.specs[t.index(name + ".weight")].epilogue;
+      return backend.prepare_linear(linear, e, e == Epilogue::kResidual ? DType::F32 : act);
+    };
+    layer.qkv_op = prepare(qkv_gemm, l + "attention.self.qkv");  // its bias where the backend wants it
+    layer.attention_out_op = prepare(layer.attention_out, l + "attention.output.dense");
+    layer.intermediate_op = prepare(layer.intermediate, l + "intermediate.dense");
+    layer.output_op = prepare(layer.output, l + "output.dense");
     layers_.push_back(std::move(layer));
   }
 }

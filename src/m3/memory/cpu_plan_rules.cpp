@@ -8,6 +8,11 @@
 
 namespace m3 {
 
+// The encoder's GEMM weights at --dtype; the heads, embeddings and vectors float32.
+DType cpu_weight_dtype(const WeightSpec& spec, DType precision) {
+  return spec.role == WeightRole::kEncoderLinear ? precision : DType::F32;
+}
+
 PlanRules cpu_plan_rules(const PlanInputs& in) {
   constexpr uint64_t kF32 = 4;
   PlanRules r;
@@ -15,7 +20,7 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
   r.activation = DType::F32;
   r.gemm_row_chunks = true;
   const DType p = in.precision;
-  r.weight_type = [p](const WeightSpec& s) { return s.role == WeightRole::kEncoderLinear ? p : DType::F32; };
+  r.weight_type = [p](const WeightSpec& s) { return cpu_weight_dtype(s, p); };
   r.weight_extra_bytes = [p](const WeightSpec& s) {
     return s.role == WeightRole::kEncoderLinear && p == DType::I8 ? static_cast<uint64_t>(s.rows) * kF32 : 0;
   };

@@ -111,8 +111,6 @@ struct MemoryPlan {
 // Pure: same inputs, same plan. Throws m3::Error on inconsistent inputs. The rules are
 // the CPU's or CUDA's by inputs.device.
 MemoryPlan plan_memory(const PlanInputs& inputs);
-// How a CUDA replica stores a weight tensor at GEMM precision `precision`.
-DType cuda_weight_dtype(const WeightSpec& spec, DType precision);
 // Throws m3::Error when the limits are inconsistent with each other or the model.
 void check_plan_inputs(const PlanInputs& inputs);
 

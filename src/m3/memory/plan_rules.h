@@ -49,4 +49,8 @@ struct PlanRules {
 PlanRules cpu_plan_rules(const PlanInputs& inputs);
 PlanRules cuda_plan_rules(const PlanInputs& inputs);
 
+// How each stores a weight tensor at --dtype `precision`.
+DType cpu_weight_dtype(const WeightSpec& spec, DType precision);
+DType cuda_weight_dtype(const WeightSpec& spec, DType precision);
+
 }  // namespace m3

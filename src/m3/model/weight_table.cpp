@@ -37,7 +37,7 @@ WeightTable xlmr_m3_weight_table(const ModelConfig& c, bool sparse_head, bool co
   };
   // A Linear's weight [out, in] and bias [1, out], from `source` (or several, stacked).
   auto linear = [&](const std::string& name, int64_t out, int64_t in, WeightRole role,
-                    const std::vector<std::string>& sources) {
+                    const std::vector<std::string>& sources, Epilogue epilogue) {
     std::vector<std::string> weights, biases;
     for (const auto& s : sources) {
       weights.push_back(s + ".weight");
@@ -45,6 +45,7 @@ WeightTable xlmr_m3_weight_table(const ModelConfig& c, bool sparse_head, bool co
     }
     const auto n = static_cast<int64_t>(sources.size());
     add(name + ".weight", out, in, role, weights, {out / n, in});
+    t.specs.back().epilogue = epilogue;
     add(name + ".bias", 1, out, WeightRole::kVector, biases, {out / n});
   };
   auto norm = [&](const std::string& name) {
@@ -61,21 +62,24 @@ WeightTable xlmr_m3_weight_table(const ModelConfig& c, bool sparse_head, bool co
   for (int64_t i = 0; i < c.num_layers; ++i) {
     const std::string l = "encoder.layer." + std::to_string(i) + ".";
     const std::string self = l + "attention.self.";
-    linear(self + "qkv", 3 * h, h, WeightRole::kEncoderLinear, {self + "query", self + "key", self + "value"});
-    linear(l + "attention.output.dense", h, h, WeightRole::kEncoderLinear, {l + "attention.output.dense"});
+    linear(self + "qkv", 3 * h, h, WeightRole::kEncoderLinear, {self + "query", self + "key", self + "value"},
+           Epilogue::kStore);
+    linear(l + "attention.output.dense", h, h, WeightRole::kEncoderLinear, {l + "attention.output.dense"},
+           Epilogue::kResidual);
     norm(l + "attention.output.LayerNorm");
-    linear(l + "intermediate.dense", ffn, h, WeightRole::kEncoderLinear, {l + "intermediate.dense"});
-    linear(l + "output.dense", h, ffn, WeightRole::kEncoderLinear, {l + "output.dense"});
+    linear(l + "intermediate.dense", ffn, h, WeightRole::kEncoderLinear, {l + "intermediate.dense"}, Epilogue::kGelu);
+    linear(l + "output.dense", h, ffn, WeightRole::kEncoderLinear, {l + "output.dense"}, Epilogue::kResidual);
     norm(l + "output.LayerNorm");
   }
   // The heads' files hold bare "weight" and "bias".
-  auto head = [&](const std::string& name, const char* file, int64_t out) {
+  auto head = [&](const std::string& name, const char* file, int64_t out, Epilogue epilogue) {
     add(name + ".weight", out, h, WeightRole::kHeadLinear, {"weight"}, {out, h});
+    t.specs.back().epilogue = epilogue;
     add(name + ".bias", 1, out, WeightRole::kVector, {"bias"}, {out});
     for (size_t k = t.specs.size() - 2; k < t.specs.size(); ++k) t.specs[k].file = file;
   };
-  if (colbert_head) head("colbert_linear", "colbert_linear.pt", h);
-  if (sparse_head) head("sparse_linear", "sparse_linear.pt", 1);
+  if (colbert_head) head("colbert_linear", "colbert_linear.pt", h, Epilogue::kStore);
+  if (sparse_head) head("sparse_linear", "sparse_linear.pt", 1, Epilogue::kRelu);  // relu(h . w + b)
   return t;
 }
 

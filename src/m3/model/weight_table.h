@@ -21,6 +21,14 @@ enum class WeightRole {
   kVector,         // biases, layer norms, the token-type row: float32 everywhere
 };
 
+// What happens to x W^T (+ b) before it is stored in y: how the graph uses a linear.
+enum class Epilogue {
+  kStore,     // y = x W^T + b
+  kGelu,      // y = gelu_erf(x W^T + b)
+  kRelu,      // y = max(x W^T + b, 0)
+  kResidual,  // y += x W^T + b   (y is the float32 residual stream)
+};
+
 struct WeightSpec {
   std::string name;  // e.g. "encoder.layer.3.attention.self.qkv.weight"
   int64_t rows = 0;
@@ -33,6 +41,7 @@ struct WeightSpec {
   std::vector<std::string> sources;
   std::vector<int64_t> source_shape;
   int64_t take_rows = 0;
+  Epilogue epilogue = Epilogue::kStore;  // a linear's weight: what the graph fuses after its GEMM
 
   uint64_t elements() const { return static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols); }
 };

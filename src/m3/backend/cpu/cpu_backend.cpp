@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <set>
 
 #include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/attention_softmax.h"
@@ -12,6 +13,7 @@
 #include "m3/core/cpu_quota.h"
 #include "m3/core/error.h"
 #include "m3/memory/gemm_row_blocks.h"
+#include "m3/memory/plan_rules.h"
 
 namespace m3 {
 namespace {
@@ -177,15 +179,16 @@ void CpuBackend::zero_chunk_tail(const TensorView& x, int64_t rows) const {
 
 void CpuBackend::attach_thread() { omp_set_num_threads(threads_); }
 
-uint64_t CpuBackend::library_workspace_bytes(const ModelConfig& c, int64_t max_rows, DType precision) {
+uint64_t CpuBackend::library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision) {
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
-  const int64_t h = c.hidden_size, ffn = c.intermediate_size;
-  const std::tuple<int64_t, int64_t, Epilogue, DType> shapes[] = {
-      {3 * h, h, Epilogue::kStore, precision}, {h, h, Epilogue::kResidual, precision},
-      {ffn, h, Epilogue::kGelu, precision},    {h, ffn, Epilogue::kResidual, precision},
-      {h, h, Epilogue::kStore, DType::F32}, {1, h, Epilogue::kRelu, DType::F32}};
+  std::set<std::tuple<int64_t, int64_t, Epilogue, DType>> gemms;  // every GEMM of the table, once
+  for (const WeightSpec& s : table.specs) {
+    if (s.role == WeightRole::kEncoderLinear || s.role == WeightRole::kHeadLinear) {
+      gemms.insert({s.rows, s.cols, s.epilogue, cpu_weight_dtype(s, precision)});
+    }
+  }
   uint64_t most = 0;
-  for (const auto& [out, in, epilogue, p] : shapes) {
+  for (const auto& [out, in, epilogue, p] : gemms) {
     for (int64_t rows : gemm_block_sizes(max_rows)) {
       most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue, p).scratchpad_desc().get_size());
     }
@@ -314,13 +317,13 @@ void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, cons
   if (!copy.empty() && copy.data != hidden_view.data) std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
 }
 
-void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) {
+void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) {
   const PackedBatch& b = *batch.host;
   const int64_t h = x.cols;
-  if (b.sequences() > dense.rows) fail("batch of {} sequences exceeds the planned {}", b.sequences(), dense.rows);
+  if (b.sequences() > out.rows) fail("batch of {} sequences exceeds the planned {}", b.sequences(), out.rows);
 #pragma omp parallel for schedule(static)
   for (int32_t s = 0; s < b.sequences(); ++s) {
-    l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, dense.as<float>() + s * h);
+    l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, out.as<float>() + s * h);
   }
 }
 
@@ -331,11 +334,11 @@ void CpuBackend::normalize_rows(const TensorView& x, int64_t rows) {
   for (int64_t r = 0; r < rows; ++r) l2_normalize(data + r * n, n, data + r * n);
 }
 
-void CpuBackend::sparse_max_per_id(const BatchView& batch, const TensorView& weights_view, std::span<const int32_t> skip,
-                                   const TensorView& lexical_view) {
+void CpuBackend::max_per_token_id(const BatchView& batch, const TensorView& weights_view, std::span<const int32_t> skip,
+                                   const TensorView& out_view) {
   const PackedBatch& b = *batch.host;
   const float* weights = weights_view.as<const float>();
-  float* lexical = lexical_view.as<float>();
+  float* maxima = out_view.as<float>();
   // Each sequence finds an id's first position through an open-addressing table in its
   // thread's attention scratch (free once the encoder has run): nothing is allocated.
   const int64_t scratch_bytes = query_tile_ * max_seq_len_ * static_cast<int64_t>(sizeof(float));
@@ -350,7 +353,7 @@ void CpuBackend::sparse_max_per_id(const BatchView& batch, const TensorView& wei
     const bool hashed = size <= capacity;
     if (hashed) std::fill(table, table + 2 * size, -1);  // [id, first position] pairs
     for (int64_t t = begin; t < end; ++t) {
-      lexical[t] = 0.f;
+      maxima[t] = 0.f;
       const int32_t id = b.token_ids[t];
       const float w = weights[t];
       if (!(w > 0.f) || std::find(skip.begin(), skip.end(), id) != skip.end()) continue;
@@ -366,13 +369,13 @@ void CpuBackend::sparse_max_per_id(const BatchView& batch, const TensorView& wei
         }
       } else {
         for (int64_t j = begin; j < t && first < 0; ++j) {
-          if (b.token_ids[j] == id && lexical[j] > 0.f) first = j;
+          if (b.token_ids[j] == id && maxima[j] > 0.f) first = j;
         }
       }
       if (first < 0) {
-        lexical[t] = w;
-      } else if (w > lexical[first]) {
-        lexical[first] = w;
+        maxima[t] = w;
+      } else if (w > maxima[first]) {
+        maxima[first] = w;
       }
     }
   }

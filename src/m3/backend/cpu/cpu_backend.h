@@ -37,9 +37,9 @@ class CpuBackend final : public Backend {
   std::string device_name() const override { return "cpu"; }
   BackendTraits traits() const override { return {DeviceKind::kCpu, DType::F32, false, 1}; }
 
-  // The largest oneDNN scratchpad any GEMM of this model needs up to max_rows rows.
-  // Encoder linears compute in `precision`, the heads in float32.
-  static uint64_t library_workspace_bytes(const ModelConfig& config, int64_t max_rows, DType precision);
+  // The largest oneDNN scratchpad any GEMM of the table's linears needs up to max_rows
+  // rows, stored as the CPU stores them at `precision` (cpu_weight_dtype).
+  static uint64_t library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision);
   static int default_threads();
 
   void attach_thread() override;
@@ -61,10 +61,10 @@ class CpuBackend final : public Backend {
              const NormRef& norm, float eps, const TensorView& hidden, const TensorView& copy) override;
   void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
                  int64_t head_dim, const TensorView& context) override;
-  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) override;
+  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) override;
   void normalize_rows(const TensorView& x, int64_t rows) override;
-  void sparse_max_per_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
-                         const TensorView& lexical) override;
+  void max_per_token_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
+                         const TensorView& out) override;
 
   int threads() const { return threads_; }
   int64_t query_tile() const { return query_tile_; }

@@ -15,6 +15,7 @@
 #include "m3/backend/cuda/cublaslt_linear.h"
 #include "m3/backend/cuda/cuda_check.h"
 #include "m3/backend/cuda/cuda_kernels.h"
+#include "m3/memory/plan_rules.h"
 
 namespace m3 {
 namespace {
@@ -187,7 +188,7 @@ class CudaBackend final : public Backend {
     op->output = out;
     if (epilogue == Epilogue::kResidual && out != DType::F32) fail("internal: a residual linear writes float32");
     if (op->out == 1 && l.weight.tensor.dtype == DType::F32 && epilogue == Epilogue::kRelu && out == DType::F32) {
-      return op;  // the sparse head's shape: one dot product per row (sparse_weights)
+      return op;  // a one-output float32 linear: one dot product per row (dot_relu_rows)
     }
     // The bias goes into cuBLASLt's epilogue where the output is float32 (the epilogue reads
     // the bias in the output's type); GELU and relu run after the GEMM, in our kernel, which
@@ -206,7 +207,7 @@ class CudaBackend final : public Backend {
   void linear(const PreparedLinear& prepared, const TensorView& x, int64_t rows, const TensorView& y) override {
     const auto& op = static_cast<const CudaLinear&>(prepared);
     if (!op.gemm) {
-      cuda::sparse_weights(x.as<const float>(), static_cast<const float*>(op.weight), op.bias, rows, op.in,
+      cuda::dot_relu_rows(x.as<const float>(), static_cast<const float*>(op.weight), op.bias, rows, op.in,
                            y.as<float>(), stream_);
       return;
     }
@@ -246,23 +247,23 @@ class CudaBackend final : public Backend {
                     head_dim, context.data, stream_);
   }
 
-  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& dense) override {
+  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) override {
     cuda::cls_normalize(x.as<const float>(), batch.cu_seqlens.as<const int32_t>(), batch.sequences(), x.cols,
-                        dense.as<float>(), stream_);
+                        out.as<float>(), stream_);
   }
 
   void normalize_rows(const TensorView& x, int64_t rows) override {
     cuda::normalize_rows(x.as<float>(), nullptr, rows, x.cols, stream_);
   }
 
-  void sparse_max_per_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
-                         const TensorView& lexical) override {
-    cuda::SpecialIds special{{-1, -1, -1, -1}};
+  void max_per_token_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,
+                         const TensorView& out) override {
+    cuda::SkipIds skip_ids{{-1, -1, -1, -1}};
     if (skip.size() > 4) fail("internal: at most 4 ids can be skipped on CUDA, not {}", skip.size());
-    for (size_t i = 0; i < skip.size(); ++i) special.id[i] = skip[i];
-    cuda::lexical_max_per_id(weights.as<const float>(), batch.token_ids.as<const int32_t>(),
-                             batch.cu_seqlens.as<const int32_t>(), batch.sequences(), batch.tokens(), special,
-                             lexical.as<float>(), stream_);
+    for (size_t i = 0; i < skip.size(); ++i) skip_ids.id[i] = skip[i];
+    cuda::max_per_token_id(weights.as<const float>(), batch.token_ids.as<const int32_t>(),
+                             batch.cu_seqlens.as<const int32_t>(), batch.sequences(), batch.tokens(), skip_ids,
+                             out.as<float>(), stream_);
   }
 
  private:

@@ -1,4 +1,4 @@
-// Element-wise, layer-norm and head kernels. Every reduction is in float32 whatever the
+// Element-wise, layer-norm and row-wise kernels. Every reduction is in float32 whatever the
 // storage type; one block of 256 threads per row for the row-wise ones.
 #include <algorithm>
 
@@ -97,10 +97,10 @@ __device__ void normalize_row(const float* in, const float* bias, int width, flo
   for (int i = threadIdx.x; i < width; i += blockDim.x) out[i] = (in[i] + (bias ? bias[i] : 0.f)) / norm;
 }
 
-__global__ void cls_normalize_kernel(const float* hidden, const int32_t* cu_seqlens, int width, float* dense) {
+__global__ void cls_normalize_kernel(const float* x, const int32_t* cu_seqlens, int width, float* out) {
   __shared__ float scratch[32];
   const int64_t s = blockIdx.x;
-  normalize_row(hidden + static_cast<int64_t>(cu_seqlens[s]) * width, nullptr, width, scratch, dense + s * width);
+  normalize_row(x + static_cast<int64_t>(cu_seqlens[s]) * width, nullptr, width, scratch, out + s * width);
 }
 
 __global__ void normalize_rows_kernel(float* rows, const float* bias, int width) {
@@ -109,22 +109,22 @@ __global__ void normalize_rows_kernel(float* rows, const float* bias, int width)
   normalize_row(row, bias, width, scratch, row);
 }
 
-// One warp per token.
-__global__ void sparse_weights_kernel(const float* hidden, const float* w, const float* b, int64_t tokens,
-                                      int width, float* weights) {
+// One warp per row.
+__global__ void dot_relu_rows_kernel(const float* x, const float* w, const float* b, int64_t rows, int width,
+                                     float* y) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x / 32) + threadIdx.x / 32;
-  if (t >= tokens) return;
+  if (t >= rows) return;
   const int lane = threadIdx.x % 32;
-  const float* row = hidden + t * width;
+  const float* row = x + t * width;
   float s = 0.f;
   for (int i = lane; i < width; i += 32) s += row[i] * w[i];
   for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-  if (lane == 0) weights[t] = fmaxf(s + b[0], 0.f);
+  if (lane == 0) y[t] = fmaxf(s + (b ? b[0] : 0.f), 0.f);
 }
 
 // One thread per token; O(len) per token, so O(len^2) per sequence (67M compares at 8192).
-__global__ void lexical_max_per_id_kernel(const float* weights, const int32_t* ids, const int32_t* cu_seqlens,
-                                          int sequences, int64_t tokens, SpecialIds special, float* lexical) {
+__global__ void max_per_token_id_kernel(const float* weights, const int32_t* ids, const int32_t* cu_seqlens,
+                                          int sequences, int64_t tokens, SkipIds skip_ids, float* out) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= tokens) return;
   int lo = 0, hi = sequences;  // the sequence s with cu_seqlens[s] <= t < cu_seqlens[s + 1]
@@ -137,13 +137,13 @@ __global__ void lexical_max_per_id_kernel(const float* weights, const int32_t* i
   const int32_t id = ids[t];
   const float w = weights[t];
   bool keep = w > 0.f;
-  for (int k = 0; k < 4; ++k) keep = keep && id != special.id[k];
+  for (int k = 0; k < 4; ++k) keep = keep && id != skip_ids.id[k];
   for (int32_t j = begin; keep && j < t; ++j) keep = !(ids[j] == id && weights[j] > 0.f);
   float best = w;
   for (int32_t j = static_cast<int32_t>(t) + 1; keep && j < end; ++j) {
     if (ids[j] == id) best = fmaxf(best, weights[j]);
   }
-  lexical[t] = keep ? best : 0.f;
+  out[t] = keep ? best : 0.f;
 }
 
 unsigned blocks_for(int64_t count, int threads) {
@@ -193,11 +193,11 @@ void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64
   });
 }
 
-void cls_normalize(const float* hidden, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* dense,
+void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
                    cudaStream_t stream) {
   if (sequences == 0) return;
-  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(hidden, cu_seqlens,
-                                                                                     static_cast<int>(width), dense);
+  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(x, cu_seqlens,
+                                                                                     static_cast<int>(width), out);
 }
 
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream) {
@@ -205,19 +205,19 @@ void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width
   M3_LAUNCH(static_cast<unsigned>(count), kRowThreads, 0, stream, normalize_rows_kernel)(rows, bias, static_cast<int>(width));
 }
 
-void sparse_weights(const float* hidden, const float* w, const float* b, int64_t tokens, int64_t width,
-                    float* weights, cudaStream_t stream) {
-  if (tokens == 0) return;
+void dot_relu_rows(const float* x, const float* w, const float* b, int64_t rows, int64_t width, float* y,
+                   cudaStream_t stream) {
+  if (rows == 0) return;
   constexpr int kWarps = 8;
-  M3_LAUNCH(static_cast<unsigned>((tokens + kWarps - 1) / kWarps), kWarps * 32, 0, stream, sparse_weights_kernel)(
-      hidden, w, b, tokens, static_cast<int>(width), weights);
+  M3_LAUNCH(static_cast<unsigned>((rows + kWarps - 1) / kWarps), kWarps * 32, 0, stream, dot_relu_rows_kernel)(
+      x, w, b, rows, static_cast<int>(width), y);
 }
 
-void lexical_max_per_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
-                        int64_t tokens, SpecialIds special, float* lexical, cudaStream_t stream) {
+void max_per_token_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
+                        int64_t tokens, SkipIds skip_ids, float* out, cudaStream_t stream) {
   if (tokens == 0) return;
-  M3_LAUNCH(static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream, lexical_max_per_id_kernel)(
-      weights, ids, cu_seqlens, static_cast<int>(sequences), tokens, special, lexical);
+  M3_LAUNCH(static_cast<unsigned>((tokens + 255) / 256), 256, 0, stream, max_per_token_id_kernel)(
+      weights, ids, cu_seqlens, static_cast<int>(sequences), tokens, skip_ids, out);
 }
 
 }  // namespace m3::cuda

@@ -42,21 +42,21 @@ void attention(DType type, const void* qkv, const float* qkv_bias, const int32_t
                const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                cudaStream_t stream);
 
-// dense[s] = normalize(hidden[cu_seqlens[s]]) (the CLS row) for each sequence.
-void cls_normalize(const float* hidden, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* dense,
+// out[s] = normalize(x[cu_seqlens[s]]) (each sequence's first row).
+void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
                    cudaStream_t stream);
 // rows[t] = normalize(rows[t] (+ bias when not null)) in place, each row of `width`.
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream);
-// weights[t] = relu(hidden[t] . w + b).
-void sparse_weights(const float* hidden, const float* w, const float* b, int64_t tokens, int64_t width,
-                    float* weights, cudaStream_t stream);
-// lexical[t] = the largest weight of token ids[t] in its sequence when t is that id's
-// first occurrence with a positive weight and the id is not one of `special` (4 ids);
-// else 0. The host keeps the positive entries in token order (M3-SPEC's lexical_weights).
-struct SpecialIds {
+// y[t] = relu(x[t] . w + b) for each row t of x (b may be null).
+void dot_relu_rows(const float* x, const float* w, const float* b, int64_t rows, int64_t width, float* y,
+                   cudaStream_t stream);
+// out[t] = the largest weight of token ids[t] in its sequence when t is that id's first
+// occurrence with a positive weight and the id is not one of `skip_ids` (4 ids, -1 for
+// none); else 0.
+struct SkipIds {
   int32_t id[4];
 };
-void lexical_max_per_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
-                        int64_t tokens, SpecialIds special, float* lexical, cudaStream_t stream);
+void max_per_token_id(const float* weights, const int32_t* ids, const int32_t* cu_seqlens, int64_t sequences,
+                        int64_t tokens, SkipIds skip_ids, float* out, cudaStream_t stream);
 
 }  // namespace m3::cuda
