@@ -142,7 +142,7 @@ inline std::vector<double> cls_normalize(const PackedBatch& batch, std::span<con
 
 // lexical[t] = the largest weight of ids[t] in t's sequence, at the id's first position
 // with a positive weight, when the id is not skipped; 0 everywhere else.
-inline std::vector<double> sparse_max_per_id(const PackedBatch& batch, std::span<const float> weights,
+inline std::vector<double> max_per_token_id(const PackedBatch& batch, std::span<const float> weights,
                                              std::span<const int32_t> skip) {
   std::vector<double> lexical(static_cast<size_t>(batch.tokens()), 0.0);
   for (int32_t s = 0; s < batch.sequences(); ++s) {

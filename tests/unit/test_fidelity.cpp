@@ -1,5 +1,5 @@
 // The engine against golden outputs computed by the real FlagEmbedding (BGEM3FlagModel,
-// fp32, CPU) on the two fixture models: token ids, dense, lexical weights, ColBERT
+// fp32, CPU) on the fixture models: token ids, dense, lexical weights, ColBERT
 // vectors and scores (tests/fixtures/make_fixtures.py wrote the goldens).
 #include <gtest/gtest.h>
 
@@ -129,7 +129,7 @@ TEST_P(FidelityTest, ScoresMatchTheReference) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, FidelityTest, ::testing::Values("tiny-st", "tiny-bin"));
+INSTANTIATE_TEST_SUITE_P(Fixtures, FidelityTest, ::testing::Values("tiny-st", "tiny-bin", "tiny-h64"));
 
 }  // namespace
 }  // namespace m3

@@ -95,7 +95,9 @@ class PlanCliTest : public ::testing::Test {
     return test::run_cli("plan --model " + quoted(model) + " " + args);
   }
   uint64_t workspace(const std::filesystem::path& model, int64_t rows) {
-    return CpuBackend::library_workspace_bytes(ModelConfig::load(model), rows, DType::F32);
+    const bool heads = std::filesystem::exists(model / "colbert_linear.pt");
+    return CpuBackend::library_workspace_bytes(xlmr_m3_weight_table(ModelConfig::load(model), heads, heads), rows,
+                                               DType::F32);
   }
 
   // Outputs in flight: 2 batches per replica of rows x (hidden + 2) floats (BGE-M3); and the
