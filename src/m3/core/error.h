@@ -22,6 +22,14 @@ class HubUnreachable : public Error {
   using Error::Error;
 };
 
+// The device a replica runs on failed in a way it does not recover from (a sticky CUDA
+// error: every later call on that device fails too). The replica leaves service; its
+// batches go back to the queue for the others.
+class DeviceFault : public Error {
+ public:
+  using Error::Error;
+};
+
 template <typename... Args>
 [[noreturn]] void fail(fmt::format_string<Args...> format, Args&&... args) {
   throw Error(fmt::format(format, std::forward<Args>(args)...));

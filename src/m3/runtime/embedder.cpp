@@ -116,6 +116,7 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   scheduling.max_queue_tokens = e->plan_.queue_tokens;
   scheduling.test_batch_gate = options.test_batch_gate;
   e->scheduler_ = std::make_unique<Scheduler>(scheduling);
+  e->scheduler_->set_replicas(static_cast<int>(e->replicas_.size()));
   std::vector<std::future<WarmupReport>> warmups;
   for (auto& replica : e->replicas_) {
     std::promise<WarmupReport> warmed;

@@ -41,6 +41,7 @@ struct Request {
   int64_t queued_tokens = 0;  // their tokens
   size_t in_flight = 0;       // sequences in a batch that a replica is running
   bool finished = false;      // the callback has run or is about to: nothing more comes
+  bool faulted = false;       // one of its sequences was in a batch a device fault stopped
   std::chrono::steady_clock::time_point submitted{};  // enqueue time
   std::chrono::steady_clock::time_point started{};    // its first sequence batched ({}: not yet)
 };

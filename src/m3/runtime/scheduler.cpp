@@ -151,14 +151,16 @@ std::shared_ptr<RequestHandle> Scheduler::enqueue(std::vector<std::vector<int32_
   request->outputs.resize(count);
 
   std::unique_lock lock(mutex_);
+  if (!no_replica_.empty()) throw NoReplicaLeft(no_replica_);
   if (shutting_down_) throw ShuttingDown("shutting down: no new requests are accepted");
   auto fits = [&] { return stats_.queued_tokens + tokens <= options_.max_queue_tokens; };
   if (wait) {
     // Tickets keep waiters in arrival order: the head waits for room, the rest for it.
     const uint64_t ticket = next_ticket_++;
     ++stats_.waiting_submitters;
-    space_cv_.wait(lock, [&] { return shutting_down_ || (ticket == serving_ticket_ && fits()); });
+    space_cv_.wait(lock, [&] { return shutting_down_ || !no_replica_.empty() || (ticket == serving_ticket_ && fits()); });
     --stats_.waiting_submitters;
+    if (!no_replica_.empty()) throw NoReplicaLeft(no_replica_);
     if (shutting_down_) throw ShuttingDown("shutting down: no new requests are accepted");
     ++serving_ticket_;
   } else if (stats_.waiting_submitters > 0 || !fits()) {
@@ -239,6 +241,12 @@ void Scheduler::form_batch(Batch& batch) {
   bool blocked = false;
   for (; first < window && queue_[first].overtakes >= options_.max_overtakes; ++first) {
     if (queue_[first].tokens > budget) {
+      blocked = true;
+      break;
+    }
+    // A sequence back from a device fault runs alone, so a second fault names its request.
+    if (queue_[first].request->faulted) {
+      if (first == 0) take(first);
       blocked = true;
       break;
     }
@@ -386,6 +394,72 @@ void Scheduler::shutdown() {
   work_cv_.notify_all();
   space_cv_.notify_all();
   if (gate_) gate_->open();
+}
+
+void Scheduler::set_replicas(int count) {
+  std::lock_guard lock(mutex_);
+  stats_.replicas = count;
+}
+
+void Scheduler::requeue(Batch& batch, const std::string& why) {
+  auto& failed = batch.finished_;
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.batches_requeued;
+    // Back to the front in reverse, so the batch keeps its FIFO order there; marked as
+    // starving, they go first and are never overtaken again.
+    for (size_t i = batch.items.size(); i-- > 0;) {
+      const Batch::Item& item = batch.items[i];
+      Request& request = *item.request;
+      --request.in_flight;
+      --stats_.in_flight_sequences;
+      if (request.finished) continue;
+      if (request.faulted) {  // its second fault: it fails rather than meet another device
+        finish_locked(request);
+        ++stats_.requests_failed;
+        failed.push_back(item.request);
+        continue;
+      }
+      const int32_t begin = batch.packed.seq_begin(static_cast<int32_t>(i));
+      const int32_t length = batch.packed.seq_len(static_cast<int32_t>(i));
+      request.sequences[item.index].assign(batch.packed.token_ids.begin() + begin,
+                                           batch.packed.token_ids.begin() + begin + length);
+      if (request.queued == 0) ++stats_.queued_requests;
+      ++request.queued;
+      request.queued_tokens += length;
+      ++stats_.queued_sequences;
+      stats_.queued_tokens += length;
+      queue_.push_front(Entry{item.request, item.index, length, item.serial, options_.max_overtakes});
+    }
+    for (const Batch::Item& item : batch.items) item.request->faulted = true;
+  }
+  work_cv_.notify_all();
+  space_cv_.notify_all();
+  const std::string error = fmt::format("a device failed twice while running this request: {}", why);
+  for (auto& request : failed) invoke(*request, RequestResult{{}, error});
+  failed.clear();
+  batch.clear();
+}
+
+void Scheduler::replica_lost(const std::string& why) {
+  std::vector<std::shared_ptr<Request>> failed;
+  {
+    std::lock_guard lock(mutex_);
+    ++stats_.replicas_lost;
+    if (stats_.replicas_lost < stats_.replicas) return;
+    no_replica_ = fmt::format("no replica left: {}", why);
+    for (const Entry& entry : queue_) {
+      if (failed.empty() || failed.back() != entry.request) failed.push_back(entry.request);
+    }
+    std::sort(failed.begin(), failed.end());
+    failed.erase(std::unique(failed.begin(), failed.end()), failed.end());
+    for (auto& request : failed) {
+      finish_locked(*request);
+      ++stats_.requests_failed;
+    }
+  }
+  space_cv_.notify_all();  // submit_wait callers now throw NoReplicaLeft
+  for (auto& request : failed) invoke(*request, RequestResult{{}, no_replica_});
 }
 
 void Scheduler::set_batch_observer(BatchObserver observer) {

@@ -44,6 +44,12 @@ class ShuttingDown : public Error {
   using Error::Error;
 };
 
+// Every replica has left service after a device fault (HTTP 503, as shutting down).
+class NoReplicaLeft : public ShuttingDown {
+ public:
+  using ShuttingDown::ShuttingDown;
+};
+
 struct SchedulerOptions {
   int64_t max_batch_tokens = 16384;  // tokens per batch (>= max_seq_len)
   int64_t max_seq_len = 8192;        // tokens per sequence, specials included
@@ -94,6 +100,9 @@ struct SchedulerStats {
   uint64_t requests_failed = 0;
   uint64_t requests_cancelled = 0;
   uint64_t requests_rejected = 0;  // QueueFull
+  int replicas = 0;                // set_replicas: the replicas serving this queue at start
+  int replicas_lost = 0;           // replica_lost: those taken out of service since
+  uint64_t batches_requeued = 0;   // requeue: batches a lost replica gave back
 };
 
 class Scheduler {
@@ -134,6 +143,18 @@ class Scheduler {
   // are dropped), then clears the batch.
   void fail(Batch& batch, std::string error);
 
+  // Device faults. set_replicas(n) says how many replicas serve the queue (once, at start).
+  // A replica whose device failed gives its unfinished batch back with requeue(): its
+  // sequences go to the head of the queue, ahead of everything, for the live replicas, and
+  // each then runs in a batch of its own; a request in a faulted batch for the second time
+  // (so alone) fails instead: an input that breaks every device it meets takes down at
+  // most two, and the requests that shared its first batch still finish. Then the replica calls replica_lost(why)
+  // and stops asking for work. When none is left, queued requests fail with `why` and
+  // submit throws NoReplicaLeft.
+  void set_replicas(int count);
+  void requeue(Batch& batch, const std::string& why);
+  void replica_lost(const std::string& why);
+
   // Called on the replica thread for every batch formed, outside the lock, with its tokens
   // and sequences (the server's batch-size histogram). Set it once, before traffic.
   using BatchObserver = std::function<void(int64_t tokens, size_t sequences)>;
@@ -172,6 +193,7 @@ class Scheduler {
   std::condition_variable space_cv_;  // submit_wait: room freed, or shutdown
   std::deque<Entry> queue_;           // FIFO of sequences not yet batched
   bool shutting_down_ = false;
+  std::string no_replica_;  // why no replica is left; empty while one is
   uint64_t next_request_id_ = 0;
   uint64_t next_serial_ = 0;
   uint64_t next_ticket_ = 0;     // submit_wait arrival order

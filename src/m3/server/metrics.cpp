@@ -157,6 +157,13 @@ std::string Metrics::render(const RuntimeGauges& g) const {
     line(out, "m3_scheduler_requests_total{{outcome=\"failed\"}} {}", s.requests_failed);
     line(out, "m3_scheduler_requests_total{{outcome=\"cancelled\"}} {}", s.requests_cancelled);
     line(out, "m3_scheduler_requests_total{{outcome=\"rejected\"}} {}", s.requests_rejected);
+    header(out, "m3_replica_faults_total", "counter",
+           "Replicas taken out of service after a device fault (their batches went to the others).");
+    line(out, "m3_replica_faults_total {}", static_cast<uint64_t>(s.replicas_lost));
+    gauge(out, "m3_replicas_live", "Replicas serving the queue.",
+          static_cast<double>(s.replicas - s.replicas_lost));
+    header(out, "m3_batches_requeued_total", "counter", "Batches a faulted replica gave back to the queue.");
+    line(out, "m3_batches_requeued_total {}", s.batches_requeued);
   }
   if (g.plan) {
     const MemoryPlan& p = *g.plan;

@@ -76,6 +76,15 @@ HttpResponse health_response(const ServerContext& context) {
   HttpResponse response;
   response.status = state == ServerState::kReady ? 200 : 503;
   response.body = fmt::format("{{\"status\":\"{}\"}}", state_name(state));
+  // Every replica lost to a device fault: nothing can serve (the log says which device and why).
+  if (Embedder* embedder = context.embedder.load(); embedder && state == ServerState::kReady) {
+    const SchedulerStats stats = embedder->scheduler().stats();
+    if (stats.replicas > 0 && stats.replicas_lost >= stats.replicas) {
+      response.status = 503;
+      response.body = fmt::format("{{\"status\":\"failed\",\"error\":\"all {} replicas lost to device faults\"}}",
+                                  stats.replicas);
+    }
+  }
   return response;
 }
 
