@@ -5,6 +5,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <deque>
 #include <vector>
 
 extern "C" void m3emu_switch(void** save_sp, void* load_sp);
@@ -43,12 +44,31 @@ struct Fiber {
   State state = State::kRunnable;
 };
 
+// One cp.async: lands when its group is waited for.
+struct AsyncCopy {
+  void* shared;
+  const void* global;
+  int bytes, src_bytes;
+};
+
+void land(const AsyncCopy& c) {
+  std::memcpy(c.shared, c.global, static_cast<size_t>(c.src_bytes));
+  std::memset(static_cast<char*>(c.shared) + c.src_bytes, 0, static_cast<size_t>(c.bytes - c.src_bytes));
+}
+
+// A thread's copies in flight: the open group and the committed ones, oldest first.
+struct AsyncCopies {
+  std::vector<AsyncCopy> open;
+  std::deque<std::vector<AsyncCopy>> committed;
+};
+
 struct Grid {
   std::vector<Fiber> fibers;
   void* scheduler_sp = nullptr;
   int running = -1;
   std::vector<char> shared;
-  std::vector<uint32_t> exchange[2];  // one value per thread, alternate shuffles
+  std::vector<uint32_t> exchange[2];  // kGatherMax values per thread, alternate gathers
+  std::vector<AsyncCopies> copies;    // per thread
   std::vector<uint8_t> parity;        // per thread: which exchange its next shuffle uses
   const std::function<void()>* body = nullptr;
 };
@@ -132,17 +152,39 @@ void* dynamic_shared() { return g_grid->shared.data(); }
 
 void sync_threads() { yield(State::kAtBlockBarrier); }
 
-// One warp barrier per shuffle: shuffles alternate between two exchange arrays, and a
+// One warp barrier per gather: gathers alternate between two exchange arrays, and a
 // lane can only write an array again after the next barrier, which every lane reaches
 // only once it has read its result.
-uint32_t warp_exchange(uint32_t value, int source_lane) {
+const uint32_t* warp_gather(const uint32_t* values, int count) {
   const unsigned tid = me().where.thread.x;
   const unsigned warp_base = tid / 32 * 32;
   std::vector<uint32_t>& exchange = g_grid->exchange[g_grid->parity[tid]];
   g_grid->parity[tid] ^= 1;
-  exchange[tid] = value;
+  std::copy(values, values + count, exchange.begin() + tid * kGatherMax);
   yield(State::kAtWarpBarrier);  // every lane has written
-  return exchange[warp_base + static_cast<unsigned>(source_lane % 32)];
+  return exchange.data() + warp_base * kGatherMax;
+}
+
+uint32_t warp_exchange(uint32_t value, int source_lane) {
+  return warp_gather(&value, 1)[static_cast<unsigned>(source_lane % 32) * kGatherMax];
+}
+
+void cp_async(void* shared, const void* global, int bytes, int src_bytes) {
+  g_grid->copies[me().where.thread.x].open.push_back({shared, global, bytes, src_bytes});
+}
+
+void cp_async_commit() {
+  AsyncCopies& c = g_grid->copies[me().where.thread.x];
+  c.committed.push_back(std::move(c.open));
+  c.open.clear();
+}
+
+void cp_async_wait(int pending) {
+  AsyncCopies& c = g_grid->copies[me().where.thread.x];
+  while (c.committed.size() > static_cast<size_t>(pending)) {
+    for (const AsyncCopy& copy : c.committed.front()) land(copy);
+    c.committed.pop_front();
+  }
 }
 
 void run_grid(dim3 grid_dim, dim3 block_dim, size_t shared_bytes, const std::function<void()>& body) {
@@ -153,8 +195,8 @@ void run_grid(dim3 grid_dim, dim3 block_dim, size_t shared_bytes, const std::fun
   Grid grid;
   grid.body = &body;
   grid.fibers.resize(block_dim.x);
-  grid.exchange[0].assign(block_dim.x, 0);
-  grid.exchange[1].assign(block_dim.x, 0);
+  grid.exchange[0].assign(block_dim.x * kGatherMax, 0);
+  grid.exchange[1].assign(block_dim.x * kGatherMax, 0);
   for (Fiber& f : grid.fibers) f.stack.resize(kStack);
   Grid* outer = g_grid;
   g_grid = &grid;
@@ -162,6 +204,7 @@ void run_grid(dim3 grid_dim, dim3 block_dim, size_t shared_bytes, const std::fun
     for (unsigned bx = 0; bx < grid_dim.x; ++bx) {
       grid.shared.assign(shared_bytes + 16, 0);
       grid.parity.assign(block_dim.x, 0);
+      grid.copies.assign(block_dim.x, {});
       for (unsigned t = 0; t < block_dim.x; ++t) {
         Fiber& f = grid.fibers[t];
         f.state = State::kRunnable;

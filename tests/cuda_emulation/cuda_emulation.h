@@ -28,6 +28,20 @@ void* dynamic_shared();
 void sync_threads();
 // Exchanges 32-bit values within the warp: returns lane `source(lane)`'s value.
 uint32_t warp_exchange(uint32_t value, int source_lane);
+// Every lane of the warp gives `count` (<= kGatherMax) values and gets back all of them,
+// lane-major ([lane][count]); the pointer is good until this lane's next-but-one gather.
+constexpr int kGatherMax = 8;
+const uint32_t* warp_gather(const uint32_t* values, int count);
+
+// The tensor-core instructions (tensor_core_emulation.cpp), with the PTX ISA's fragment
+// layouts (see src/m3/backend/cuda/tensor_core.cuh): whole-warp operations, like the real ones.
+void mma_m16n8k16(float (&d)[4], const uint32_t (&a)[4], const uint32_t (&b)[2], bool bf16);
+void ldmatrix_x4(uint32_t (&r)[4], const void* row, bool transpose);
+// cp.async: copies wait in this thread's open group until committed, and land only when
+// cp_async_wait lets them, so a kernel that reads before it waits reads stale data.
+void cp_async(void* shared, const void* global, int bytes, int src_bytes);
+void cp_async_commit();
+void cp_async_wait(int pending);
 void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
 
 template <typename T>

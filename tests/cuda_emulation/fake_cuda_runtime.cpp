@@ -203,6 +203,10 @@ cublasStatus_t cublasLtMatmulPreferenceSetAttribute(cublasLtMatmulPreference_t, 
   return CUBLAS_STATUS_SUCCESS;
 }
 
+// TEST ONLY: the row count (n) that only an algorithm chosen for it may run; 0 for none.
+int64_t g_refused_rows = 0;
+extern "C" void m3_fake_cublaslt_refuse_rows(int64_t rows) { g_refused_rows = rows; }
+
 cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
                                               cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t c,
                                               cublasLtMatrixLayout_t d, cublasLtMatmulPreference_t, int requested,
@@ -217,8 +221,29 @@ cublasStatus_t cublasLtMatmulAlgoGetHeuristic(cublasLtHandle_t, cublasLtMatmulDe
     return CUBLAS_STATUS_INVALID_VALUE;
   }
   std::memset(&results[0], 0, sizeof(results[0]));
+  results[0].algo.data[0] = n;  // the row count it was chosen for (see cublasLtMatmulAlgoCheck)
   results[0].state = CUBLAS_STATUS_SUCCESS;
   *found = 1;
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+cublasStatus_t cublasLtMatmulAlgoCheck(cublasLtHandle_t, cublasLtMatmulDesc_t desc, cublasLtMatrixLayout_t a,
+                                       cublasLtMatrixLayout_t b, cublasLtMatrixLayout_t, cublasLtMatrixLayout_t d,
+                                       const cublasLtMatmulAlgo_t* algo, cublasLtMatmulHeuristicResult_t* result) {
+  const Desc* o = as<Desc>(desc);
+  const Layout *A = as<Layout>(a), *B = as<Layout>(b), *D = as<Layout>(d);
+  const uint64_t k = o->transa == CUBLAS_OP_N ? A->cols : A->rows;
+  const uint64_t kb = o->transb == CUBLAS_OP_N ? B->rows : B->cols;
+  const uint64_t n = o->transb == CUBLAS_OP_N ? B->cols : B->rows;
+  if (!algo || k != kb || D->cols != n) return CUBLAS_STATUS_INVALID_VALUE;
+  if (g_refused_rows > 0 && n == static_cast<uint64_t>(g_refused_rows) && algo->data[0] != n) {
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
+  if (result) {
+    std::memset(result, 0, sizeof(*result));
+    result->algo = *algo;
+    result->state = CUBLAS_STATUS_SUCCESS;
+  }
   return CUBLAS_STATUS_SUCCESS;
 }
 
@@ -232,6 +257,9 @@ cublasStatus_t cublasLtMatmul(cublasLtHandle_t, cublasLtMatmulDesc_t desc, const
   const bool ta = o->transa != CUBLAS_OP_N, tb = o->transb != CUBLAS_OP_N;
   const uint64_t m = ta ? A->cols : A->rows, k = ta ? A->rows : A->cols, n = tb ? B->rows : B->cols;
   if (D->rows != m || D->cols != n) return CUBLAS_STATUS_INVALID_VALUE;
+  if (g_refused_rows > 0 && n == static_cast<uint64_t>(g_refused_rows) && algo->data[0] != n) {
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
   const float al = *static_cast<const float*>(alpha), be = *static_cast<const float*>(beta);
   const bool bias = o->epilogue == CUBLASLT_EPILOGUE_BIAS;
   if (!bias && o->epilogue != CUBLASLT_EPILOGUE_DEFAULT) return CUBLAS_STATUS_NOT_SUPPORTED;

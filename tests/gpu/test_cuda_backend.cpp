@@ -57,8 +57,8 @@ void PrintTo(const Case& c, std::ostream* os) { *os << c.model << " " << precisi
 
 class CudaFidelity : public ::testing::TestWithParam<Case> {};
 
-// fp32: every output within 1e-4 of FlagEmbedding; fp16/bf16: dense cosine >= 0.999
-// (bf16 on tiny-bin and tiny-h64: 0.997, see below).
+// fp32: every output within 1e-4 of FlagEmbedding; fp16: dense cosine >= 0.999; bf16:
+// 0.998 (tiny-st) and 0.997 (tiny-bin, tiny-h64), see below.
 TEST_P(CudaFidelity, OutputsMatchTheReference) {
   SKIP_WITHOUT_GPU();
   const Case c = GetParam();
@@ -116,12 +116,15 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFidelity,
                          ::testing::Values(Case{"tiny-st", DType::F32}, Case{"tiny-bin", DType::F32},
                                            Case{"tiny-h64", DType::F32}, Case{"tiny-st", DType::F16},
                                            Case{"tiny-bin", DType::F16}, Case{"tiny-h64", DType::F16},
-                                           // tiny-bin's random weights amplify rounding: bfloat16's 8-bit
-                                           // mantissa gives 0.9974 here (the CPU's bf16 path 0.9983);
-                                           // float16 stays above 0.9999 on every fixture. On tiny-h64
-                                           // bf16 gives 0.99897, and FlagEmbedding with m3embed's bf16
-                                           // rounding (test_low_precision_emulation.py) 0.99880.
-                                           Case{"tiny-st", DType::BF16}, Case{"tiny-bin", DType::BF16, 0.997},
+                                           // bfloat16's 8-bit mantissa: the tensor-core attention rounds
+                                           // Q (+ bias) and the softmax numerators P to bfloat16 for mma,
+                                           // as FlashAttention-2 and PyTorch's bf16 SDPA do. Measured in
+                                           // the emulation: tiny-st 0.99898, tiny-bin 0.99778 (its random
+                                           // weights amplify rounding; the CPU's bf16 path 0.9983),
+                                           // tiny-h64 0.99822 (FlagEmbedding with m3embed's bf16 rounding,
+                                           // test_low_precision_emulation.py: 0.99880). float16 stays
+                                           // above 0.9999 on every fixture.
+                                           Case{"tiny-st", DType::BF16, 0.998}, Case{"tiny-bin", DType::BF16, 0.997},
                                            Case{"tiny-h64", DType::BF16, 0.997}),
                          [](const auto& info) {
                            std::string name = info.param.model + "_" + std::string(precision_name(info.param.precision));

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -18,7 +19,16 @@
 
 namespace m3::test {
 
-inline std::filesystem::path fixtures() { return M3_FIXTURES_DIR; }
+// The build's paths, unless the environment names others: scripts/gpu-check.sh runs these
+// binaries on another machine, where the checkout and the m3embed binary live elsewhere.
+inline std::filesystem::path fixtures() {
+  const char* dir = std::getenv("M3_FIXTURES_DIR");
+  return dir && *dir ? dir : M3_FIXTURES_DIR;
+}
+inline std::string m3embed_binary() {
+  const char* binary = std::getenv("M3_BINARY");
+  return binary && *binary ? binary : M3_BINARY;
+}
 
 // The full-size BGE-M3 config (XLM-RoBERTa-large, 8192 tokens), for plans worked by hand.
 inline ModelConfig bge_m3_config() {
@@ -75,7 +85,7 @@ struct CliResult {
 
 // Runs the m3embed binary with `args` (shell-quoted by the caller), stdin from /dev/null.
 inline CliResult run_cli(const std::string& args) {
-  const std::string command = std::string("'") + M3_BINARY + "' " + args + " </dev/null 2>&1";
+  const std::string command = "'" + m3embed_binary() + "' " + args + " </dev/null 2>&1";
   CliResult result;
   FILE* pipe = popen(command.c_str(), "r");
   if (!pipe) return result;

@@ -1,12 +1,16 @@
 // One linear layer on cuBLASLt: y[rows, out] (+)= x[rows, in] W^T (+ bias through the BIAS
 // epilogue, which adds the float32 bias exactly as PyTorch does). cuBLASLt's GELU
 // epilogue is the tanh approximation, not BERT's erf, so GELU is our own kernel.
-// Algorithms are chosen at construction for row buckets (64, 128, ..., max_rows) and run
-// once each at warm-up, so no new kernel is loaded, and no memory taken, after it.
+// Algorithms are chosen at construction for row buckets (64, 128, ..., max_rows), checked
+// for every row count each bucket serves, and run once each at warm-up, so no new kernel
+// is loaded, and no memory taken, after it.
 #pragma once
 
 #include <array>
 #include <cstdint>
+#include <map>
+#include <mutex>
+#include <tuple>
 
 #include <cublasLt.h>
 #include <cuda_runtime.h>
@@ -36,11 +40,17 @@ class CublasLtLinear {
 
  private:
   static constexpr int kMaxBuckets = 24;
+  using Algorithms = std::array<cublasLtMatmulAlgo_t, kMaxBuckets>;
+  // What decides the algorithms: device, shape, rows, types, epilogue, workspace.
+  using AlgorithmKey = std::tuple<int, int64_t, int64_t, int64_t, DType, DType, bool, uint64_t>;
+  static std::map<AlgorithmKey, Algorithms>& chosen();
+  static std::mutex& chosen_mutex();
   int bucket_for(int64_t rows) const;
   void choose_algorithms();
 
   cublasLtHandle_t handle_;
   int64_t out_, in_, max_rows_;
+  DType input_type_, output_type_;
   const void* weight_;
   bool bias_fused_ = false;
   void* workspace_;
@@ -49,7 +59,7 @@ class CublasLtLinear {
   cublasLtMatrixLayout_t w_layout_ = nullptr, x_layout_ = nullptr, y_layout_ = nullptr;
   int buckets_ = 0;
   std::array<int64_t, kMaxBuckets> bucket_rows_{};
-  std::array<cublasLtMatmulAlgo_t, kMaxBuckets> algorithms_{};
+  Algorithms algorithms_{};
 };
 
 }  // namespace m3::cuda

@@ -65,6 +65,11 @@ M3_FORWARD(cublasLtMatmulAlgoGetHeuristic,
             cublasLtMatmulHeuristicResult_t heuristicResultsArray[], int* returnAlgoCount),
            (handle, desc, Adesc, Bdesc, Cdesc, Ddesc, preference, requestedAlgoCount, heuristicResultsArray,
             returnAlgoCount))
+M3_FORWARD(cublasLtMatmulAlgoCheck,
+           (cublasLtHandle_t handle, cublasLtMatmulDesc_t operationDesc, cublasLtMatrixLayout_t Adesc,
+            cublasLtMatrixLayout_t Bdesc, cublasLtMatrixLayout_t Cdesc, cublasLtMatrixLayout_t Ddesc,
+            const cublasLtMatmulAlgo_t* algo, cublasLtMatmulHeuristicResult_t* result),
+           (handle, operationDesc, Adesc, Bdesc, Cdesc, Ddesc, algo, result))
 M3_FORWARD(cublasLtMatmulDescCreate,
            (cublasLtMatmulDesc_t * desc, cublasComputeType_t computeType, cudaDataType_t scaleType),
            (desc, computeType, scaleType))

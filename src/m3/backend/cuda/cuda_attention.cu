@@ -1,4 +1,6 @@
-// Flash-style attention over packed variable-length sequences. A block of 4 warps owns a
+// Flash-style attention over packed variable-length sequences on the CUDA cores, in
+// float32 arithmetic: the path for float32 activations and head sizes the tensor-core
+// kernel (flash_attention.cu) does not take; attention() below picks. A block of 4 warps owns a
 // tile of 64 query rows of one head of one sequence (16 rows per warp) and streams the
 // sequence's keys and values through shared memory 32 at a time, keeping a running max
 // and sum per row (online softmax). The only memory is shared: Q tile + one key/value
@@ -119,12 +121,7 @@ template <typename T, int D>
 void launch(const void* qkv, const float* bias, const int32_t* cu_seqlens, const int32_t* tiles, int64_t tile_count,
             int64_t heads, void* context, cudaStream_t stream) {
   constexpr size_t bytes = shared_bytes<D>();
-  if constexpr (bytes > 48 * 1024) {
-    // Above 48 KiB a kernel must opt in, on each device (a cheap host call); when it
-    // fails, the launch below reports the error.
-    cudaFuncSetAttribute(reinterpret_cast<const void*>(&attention_kernel<T, D>),
-                         cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
-  }
+  allow_dynamic_shared(&attention_kernel<T, D>, bytes);
   const dim3 grid(static_cast<unsigned>(tile_count), static_cast<unsigned>(heads));
   M3_LAUNCH(grid, kWarps * 32, bytes, stream, attention_kernel<T, D>)(static_cast<const T*>(qkv), bias, cu_seqlens, tiles,
                                                                static_cast<int>(heads), static_cast<T*>(context));
@@ -133,26 +130,23 @@ void launch(const void* qkv, const float* bias, const int32_t* cu_seqlens, const
 }  // namespace
 
 bool supported_attention_head_dim(int64_t head_dim) {
-  return head_dim == 8 || head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 80 || head_dim == 96 ||
-         head_dim == 128;
+  return dispatch_head_dim(head_dim, [](auto) {});
 }
 
 void attention(DType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
                const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                cudaStream_t stream) {
   if (tile_count == 0) return;
+  if (flash_attention_supported(type, head_dim)) {
+    flash_attention(type, qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, head_dim, context, stream);
+    return;
+  }
   dispatch(type, [&](auto zero) {
     using T = decltype(zero);
-    switch (head_dim) {
-      case 8: launch<T, 8>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 16: launch<T, 16>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 32: launch<T, 32>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 64: launch<T, 64>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 80: launch<T, 80>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 96: launch<T, 96>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      case 128: launch<T, 128>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream); break;
-      default: break;  // callers check supported_attention_head_dim first
-    }
+    // callers check supported_attention_head_dim first
+    dispatch_head_dim(head_dim, [&](auto d) {
+      launch<T, decltype(d)::value>(qkv, qkv_bias, cu_seqlens, tiles, tile_count, heads, context, stream);
+    });
   });
 }
 

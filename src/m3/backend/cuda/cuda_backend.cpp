@@ -22,7 +22,12 @@ namespace {
 
 using cuda::CublasLtLinear;
 
-constexpr uint64_t kDeviceAlignment = 256;  // as cuda_memory_plan.cpp places tensors
+constexpr uint64_t kDeviceAlignment = 256;  // as cuda_plan_rules.cpp places tensors
+// Free device memory a replica leaves beyond its plan at start: CUDA loads modules lazily,
+// so m3embed's kernels and the cuBLASLt kernels its GEMMs pick take device memory at
+// warm-up, outside any allocation of ours (docs/gpu.md, "Memory"). An estimate until a
+// GPU run measures it (scripts/gpu-check.sh records free memory before and after warm-up).
+constexpr uint64_t kDeviceHeadroom = uint64_t{512} << 20;
 
 uint64_t align_device(uint64_t n) { return (n + kDeviceAlignment - 1) / kDeviceAlignment * kDeviceAlignment; }
 
@@ -270,14 +275,19 @@ class CudaBackend final : public Backend {
   void acquire() {
     cuda::check(cudaFree(nullptr), "creating the CUDA context");
     cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
-    for (cudaEvent_t& event : done_) cuda::check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming), "cudaEventCreate");
+    // Blocking sync: a replica thread waiting for its batch sleeps instead of spinning a core
+    // that the tokenizer and the HTTP threads need.
+    for (cudaEvent_t& event : done_) {
+      cuda::check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync), "cudaEventCreate");
+    }
     cuda::check(cublasLtCreate(&handle_), "cublasLtCreate");
     memory_before_ = cuda_memory_info(device_.index);
-    if (plan_.device_bytes > memory_before_.free) {
-      fail("{} has {} free but the plan needs {} ({} weights + {} arena); lower --max-batch-tokens, set "
-           "--memory-limit or --gpu-memory-fraction, or use --dtype fp16",
+    if (plan_.device_bytes + kDeviceHeadroom > memory_before_.free) {
+      fail("{} has {} free but the plan needs {} ({} weights + {} arena) and {} more must stay free for the kernels "
+           "CUDA loads as they first run; lower --max-batch-tokens, set --memory-limit or --gpu-memory-fraction, or "
+           "use --dtype fp16",
            device_.name(), format_bytes(memory_before_.free), format_bytes(plan_.device_bytes),
-           format_bytes(plan_.weight_bytes), format_bytes(plan_.arena_bytes));
+           format_bytes(plan_.weight_bytes), format_bytes(plan_.arena_bytes), format_bytes(kDeviceHeadroom));
     }
     void* base = nullptr;
     cuda::check(cudaMalloc(&base, plan_.device_bytes), "cudaMalloc (the replica's planned memory)");

@@ -32,15 +32,21 @@ void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64
                      cudaStream_t stream);
 
 // Self-attention of each packed sequence over itself, flash-style: 64-query tiles stream
-// 32-key blocks through shared memory with an online softmax, so no score matrix is
-// stored anywhere. qkv: [tokens, 3 * heads * head_dim] without its bias (added here, in
-// float32, when not null); tiles: (sequence, first query row) pairs; context: [tokens, heads * head_dim].
-// head_dim must be one of supported_attention_head_dim.
+// key blocks through shared memory with an online softmax, so no score matrix is stored
+// anywhere. qkv: [tokens, 3 * heads * head_dim] without its bias (added here when not
+// null); tiles: (sequence, first query row) pairs; context: [tokens, heads * head_dim].
+// head_dim must be one of supported_attention_head_dim. fp16 and bf16 run on the tensor
+// cores (flash_attention.cu) wherever flash_attention_supported; the rest (float32, head
+// size 8) on the CUDA cores (cuda_attention.cu).
 bool supported_attention_head_dim(int64_t head_dim);
 constexpr int kAttentionQueryTile = 64;
 void attention(DType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
                const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                cudaStream_t stream);
+bool flash_attention_supported(DType type, int64_t head_dim);
+void flash_attention(DType type, const void* qkv, const float* qkv_bias, const int32_t* cu_seqlens,
+                     const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
+                     cudaStream_t stream);
 
 // out[s] = normalize(x[cu_seqlens[s]]) (each sequence's first row).
 void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,

@@ -5,6 +5,9 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <cstdint>
+#include <type_traits>
+
 #include "m3/backend/cuda/cuda_kernels.h"
 
 // Kernel launch and dynamic shared memory, spelled so that tests/cuda_emulation can
@@ -28,6 +31,32 @@ template <>
 __device__ __forceinline__ __half from_f32<__half>(float x) { return __float2half_rn(x); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float x) { return __float2bfloat16_rn(x); }
+
+// Above 48 KiB of dynamic shared memory a kernel must opt in, on each device (a cheap host
+// call); when that fails, the launch reports the error.
+template <typename Kernel>
+void allow_dynamic_shared(Kernel* kernel, size_t bytes) {
+  if (bytes > 48 * 1024) {
+    cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize,
+                         static_cast<int>(bytes));
+  }
+}
+
+// Calls f(std::integral_constant<int, D>{}) for the attention kernels' head sizes D;
+// false (f not called) for any other.
+template <typename F>
+bool dispatch_head_dim(int64_t head_dim, F&& f) {
+  switch (head_dim) {
+    case 8: f(std::integral_constant<int, 8>{}); return true;
+    case 16: f(std::integral_constant<int, 16>{}); return true;
+    case 32: f(std::integral_constant<int, 32>{}); return true;
+    case 64: f(std::integral_constant<int, 64>{}); return true;
+    case 80: f(std::integral_constant<int, 80>{}); return true;
+    case 96: f(std::integral_constant<int, 96>{}); return true;
+    case 128: f(std::integral_constant<int, 128>{}); return true;
+    default: return false;
+  }
+}
 
 // Calls f(T{}) with T the storage type of `type`.
 template <typename F>
