@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Builds m3embed and runs the whole test suite (C++ unit tests, CLI tests, Python oracle
-# and client tests) through ctest. This is the command .ci/run calls.
+# Builds m3embed and its Python module, then runs the whole test suite (C++ unit tests, CLI
+# tests, Python oracle, module and client tests) through ctest. This is the command .ci/run calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
@@ -21,5 +21,9 @@ else
 fi
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release "${cuda_flags[@]}"
 cmake --build build -j"$jobs"
+# The Python module (docs/python.md) into the test virtualenv, built as `pip install .`
+# builds it (its build tools are pinned in requirements-test.txt; build-python/ keeps the
+# build between runs).
+CMAKE_BUILD_PARALLEL_LEVEL="$jobs" .venv/bin/pip install -q --no-build-isolation .
 cd build
 ctest --output-on-failure -j"$jobs" "$@"

@@ -1,5 +1,8 @@
 #include "m3/model/weights.h"
 
+#include <immintrin.h>
+
+#include <cstring>
 #include <map>
 
 #include "m3/core/error.h"
@@ -26,6 +29,19 @@ std::string encoder_prefix(const Checkpoint& checkpoint, const fs::path& file) {
 }
 
 }  // namespace
+
+void round_weight_values(std::vector<float>& values, DType type) {
+  if (type == DType::F16) {
+    for (float& v : values) v = _cvtsh_ss(_cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT));
+  } else if (type == DType::BF16) {
+    for (float& v : values) {
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      if ((bits & 0x7fffffffu) <= 0x7f800000u) bits = (bits + 0x7fffu + ((bits >> 16) & 1u)) & 0xffff0000u;  // not NaN
+      std::memcpy(&v, &bits, 4);
+    }
+  }
+}
 
 void HostWeights::release_host_copies() {
   for (auto& d : data) std::vector<float>().swap(d);

@@ -12,6 +12,7 @@
 #include <string_view>
 #include <vector>
 
+#include "m3/core/dtype.h"
 #include "m3/model/model_config.h"
 #include "m3/model/weight_table.h"
 
@@ -33,6 +34,11 @@ struct HostWeights {
   // Drops the float32 copies (a device replica holds its own).
   void release_host_copies();
 };
+
+// Rounds each value to the nearest value of `type` (F16 or BF16; F32 leaves them), kept as
+// float32: the weights FlagEmbedding computes with after loading in half precision and
+// casting back to float32 on the CPU (its use_fp16 there).
+void round_weight_values(std::vector<float>& values, DType type);
 
 // Called on each kEncoderLinear tensor as soon as it is read: may pack it (setting
 // `packed`) and clear `data`.

@@ -79,14 +79,17 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   // float32 copy freed, so the float32 encoder never sits in memory whole. CUDA replicas
   // convert while uploading, then the host copy is dropped.
   WeightLoadedHook pack;
+  const DType rounding = options.weight_rounding;
   if (!on_cuda && in.precision != DType::F32) {
-    pack = [p = in.precision](const WeightSpec& spec, std::vector<float>& data,
-                              std::shared_ptr<const PackedWeights>& packed) {
+    pack = [p = in.precision, rounding](const WeightSpec& spec, std::vector<float>& data,
+                                        std::shared_ptr<const PackedWeights>& packed) {
+      round_weight_values(data, rounding);
       packed = pack_linear_weights(data, spec.rows, spec.cols, p);
       std::vector<float>().swap(data);
     };
   }
   e->model_.weights = load_weights(model_dir, config, e->plan_.table, pack);
+  for (auto& values : e->model_.weights.data) round_weight_values(values, rounding);
   malloc_trim(0);  // what reading the files needed on the way is given back, not kept for reuse
   const uint64_t rss_weights = current_rss_bytes();
   for (int r = 0; r < in.replicas; ++r) {

@@ -31,6 +31,9 @@ struct EmbedderOptions {
   int64_t max_queue_tokens = 0;      // request queue bound (0: 16 x max_batch_tokens)
   bool warm_up = true;               // run the worst-case batches at load
   DType precision = DType::F32;  // --dtype: what the encoder GEMMs compute in
+  // F16/BF16: every weight rounded to that type at load, then computed as `precision` says
+  // (FlagEmbedding's use_fp16/use_bf16 on the CPU: half-precision weights, float32 math).
+  DType weight_rounding = DType::F32;
   // Where replicas run (select_devices): empty or {cpu}: `replicas` CPU replicas; CUDA
   // devices: one replica on each, and memory_limit bounds each device's allocation.
   std::vector<Device> devices;
