@@ -200,8 +200,10 @@ class BGEM3FlagModel:
         if len(w) != 3:
             raise ValueError("weights_for_different_modes needs three weights (dense, sparse, colbert)")
         everything = dict(dense=True, sparse=True, colbert=True)
-        q = self.engine.encode([p[0] for p in pairs], max_length=max_query_length or 512, **everything)
-        p = self.engine.encode([p[1] for p in pairs], max_length=max_passage_length or 512, **everything)
+        query_length = self.query_max_length if max_query_length is None else max_query_length
+        passage_length = self.passage_max_length if max_passage_length is None else max_passage_length
+        q = self.engine.encode([p[0] for p in pairs], max_length=query_length, **everything)
+        p = self.engine.encode([p[1] for p in pairs], max_length=passage_length, **everything)
         scores = {"colbert": [], "sparse": [], "dense": [], "sparse+dense": [], "colbert+sparse+dense": []}
         for i in range(len(pairs)):
             dense = float(np.dot(q["dense"][i], p["dense"][i]))

@@ -71,9 +71,10 @@ def readme_snippets(BGEM3FlagModel, model_path):
     return kept
 
 
-def test_readme_snippets_give_flagembeddings_numbers():
-    want = readme_snippets(import_bge_m3(), MODEL)
-    got = readme_snippets(m3embed.BGEM3FlagModel, MODEL)
+@pytest.mark.parametrize("fixture", ["tiny-st", "tiny-bin", "tiny-h64"])
+def test_readme_snippets_give_flagembeddings_numbers(fixture):
+    want = readme_snippets(import_bge_m3(), str(FIXTURES / fixture))
+    got = readme_snippets(m3embed.BGEM3FlagModel, str(FIXTURES / fixture))
     np.testing.assert_allclose(got["dense_similarity"], want["dense_similarity"], atol=TOL)
     assert [list(d) for d in got["tokens"]] == [list(d) for d in want["tokens"]]  # decoded tokens, in order
     for g, w in zip(got["tokens"], want["tokens"]):
