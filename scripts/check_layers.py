@@ -18,7 +18,7 @@ ALLOWED = {
     "backend": {"core", "checkpoint", "model", "memory"},
     "graph": {"core", "checkpoint", "model", "memory", "backend", "tokenizer"},
     "runtime": {"core", "checkpoint", "model", "memory", "backend", "graph", "tokenizer"},
-    "server": {"core", "checkpoint", "model", "memory", "backend", "graph", "tokenizer", "runtime", "io"},
+    "server": {"core", "checkpoint", "model", "memory", "backend", "graph", "tokenizer", "runtime", "io", "hub"},
     "cli": {"core", "checkpoint", "model", "memory", "backend", "graph", "tokenizer", "runtime", "io", "server", "hub"},
 }
 INCLUDE = re.compile(r'#include "m3/([a-z_]+)/')

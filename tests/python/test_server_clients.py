@@ -154,6 +154,7 @@ def test_tei_embed_sparse_all_with_httpx(server, reference):
         sparse = client.post("/embed_sparse", json={"inputs": TEXTS})
         assert sparse.status_code == 200
         for got, ref in zip(sparse.json(), reference):
+            assert [e["index"] for e in got] == sorted(e["index"] for e in got), "TEI lists indices ascending"
             weights = {str(e["index"]): e["value"] for e in got}
             assert weights.keys() == ref["lexical_weights"].keys()
             assert all(abs(weights[k] - v) <= TOL for k, v in ref["lexical_weights"].items())
@@ -368,3 +369,26 @@ def test_metrics_after_traffic(server):
                  "m3_request_inference_seconds_count", "m3_ready"):
         assert name in samples, name
     assert samples["m3_ready"] == 1
+
+
+def test_tei_aliases_and_sagemaker_routes(server, reference):
+    """POST / and POST /invocations are /embed (huggingface_hub's InferenceClient(model=URL) and
+    SageMaker post there), GET /ping is /health, and /info carries TEI's fields."""
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        for path in ("/", "/invocations"):
+            r = client.post(path, json={"inputs": TEXTS[:3]})
+            assert r.status_code == 200, (path, r.text)
+            assert all(close(g, ref["dense_vecs"]) for g, ref in zip(r.json(), reference)), path
+        assert client.get("/ping").status_code == 200
+        info = client.get("/info").json()
+        assert info["served_model_name"] == info["model_id"]
+        assert info["tokenization_workers"] == 2
+        for field in ("model_sha", "max_batch_requests", "sha", "docker_label"):
+            assert field in info, field
+
+
+def test_openai_sdk_with_base_url_at_the_server_root(server, reference):
+    """The openai SDK without /v1 in base_url posts /embeddings (TEI has that alias too)."""
+    client = openai.OpenAI(base_url=server.base, api_key="unused", max_retries=0)
+    got = client.embeddings.create(model="bge-m3", input=TEXTS[:2])
+    assert [close(d.embedding, ref["dense_vecs"]) for d, ref in zip(got.data, reference)] == [True, True]

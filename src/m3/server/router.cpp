@@ -24,8 +24,15 @@ struct Route {
 constexpr auto kOpenAi = ErrorFormat::kOpenAi;
 constexpr auto kTei = ErrorFormat::kTei;
 
-const std::array<Route, 12> kRoutes = {{
+// Aliases as TEI has them: POST / is /embed (huggingface_hub's InferenceClient(model=URL)
+// posts there), /embeddings is OpenAI's route without /v1 (the openai SDK with base_url at
+// the server root), and SageMaker's GET /ping and POST /invocations.
+const std::array<Route, 16> kRoutes = {{
     {"/v1/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
+    {"/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
+    {"/", "POST", kTei, tei_embed, nullptr, true},
+    {"/invocations", "POST", kTei, tei_embed, nullptr, true},
+    {"/ping", "GET", kTei, nullptr, health_response, false},
     {"/v1/models", "GET", kOpenAi, nullptr, models_response, true},
     {"/embed", "POST", kTei, tei_embed, nullptr, true},
     {"/embed_sparse", "POST", kTei, tei_embed_sparse, nullptr, true},

@@ -3,6 +3,7 @@
 
 #include "m3/backend/cuda_devices.h"
 #include "m3/core/process_memory.h"
+#include "m3/hub/hf_cache.h"
 #include "m3/server/json_writer.h"
 #include "m3/server/route.h"
 
@@ -103,6 +104,18 @@ HttpResponse info_response(const ServerContext& context) {
   std::string& out = response.body;
   out += "{\"model_id\":";
   append_json_string(out, context.model_name);
+  // TEI's fields: the snapshot's commit when the model came from the hub cache.
+  const std::string snapshot = embedder->model_dir().filename().string();
+  out += ",\"model_sha\":";
+  if (is_commit_hash(snapshot)) {
+    append_json_string(out, snapshot);
+  } else {
+    out += "null";
+  }
+  out += ",\"served_model_name\":";
+  append_json_string(out, context.model_name);
+  fmt::format_to(std::back_inserter(out), ",\"max_batch_requests\":null,\"tokenization_workers\":{},"
+                 "\"sha\":null,\"docker_label\":null", context.options.http_threads);
   out += ",\"model_dir\":";
   append_json_string(out, embedder->model_dir().string());
   fmt::format_to(std::back_inserter(out),

@@ -1,5 +1,7 @@
 #include "m3/server/tei_api.h"
 
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "m3/server/api_error.h"
@@ -76,7 +78,9 @@ std::string tei_sparse_response(const std::vector<M3Output>& outputs) {
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (i) out += ',';
     out += '[';
-    const auto& lexical = outputs[i].lexical;
+    // Ascending token ids, as TEI lists sparse values (M3Output keeps first-occurrence order).
+    std::vector<std::pair<int32_t, float>> lexical = outputs[i].lexical;
+    std::sort(lexical.begin(), lexical.end());
     for (size_t k = 0; k < lexical.size(); ++k) {
       fmt::format_to(std::back_inserter(out), "{}{{\"index\":{},\"value\":", k ? "," : "", lexical[k].first);
       append_json_float(out, lexical[k].second);
