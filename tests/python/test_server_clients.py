@@ -392,3 +392,89 @@ def test_openai_sdk_with_base_url_at_the_server_root(server, reference):
     client = openai.OpenAI(base_url=server.base, api_key="unused", max_retries=0)
     got = client.embeddings.create(model="bge-m3", input=TEXTS[:2])
     assert [close(d.embedding, ref["dense_vecs"]) for d, ref in zip(got.data, reference)] == [True, True]
+
+
+# --------------------------------------------------------------------------- huggingface_hub
+
+
+def test_huggingface_hub_inference_client(server, reference, tmp_path):
+    """huggingface_hub's InferenceClient pointed at the server: feature_extraction on the bare
+    URL (it posts to /) and on /embed, with truncate and left truncation, and
+    sentence_similarity (/similarity)."""
+    from huggingface_hub import InferenceClient
+
+    for url in (server.base, server.url("/embed")):
+        got = InferenceClient(model=url).feature_extraction(TEXTS[0])
+        assert close(np.asarray(got).reshape(-1), reference[0]["dense_vecs"]), url
+
+    # Left truncation keeps the end of a long text: equal to embedding the ids that do so.
+    long_text = TEXTS[10]
+    ids = token_ids([long_text], tmp_path)[0]
+    assert len(ids) > MAX_SEQ_LEN
+    kept = [ids[0]] + ids[len(ids) - (MAX_SEQ_LEN - 1):]
+    left = InferenceClient(model=server.url("/embed")).feature_extraction(
+        long_text, truncate=True, truncation_direction="left")
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        by_ids = client.post("/embed", json={"inputs": kept}).json()[0]
+        right = client.post("/embed", json={"inputs": long_text, "truncate": True}).json()[0]
+    assert close(np.asarray(left).reshape(-1), by_ids)
+    assert not close(np.asarray(left).reshape(-1), right)
+
+    scores = InferenceClient(model=server.url("/similarity")).sentence_similarity(
+        TEXTS[0], other_sentences=[TEXTS[0], TEXTS[1], TEXTS[2]])
+    want = [float(np.dot(reference[0]["dense_vecs"], reference[k]["dense_vecs"])) for k in range(3)]
+    assert close(scores, want)
+
+
+def test_tei_decode(server, tmp_path):
+    """/decode gives what the model's tokenizer (transformers) decodes, specials skipped or not."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(MODEL_DIR)
+    texts = ["hello world", "Straße", "ok 👍, yes", "  leading spaces"]
+    ids = token_ids(texts, tmp_path)
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        one = client.post("/decode", json={"ids": ids[0]})
+        assert one.status_code == 200 and one.json() == [tokenizer.decode(ids[0], skip_special_tokens=True)], one.text
+        for skip in (True, False):
+            got = client.post("/decode", json={"ids": ids, "skip_special_tokens": skip}).json()
+            assert got == [tokenizer.decode(i, skip_special_tokens=skip) for i in ids], skip
+        bad = client.post("/decode", json={"ids": [10**9]})
+        assert bad.status_code == 422 and "token id" in bad.text
+
+
+# --------------------------------------------------------------------------- langchain-openai
+
+
+class _Cl100kStandIn:
+    """tiktoken's cl100k_base downloads its BPE file at first use, which this machine cannot:
+    this stand-in gives ids the way it would (arbitrary vocabulary ids, no XLM-R specials), so
+    langchain-openai's own code builds and sends its real request body of token arrays."""
+    name = "cl100k_base"
+
+    def encode(self, text, **kwargs):
+        return [1000 + ord(c) % 50000 for c in text]
+
+    encode_ordinary = encode
+
+
+def test_langchain_openai_default_is_refused_not_wrong_and_raw_text_works(server, reference, monkeypatch):
+    """langchain-openai's default (check_embedding_ctx_length=True) tokenizes with tiktoken and
+    sends those ids: refused with a message naming the fix, never a meaningless vector. With
+    check_embedding_ctx_length=False it sends the texts and gets the engine's vectors."""
+    import tiktoken
+    from langchain_openai import OpenAIEmbeddings
+
+    monkeypatch.setattr(tiktoken, "encoding_for_model", lambda name: _Cl100kStandIn())
+    monkeypatch.setattr(tiktoken, "get_encoding", lambda name: _Cl100kStandIn())
+
+    default = OpenAIEmbeddings(model="bge-m3", base_url=server.url("/v1"), api_key="unused", max_retries=0)
+    with pytest.raises(openai.UnprocessableEntityError) as refused:
+        default.embed_documents(TEXTS[:2])
+    assert "check_embedding_ctx_length=False" in str(refused.value)
+
+    raw = OpenAIEmbeddings(model="bge-m3", base_url=server.url("/v1"), api_key="unused", max_retries=0,
+                           check_embedding_ctx_length=False)
+    got = raw.embed_documents(TEXTS[:3])
+    assert all(close(g, ref["dense_vecs"]) for g, ref in zip(got, reference[:3]))
+    assert close(raw.embed_query(TEXTS[0]), reference[0]["dense_vecs"])

@@ -142,8 +142,12 @@ TEST(ServerParsing, TeiEmbed) {
   EXPECT_EQ(tei(R"({"input": "a"})"), 422);  // TEI's field is "inputs"
   EXPECT_EQ(tei(R"({"inputs": "a", "truncate": "yes"})"), 422);
   EXPECT_EQ(tei(R"({"inputs": "a", "normalize": false})"), 422);
-  EXPECT_EQ(tei(R"({"inputs": "a", "truncation_direction": "left"})"), 422);
+  EXPECT_EQ(tei(R"({"inputs": "a", "truncation_direction": "middle"})"), 422);
   EXPECT_EQ(tei(R"({"inputs": "a", "truncation_direction": "right"})"), 0);
+  // TEI's enum takes either spelling (huggingface_hub and Milvus send "Left").
+  EXPECT_FALSE(parse_tei_embed_request(R"({"inputs": "a", "truncation_direction": "Right"})", limits()).truncate_left);
+  EXPECT_TRUE(parse_tei_embed_request(R"({"inputs": "a", "truncation_direction": "left"})", limits()).truncate_left);
+  EXPECT_TRUE(parse_tei_embed_request(R"({"inputs": "a", "truncation_direction": "Left"})", limits()).truncate_left);
   EXPECT_EQ(tei(R"({"inputs": "a", "prompt_name": "query"})"), 422);
   EXPECT_EQ(tei(R"({"inputs": ["a", "b", "c", "d", "e"]})"), 413);
 }

@@ -62,6 +62,11 @@ TEST(XlmrTokenizer, SpecialsAndTruncation) {
   const auto cut = tokenizer.encode("hello world, this is a longer sentence", 5, &truncated);
   EXPECT_TRUE(truncated);
   EXPECT_EQ(cut, (std::vector<int32_t>{full[0], full[1], full[2], full[3], 2}));
+  // Left truncation keeps <s>, the last pieces and </s> (transformers' truncation_side="left").
+  const size_t n = full.size();
+  const auto left = tokenizer.encode("hello world, this is a longer sentence", 5, &truncated, true);
+  EXPECT_TRUE(truncated);
+  EXPECT_EQ(left, (std::vector<int32_t>{0, full[n - 4], full[n - 3], full[n - 2], 2}));
   tokenizer.encode("hello", 0, &truncated);
   EXPECT_FALSE(truncated);
   EXPECT_EQ(tokenizer.encode("anything", 2), (std::vector<int32_t>{0, 2}));

@@ -8,6 +8,9 @@
 namespace m3::server {
 namespace {
 
+constexpr int32_t kBosId = 0;  // <s> (XlmrTokenizer::kCls)
+constexpr int32_t kEosId = 2;  // </s> (XlmrTokenizer::kEos)
+
 std::string item_name(std::string_view param, size_t index) { return fmt::format("{}[{}]", param, index); }
 
 Input text_input(simdjson::dom::element value, const std::string& name, const InputRules& rules) {
@@ -32,6 +35,16 @@ Input ids_input(simdjson::dom::array array, const std::string& name, const Input
   }
   if (input.ids.size() < 2) {
     reject(422, name, "`{}` has {} token ids; a sequence has at least 2 (<s> and </s>)", name, input.ids.size());
+  }
+  // Ids are the model's own input, as /tokenize returns it: <s> first, </s> last. Ids from
+  // another tokenizer (langchain-openai sends tiktoken's by default) would embed as
+  // meaningless XLM-R ids, so they are refused, saying how to send text instead.
+  if (input.ids.front() != kBosId || input.ids.back() != kEosId) {
+    reject(422, name,
+           "`{}` is a list of token ids that does not start with <s> ({}) and end with </s> ({}): ids must be this "
+           "model's input as /tokenize returns it. To send text, send strings (langchain-openai: "
+           "OpenAIEmbeddings(check_embedding_ctx_length=False); it otherwise sends tiktoken ids)",
+           name, kBosId, kEosId);
   }
   return input;
 }

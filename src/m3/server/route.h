@@ -38,6 +38,8 @@ RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequ
 RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 

@@ -27,7 +27,7 @@ constexpr auto kTei = ErrorFormat::kTei;
 // Aliases as TEI has them: POST / is /embed (huggingface_hub's InferenceClient(model=URL)
 // posts there), /embeddings is OpenAI's route without /v1 (the openai SDK with base_url at
 // the server root), and SageMaker's GET /ping and POST /invocations.
-const std::array<Route, 16> kRoutes = {{
+const std::array<Route, 18> kRoutes = {{
     {"/v1/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/", "POST", kTei, tei_embed, nullptr, true},
@@ -38,6 +38,8 @@ const std::array<Route, 16> kRoutes = {{
     {"/embed_sparse", "POST", kTei, tei_embed_sparse, nullptr, true},
     {"/embed_all", "POST", kTei, tei_embed_all, nullptr, true},
     {"/tokenize", "POST", kTei, tei_tokenize, nullptr, true},
+    {"/similarity", "POST", kTei, tei_similarity, nullptr, true},
+    {"/decode", "POST", kTei, tei_decode, nullptr, true},
     {"/m3/encode", "POST", kOpenAi, native_encode, nullptr, true},
     {"/m3/score", "POST", kOpenAi, native_score, nullptr, true},
     {"/health", "GET", kTei, nullptr, health_response, false},

@@ -20,12 +20,16 @@ std::vector<Input> required_inputs(simdjson::dom::object root, const InputRules&
 
 // TEI options m3embed does not implement: refused by name rather than ignored.
 void refuse_unsupported(simdjson::dom::object root) {
-  if (const auto direction = optional_string(root, "truncation_direction")) {
-    if (*direction != "right" && *direction != "Right") {
-      reject(422, "truncation_direction", "`truncation_direction` \"{}\" is not supported; only \"right\"", *direction);
-    }
-  }
   if (optional_string(root, "prompt_name")) reject(422, "prompt_name", "`prompt_name`: this model has no prompts");
+}
+
+// truncation_direction: "right"/"Right" (the default) or "left"/"Left", as TEI's enum takes
+// either spelling; true for left.
+bool truncates_left(simdjson::dom::object root) {
+  const auto direction = optional_string(root, "truncation_direction");
+  if (!direction || *direction == "right" || *direction == "Right") return false;
+  if (*direction == "left" || *direction == "Left") return true;
+  reject(422, "truncation_direction", "`truncation_direction` must be \"left\" or \"right\", not \"{}\"", *direction);
 }
 
 }  // namespace
@@ -36,6 +40,7 @@ TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& 
   TeiEmbedRequest request;
   request.inputs = required_inputs(root, limits.input_rules(true, false));
   request.truncate = optional_bool(root, "truncate");
+  request.truncate_left = truncates_left(root);
   request.normalize = optional_bool(root, "normalize").value_or(true);
   if (!request.normalize) {
     reject(422, "normalize",
@@ -49,6 +54,88 @@ TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& 
     request.dimensions = *dimensions;
   }
   refuse_unsupported(root);
+  return request;
+}
+
+TeiEmbedRequest parse_tei_similarity_request(std::string_view body, const ApiLimits& limits) {
+  const JsonBody json(body);
+  const auto root = json.root();
+  const auto inputs = field(root, "inputs");
+  simdjson::dom::object pair;
+  if (!inputs || inputs->get(pair) != simdjson::SUCCESS) {
+    reject(422, "inputs", "`inputs` must be an object with `source_sentence` and `sentences`");
+  }
+  const auto source = field(pair, "source_sentence");
+  const auto sentences = field(pair, "sentences");
+  if (!source || !source->is_string()) reject(422, "inputs.source_sentence", "missing string `source_sentence`");
+  if (!sentences || !sentences->is_array()) reject(422, "inputs.sentences", "missing list `sentences`");
+  InputRules rules = limits.input_rules(false, false);
+  TeiEmbedRequest request;
+  request.inputs = parse_input_list(*source, "inputs.source_sentence", rules);
+  rules.max_items = rules.max_items > 1 ? rules.max_items - 1 : 1;  // the source takes one
+  for (Input& sentence : parse_input_list(*sentences, "inputs.sentences", rules)) {
+    request.inputs.push_back(std::move(sentence));
+  }
+  // TEI reads truncate and truncation_direction from "parameters"; the root is accepted too.
+  simdjson::dom::object options = root;
+  if (const auto parameters = field(root, "parameters"); parameters && !parameters->is_null()) {
+    if (parameters->get(options) != simdjson::SUCCESS) reject(422, "parameters", "`parameters` must be an object");
+  }
+  request.truncate = optional_bool(options, "truncate");
+  request.truncate_left = truncates_left(options);
+  refuse_unsupported(options);
+  return request;
+}
+
+std::string tei_similarity_response(const std::vector<M3Output>& outputs) {
+  std::string out = "[";
+  for (size_t i = 1; i < outputs.size(); ++i) {
+    const std::vector<float>& a = outputs[0].dense;
+    const std::vector<float>& b = outputs[i].dense;
+    double dot = 0;  // both L2-normalized: the dot product is the cosine
+    for (size_t k = 0; k < a.size(); ++k) dot += double(a[k]) * b[k];
+    if (i > 1) out += ',';
+    append_json_float(out, static_cast<float>(dot));
+  }
+  out += ']';
+  return out;
+}
+
+TeiDecodeRequest parse_tei_decode_request(std::string_view body, const ApiLimits& limits) {
+  const JsonBody json(body);
+  const auto root = json.root();
+  const auto ids = field(root, "ids");
+  simdjson::dom::array lists;
+  if (!ids || ids->get(lists) != simdjson::SUCCESS || lists.size() == 0) {
+    reject(422, "ids", "`ids` must be a list of token ids or a list of such lists");
+  }
+  TeiDecodeRequest request;
+  auto read_ids = [&](simdjson::dom::array values, std::string_view param) {
+    std::vector<int32_t> out;
+    for (auto value : values) {
+      int64_t id = 0;
+      if (value.get(id) != simdjson::SUCCESS || id < 0 || id >= limits.vocab_size) {
+        reject(422, std::string(param), "`{}` holds something that is not a token id in [0, {})", param,
+               limits.vocab_size);
+      }
+      out.push_back(static_cast<int32_t>(id));
+    }
+    return out;
+  };
+  if ((*lists.begin()).is_array()) {
+    if (lists.size() > limits.max_client_batch_size) {
+      reject(413, "ids", "`ids` has {} lists, more than --max-client-batch-size {}", lists.size(),
+             limits.max_client_batch_size);
+    }
+    for (auto list : lists) {
+      simdjson::dom::array values;
+      if (list.get(values) != simdjson::SUCCESS) reject(422, "ids", "`ids` mixes lists and ids");
+      request.ids.push_back(read_ids(values, "ids"));
+    }
+  } else {
+    request.ids.push_back(read_ids(lists, "ids"));
+  }
+  request.skip_special_tokens = optional_bool(root, "skip_special_tokens").value_or(true);
   return request;
 }
 

@@ -19,9 +19,23 @@ namespace m3::server {
 struct TeiEmbedRequest {
   std::vector<Input> inputs;
   std::optional<bool> truncate;  // absent: the server's --auto-truncate
+  bool truncate_left = false;    // truncation_direction "left" / "Left"
   bool normalize = true;
   int64_t dimensions = 0;  // 0: all
 };
+
+// /similarity: {"inputs": {"source_sentence", "sentences"}, "parameters": {...}}; inputs[0]
+// is the source sentence, the rest the sentences (huggingface_hub's sentence_similarity).
+TeiEmbedRequest parse_tei_similarity_request(std::string_view body, const ApiLimits& limits);
+// [cosine(source, sentence_i)] over the dense vectors.
+std::string tei_similarity_response(const std::vector<M3Output>& outputs);
+
+// /decode: {"ids": [ids] or [[ids], ...], "skip_special_tokens": true}.
+struct TeiDecodeRequest {
+  std::vector<std::vector<int32_t>> ids;
+  bool skip_special_tokens = true;
+};
+TeiDecodeRequest parse_tei_decode_request(std::string_view body, const ApiLimits& limits);
 
 struct TeiTokenizeRequest {
   std::vector<Input> inputs;

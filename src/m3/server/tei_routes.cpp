@@ -1,5 +1,6 @@
 // The TEI-compatible routes: /embed (dense), /embed_sparse (lexical weights), /embed_all
-// (ColBERT vectors, one per token after <s>) and /tokenize.
+// (ColBERT vectors, one per token after <s>), /similarity, /tokenize and /decode.
+#include "m3/server/json_writer.h"
 #include "m3/server/route.h"
 #include "m3/server/tei_api.h"
 #include "m3/server/tokenize_inputs.h"
@@ -15,6 +16,7 @@ RouteResult tei_job(ServerContext& context, Embedder& embedder, const TeiEmbedRe
   LengthRule rule;
   rule.max_length = embedder.max_seq_len();
   rule.truncate = request.truncate.value_or(context.options.auto_truncate);
+  rule.truncate_left = request.truncate_left;
   TokenizedInputs tokenized = tokenize_inputs(embedder.tokenizer(), request.inputs, rule, "inputs");
 
   InferenceJob job;
@@ -55,6 +57,25 @@ RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const Http
   const int64_t hidden = embedder.config().hidden_size;
   return tei_job(context, embedder, request, {false, false, true},
                  [hidden](const std::vector<M3Output>& o) { return tei_all_response(o, hidden); });
+}
+
+RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiEmbedRequest request = parse_tei_similarity_request(http.body, context.limits);
+  return tei_job(context, embedder, request, {true, false, false},
+                 [](const std::vector<M3Output>& o) { return tei_similarity_response(o); });
+}
+
+RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
+  const TeiDecodeRequest request = parse_tei_decode_request(http.body, context.limits);
+  RouteResult result;
+  std::string& out = result.response.body;
+  out = "[";
+  for (size_t i = 0; i < request.ids.size(); ++i) {
+    if (i) out += ',';
+    append_json_string(out, embedder.tokenizer().decode(request.ids[i], request.skip_special_tokens));
+  }
+  out += ']';
+  return result;
 }
 
 RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& http) {

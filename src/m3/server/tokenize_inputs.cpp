@@ -20,12 +20,16 @@ TokenizedInputs tokenize_inputs(const XlmrTokenizer& tokenizer, const std::vecto
       ids = input.ids;
       cut = ids.size() > limit;
       if (cut && rule.truncate) {
-        const int32_t last = ids.back();
-        ids.resize(limit - 1);
-        ids.push_back(last);
+        if (rule.truncate_left) {  // the first id (<s>) and the last limit - 1
+          ids.erase(ids.begin() + 1, ids.end() - static_cast<ptrdiff_t>(limit - 1));
+        } else {
+          const int32_t last = ids.back();
+          ids.resize(limit - 1);
+          ids.push_back(last);
+        }
       }
     } else {
-      ids = tokenizer.encode(input.text, limit, &cut);
+      ids = tokenizer.encode(input.text, limit, &cut, rule.truncate_left);
     }
     if (cut && !rule.truncate) {
       const size_t full = input.is_ids ? input.ids.size() : tokenizer.encode(input.text).size();

@@ -21,6 +21,7 @@ struct TokenizedInputs {
 struct LengthRule {
   int64_t max_length = 0;
   bool truncate = false;
+  bool truncate_left = false;  // cut from the start, keeping the end (TEI's truncation_direction "left")
   std::string_view limit_name = "max_seq_len";  // names the limit in the 413 message
   std::string_view hint = "send \"truncate\": true or start the server with --auto-truncate";
 };

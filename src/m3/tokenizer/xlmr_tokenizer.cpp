@@ -157,7 +157,28 @@ void XlmrTokenizer::append_pieces(std::string_view segment, std::vector<int32_t>
   }
 }
 
-std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_length, bool* truncated) const {
+std::string XlmrTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
+  static constexpr std::string_view kWordMarker = "\u2581";
+  std::string text;
+  for (int32_t id : ids) {
+    const bool special = (id >= kCls && id <= kUnk) || id == mask_id();
+    if (special && skip_special_tokens) continue;
+    const std::string piece = id_to_piece(id);
+    for (size_t at = 0; at < piece.size();) {
+      if (piece.compare(at, kWordMarker.size(), kWordMarker) == 0) {
+        text += ' ';
+        at += kWordMarker.size();
+      } else {
+        text += piece[at++];
+      }
+    }
+  }
+  if (!text.empty() && text.front() == ' ') text.erase(0, 1);
+  return text;
+}
+
+std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_length, bool* truncated,
+                                           bool keep_end) const {
   std::vector<int32_t> ids{kCls};
   // Special-token strings in the text are tokens of their own, as transformers does
   // (it splits the text on its added tokens before SentencePiece sees it).
@@ -191,7 +212,11 @@ std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_len
   if (max_length > 0) {
     if (max_length < 2) fail("max_length must be at least 2 (for <s> and </s>), got {}", max_length);
     if (ids.size() + 1 > max_length) {
-      ids.resize(max_length - 1);
+      if (keep_end) {
+        ids.erase(ids.begin() + 1, ids.begin() + 1 + static_cast<ptrdiff_t>(ids.size() + 1 - max_length));
+      } else {
+        ids.resize(max_length - 1);
+      }
       cut = true;
     }
   }

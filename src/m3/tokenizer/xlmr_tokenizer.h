@@ -42,13 +42,19 @@ class XlmrTokenizer {
   ~XlmrTokenizer();
 
   // `<s> pieces </s>`. With max_length > 0 the pieces are cut so the total including
-  // both specials is at most max_length; `truncated` (if given) says whether that cut.
-  // `text` must be valid UTF-8 (checked by the caller's input layer).
-  std::vector<int32_t> encode(std::string_view text, size_t max_length = 0,
-                              bool* truncated = nullptr) const;
+  // both specials is at most max_length, keeping the first pieces (or the last, with
+  // keep_end: a left truncation, as transformers' truncation_side="left"); `truncated`
+  // (if given) says whether that cut. `text` must be valid UTF-8 (checked by the caller's
+  // input layer).
+  std::vector<int32_t> encode(std::string_view text, size_t max_length = 0, bool* truncated = nullptr,
+                              bool keep_end = false) const;
 
   // The token string of an id ("<s>", "▁hello", ...).
   std::string id_to_piece(int32_t id) const;
+  // Text of ids: pieces joined, SentencePiece's word marker as a space, no leading space;
+  // specials (<s>, </s>, <pad>, <unk>, <mask>) dropped or kept as their text. Ids must be
+  // in [0, vocab_size()).
+  std::string decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const;
   int32_t mask_id() const { return vocab_size() - 1; }
   // SentencePiece pieces + fairseq offset + <mask>, as XLMRobertaTokenizer.vocab_size.
   int32_t vocab_size() const;
