@@ -478,3 +478,26 @@ def test_langchain_openai_default_is_refused_not_wrong_and_raw_text_works(server
     got = raw.embed_documents(TEXTS[:3])
     assert all(close(g, ref["dense_vecs"]) for g, ref in zip(got, reference[:3]))
     assert close(raw.embed_query(TEXTS[0]), reference[0]["dense_vecs"])
+
+
+def test_tei_embed_normalize_false_is_the_raw_cls_state(server, tmp_path):
+    """normalize=false (haystack's and huggingface_hub's option) returns the CLS row of the last
+    hidden state, as transformers computes it, not the normalized vector."""
+    import torch
+    from huggingface_hub import InferenceClient
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(MODEL_DIR).eval()
+    texts = TEXTS[:4]
+    ids = token_ids(texts, tmp_path)
+    with torch.no_grad():
+        want = [model(input_ids=torch.tensor([i])).last_hidden_state[0, 0].numpy() for i in ids]
+    with httpx.Client(base_url=server.base, timeout=30) as client:
+        got = client.post("/embed", json={"inputs": texts, "normalize": False})
+        assert got.status_code == 200, got.text
+        for g, w in zip(got.json(), want):
+            assert close(g, w, tol=1e-4), (np.max(np.abs(np.asarray(g) - w)))
+        cut = client.post("/embed", json={"inputs": texts[0], "normalize": False, "dimensions": 8}).json()[0]
+        assert close(cut, want[0][:8], tol=1e-4)
+    hub = InferenceClient(model=server.url("/embed")).feature_extraction(texts[0], normalize=False)
+    assert close(np.asarray(hub).reshape(-1), want[0], tol=1e-4)

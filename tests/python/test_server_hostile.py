@@ -120,7 +120,7 @@ CASES = [
     ("one token id", post("/v1/embeddings", {"input": [7]}), 422),
     ("nested too deep for inputs", post("/v1/embeddings", {"input": [[[0, 2]]]}), 422),
     ("JSON nested 30000 deep", post("/embed", b"[" * 30000 + b"]" * 30000), 400),
-    ("TEI normalize false", post("/embed", {"inputs": "a", "normalize": False}), 422),
+    ("TEI normalize not a bool", post("/embed", {"inputs": "a", "normalize": "no"}), 422),
     ("TEI truncate not a boolean", post("/embed", {"inputs": "a", "truncate": "yes"}), 422),
     ("tokenize token ids", post("/tokenize", {"inputs": [0, 2]}), 422),
     ("score weights wrong", post("/m3/score", {"pairs": [["a", "b"]], "weights": [1, -1, 1]}), 422),

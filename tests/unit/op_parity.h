@@ -531,12 +531,15 @@ TEST_P(OpParity, ClsNormalize) {
   std::fill(x.begin() + zero_row * h, x.begin() + (zero_row + 1) * h, 0.f);
   const TensorView x_view = tensor(DType::F32, plan_.rows, h, x);
   const TensorView dense = tensor(DType::F32, sequences, h);
-  backend_->cls_normalize(batch_, x_view, dense);
+  const TensorView norms = tensor(DType::F32, sequences, 1);
+  backend_->cls_normalize(batch_, x_view, dense, norms);
   const auto* fetched = static_cast<const float*>(backend_->fetch(dense, 0));
   sync();
   const std::vector<double> want = reference::cls_normalize(data_->batch, x, h);
   EXPECT_TRUE(close_to("cls_normalize (fetched)", {fetched, fetched + sequences * h}, want, h, DType::F32));
   EXPECT_TRUE(close_to("cls_normalize", read(dense, sequences), want, h, DType::F32));
+  EXPECT_TRUE(close_to("cls_normalize norms", read(norms, sequences), reference::cls_norms(data_->batch, x, h), 1,
+                       DType::F32));
 }
 
 // Each of the first `rows` rows divided by its norm, in place; a zero row stays zero.

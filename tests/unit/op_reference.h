@@ -140,6 +140,18 @@ inline std::vector<double> cls_normalize(const PackedBatch& batch, std::span<con
   return dense;
 }
 
+// norms[s] = max(||x[cu_seqlens[s]]||, 1e-12): what cls_normalize divided each CLS row by.
+inline std::vector<double> cls_norms(const PackedBatch& batch, std::span<const float> x, int64_t width) {
+  std::vector<double> norms(static_cast<size_t>(batch.sequences()));
+  for (int32_t s = 0; s < batch.sequences(); ++s) {
+    double sum = 0;
+    const float* row = x.data() + int64_t(batch.seq_begin(s)) * width;
+    for (int64_t i = 0; i < width; ++i) sum += double(row[i]) * row[i];
+    norms[s] = std::max(std::sqrt(sum), 1e-12);
+  }
+  return norms;
+}
+
 // lexical[t] = the largest weight of ids[t] in t's sequence, at the id's first position
 // with a positive weight, when the id is not skipped; 0 everywhere else.
 inline std::vector<double> max_per_token_id(const PackedBatch& batch, std::span<const float> weights,

@@ -97,6 +97,11 @@ TEST(ServerEncoding, TeiShapes) {
   const std::vector<M3Output> outputs = {output({0.6f, 0.8f})};
   EXPECT_EQ(tei_embed_response(outputs, 0), "[[0.6,0.8]]");
   EXPECT_EQ(tei_embed_response(outputs, 1), "[[1]]");
+  // normalize=false: the raw CLS state, dense * its norm; dimensions cut it without re-normalizing.
+  std::vector<M3Output> raw = outputs;
+  raw[0].dense_norm = 5.f;
+  EXPECT_EQ(tei_embed_response(raw, 0, false), "[[3,4]]");
+  EXPECT_EQ(tei_embed_response(raw, 1, false), "[[3]]");
   EXPECT_EQ(tei_sparse_response(outputs), R"([[{"index":7,"value":0.25},{"index":3000,"value":0.5}]])");
   EXPECT_EQ(tei_all_response(outputs, 2), "[[[1,0],[0,1]]]");
   EXPECT_EQ(tei_tokenize_response({{{0, "<s>", true}, {5, "\xe2\x96\x81hi", false}}}),

@@ -141,7 +141,8 @@ TEST(ServerParsing, TeiEmbed) {
   auto tei = [](const std::string& body) { return status_of(parse_tei_embed_request, body); };
   EXPECT_EQ(tei(R"({"input": "a"})"), 422);  // TEI's field is "inputs"
   EXPECT_EQ(tei(R"({"inputs": "a", "truncate": "yes"})"), 422);
-  EXPECT_EQ(tei(R"({"inputs": "a", "normalize": false})"), 422);
+  EXPECT_EQ(tei(R"({"inputs": "a", "normalize": "no"})"), 422);
+  EXPECT_FALSE(parse_tei_embed_request(R"({"inputs": "a", "normalize": false})", limits()).normalize);
   EXPECT_EQ(tei(R"({"inputs": "a", "truncation_direction": "middle"})"), 422);
   EXPECT_EQ(tei(R"({"inputs": "a", "truncation_direction": "right"})"), 0);
   // TEI's enum takes either spelling (huggingface_hub and Milvus send "Left").

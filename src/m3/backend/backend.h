@@ -123,8 +123,11 @@ class Backend {
   // not empty. context: [T, heads*head_dim].
   virtual void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
                          int64_t head_dim, const TensorView& context) = 0;
-  // out[s] = x[cu_seqlens[s]] / max(||.||, 1e-12): each sequence's first row (float32).
-  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) = 0;
+  // out[s] = x[cu_seqlens[s]] / max(||.||, 1e-12): each sequence's first row (float32);
+  // norms[s] = max(||x[cu_seqlens[s]]||, 1e-12) when `norms` is not empty (so out * norm
+  // gives the row back: TEI's normalize=false).
+  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
+                             const TensorView& norms) = 0;
   // Each of the first `rows` rows of the float32 x divided by max(its norm, 1e-12), in place.
   virtual void normalize_rows(const TensorView& x, int64_t rows) = 0;
   // out[t] = the largest weight of token ids[t] within its sequence when t is that id's

@@ -18,6 +18,7 @@ M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::v
     : hidden_size_(config.hidden_size), backend_(backend), model_dir_(std::move(model_dir)) {
   const int64_t rows = plan.rows, h = config.hidden_size;
   dense_ = arena_view(arena, plan.buffer("dense"), DType::F32, rows / 2, h);
+  dense_norms_ = arena_view(arena, plan.buffer("dense_norms"), DType::F32, rows / 2, 1);
   lexical_ = arena_view(arena, plan.buffer("lexical"), DType::F32, rows, 1);
   const WeightTable& t = plan.table;
   if (t.has("colbert_linear.weight")) {
@@ -48,9 +49,10 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
   const int32_t s = batch.sequences();
   Fetched f;
   if (request.dense) {
-    const TensorView dense = dense_.slice_rows(0, s);
-    backend_.cls_normalize(batch, hidden.f32, dense);
+    const TensorView dense = dense_.slice_rows(0, s), norms = dense_norms_.slice_rows(0, s);
+    backend_.cls_normalize(batch, hidden.f32, dense, norms);
     f.dense = static_cast<const float*>(backend_.fetch(dense, batch.slot));
+    f.dense_norms = static_cast<const float*>(backend_.fetch(norms, batch.slot));
   }
   if (request.sparse) {
     // The sparse head reads the float32 hidden state: one dot product per token.
@@ -74,7 +76,10 @@ void M3Heads::extract(const PackedBatch& batch, const Fetched& f, const OutputRe
     M3Output& out = outputs[s];
     const int64_t begin = batch.seq_begin(s), len = batch.seq_len(s);
     out.tokens = len;
-    if (request.dense) out.dense.assign(f.dense + s * h, f.dense + (s + 1) * h);
+    if (request.dense) {
+      out.dense.assign(f.dense + s * h, f.dense + (s + 1) * h);
+      out.dense_norm = f.dense_norms[s];
+    }
     if (request.sparse) {
       // Positive maxima sit at each id's first position: token order is first-occurrence order.
       out.lexical.clear();

@@ -20,6 +20,7 @@ class M3Heads {
   // Host copies of a batch's head outputs, readable once the backend finished its slot.
   struct Fetched {
     const float* dense = nullptr;    // [sequences, hidden]
+    const float* dense_norms = nullptr;  // [sequences]: each CLS state's norm
     const float* lexical = nullptr;  // [tokens]: the per-id maxima (0: not a lexical entry)
     const float* colbert = nullptr;  // [tokens, hidden]
   };
@@ -47,7 +48,7 @@ class M3Heads {
   Backend& backend_;
   std::filesystem::path model_dir_;
   std::unique_ptr<PreparedLinear> colbert_op_, sparse_op_;
-  TensorView dense_, sparse_, lexical_, colbert_;
+  TensorView dense_, dense_norms_, sparse_, lexical_, colbert_;
 };
 
 }  // namespace m3

@@ -75,6 +75,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
     l.staging_tiles = stage(static_cast<uint64_t>(l.max_attention_tiles) * 2 * 4);
     l.staging_outputs = pinned;
     stage(S * H * kF32);  // dense vectors
+    stage(S * kF32);      // their norms
     stage(R * kF32);      // per-id sparse maxima
     stage(R * H * kF32);  // ColBERT rows
     l.staging_slot_bytes = pinned;

@@ -18,6 +18,7 @@ std::vector<BufferSpec> xlmr_m3_buffers(const ModelConfig& c, bool sparse_head, 
   if (sparse_head) b.push_back({"sparse", "sparse weights", 1, T::kF32, BufferRows::kTokens, "", "ffn"});
   b.push_back({"lexical", "per-id sparse maxima", 1, T::kF32, BufferRows::kTokens, "", "qkv"});
   b.push_back({"dense", "dense vectors", h, T::kF32, BufferRows::kSequences, "", "context"});
+  b.push_back({"dense_norms", "CLS norms (TEI's normalize=false)", 1, T::kF32, BufferRows::kSequences, "", "context"});
   return b;
 }
 

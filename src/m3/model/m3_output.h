@@ -15,6 +15,7 @@ struct OutputRequest {
 
 struct M3Output {
   std::vector<float> dense;  // [hidden], L2-normalized CLS state; empty when not requested
+  float dense_norm = 0.f;    // the CLS state's L2 norm: dense * dense_norm is the raw CLS state
   // token id -> max relu weight over its positions, in order of first occurrence (as the
   // reference's dict); specials and non-positive weights dropped.
   std::vector<std::pair<int32_t, float>> lexical;

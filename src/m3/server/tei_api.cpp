@@ -42,10 +42,6 @@ TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& 
   request.truncate = optional_bool(root, "truncate");
   request.truncate_left = truncates_left(root);
   request.normalize = optional_bool(root, "normalize").value_or(true);
-  if (!request.normalize) {
-    reject(422, "normalize",
-           "`normalize`: false is not supported: BGE-M3's dense output is the L2-normalized CLS vector");
-  }
   if (const auto dimensions = optional_int(root, "dimensions")) {
     if (*dimensions < 1 || *dimensions > limits.hidden_size) {
       reject(422, "dimensions", "`dimensions` must be between 1 and {} (the model's hidden size), not {}",
@@ -149,12 +145,21 @@ TeiTokenizeRequest parse_tei_tokenize_request(std::string_view body, const ApiLi
   return request;
 }
 
-std::string tei_embed_response(const std::vector<M3Output>& outputs, int64_t dimensions) {
+std::string tei_embed_response(const std::vector<M3Output>& outputs, int64_t dimensions, bool normalize) {
   std::string out = "[";
   for (size_t i = 0; i < outputs.size(); ++i) {
     if (i) out += ',';
-    const std::vector<float> dense = dense_with_dimensions(outputs[i], dimensions);
-    append_json_floats(out, dense.data(), dense.size());
+    if (normalize) {
+      const std::vector<float> dense = dense_with_dimensions(outputs[i], dimensions);
+      append_json_floats(out, dense.data(), dense.size());
+      continue;
+    }
+    // The raw CLS state (TEI's normalize=false), its first `dimensions` values if asked.
+    const std::vector<float>& unit = outputs[i].dense;
+    const size_t n = dimensions > 0 ? std::min(unit.size(), static_cast<size_t>(dimensions)) : unit.size();
+    std::vector<float> raw(n);
+    for (size_t k = 0; k < n; ++k) raw[k] = unit[k] * outputs[i].dense_norm;
+    append_json_floats(out, raw.data(), raw.size());
   }
   out += ']';
   return out;

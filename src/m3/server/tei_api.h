@@ -15,7 +15,7 @@
 namespace m3::server {
 
 // /embed, /embed_sparse and /embed_all share this shape (normalize and dimensions are
-// /embed's; the others ignore them).
+// /embed's; the others ignore them). normalize=false returns the raw CLS state.
 struct TeiEmbedRequest {
   std::vector<Input> inputs;
   std::optional<bool> truncate;  // absent: the server's --auto-truncate
@@ -51,7 +51,9 @@ struct TeiToken {
 TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& limits);
 TeiTokenizeRequest parse_tei_tokenize_request(std::string_view body, const ApiLimits& limits);
 
-std::string tei_embed_response(const std::vector<M3Output>& outputs, int64_t dimensions);  // [[f32]]
+// [[f32]]: the dense vectors (first `dimensions` re-normalized), or with !normalize the raw
+// CLS states (first `dimensions` as they are), as TEI's /embed.
+std::string tei_embed_response(const std::vector<M3Output>& outputs, int64_t dimensions, bool normalize = true);
 std::string tei_sparse_response(const std::vector<M3Output>& outputs);                     // [[{"index", "value"}]]
 std::string tei_all_response(const std::vector<M3Output>& outputs, int64_t hidden);        // [[[f32]]]: ColBERT rows
 // [[{"id", "text", "special", "start", "stop"}]]; offsets are null (see docs/API.md).

@@ -43,7 +43,9 @@ RouteResult tei_job(ServerContext& context, Embedder& embedder, const TeiEmbedRe
 RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
   const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
   return tei_job(context, embedder, request, {true, false, false},
-                 [dims = request.dimensions](const std::vector<M3Output>& o) { return tei_embed_response(o, dims); });
+                 [dims = request.dimensions, normalize = request.normalize](const std::vector<M3Output>& o) {
+                   return tei_embed_response(o, dims, normalize);
+                 });
 }
 
 RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& http) {

@@ -83,11 +83,13 @@ class CpuLinear final : public PreparedLinear {
   std::vector<float> zero_bias;
 };
 
-void l2_normalize(const float* in, int64_t n, float* out) {
+// Returns the norm it divided by.
+float l2_normalize(const float* in, int64_t n, float* out) {
   float sum = 0.f;
   for (int64_t i = 0; i < n; ++i) sum += in[i] * in[i];
   const float norm = std::max(std::sqrt(sum), 1e-12f);
   for (int64_t i = 0; i < n; ++i) out[i] = in[i] / norm;
+  return norm;
 }
 
 // Layer norm of one row, two passes over it (it is in L1 by then): mean, then variance
@@ -317,13 +319,16 @@ void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, cons
   if (!copy.empty() && copy.data != hidden_view.data) std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
 }
 
-void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) {
+void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
+                               const TensorView& norms) {
   const PackedBatch& b = *batch.host;
   const int64_t h = x.cols;
   if (b.sequences() > out.rows) fail("batch of {} sequences exceeds the planned {}", b.sequences(), out.rows);
+  float* norm_of = norms.empty() ? nullptr : norms.as<float>();
 #pragma omp parallel for schedule(static)
   for (int32_t s = 0; s < b.sequences(); ++s) {
-    l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, out.as<float>() + s * h);
+    const float norm = l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, out.as<float>() + s * h);
+    if (norm_of) norm_of[s] = norm;
   }
 }
 

@@ -252,9 +252,10 @@ class CudaBackend final : public Backend {
                     head_dim, context.data, stream_);
   }
 
-  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out) override {
+  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
+                     const TensorView& norms) override {
     cuda::cls_normalize(x.as<const float>(), batch.cu_seqlens.as<const int32_t>(), batch.sequences(), x.cols,
-                        out.as<float>(), stream_);
+                        out.as<float>(), norms.empty() ? nullptr : norms.as<float>(), stream_);
   }
 
   void normalize_rows(const TensorView& x, int64_t rows) override {

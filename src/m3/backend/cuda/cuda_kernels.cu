@@ -86,8 +86,9 @@ __global__ void bias_activation_kernel(T* y, const float* bias, int64_t count, i
   }
 }
 
-// x / max(||x||, 1e-12), as torch.nn.functional.normalize; `in` may equal `out`.
-__device__ void normalize_row(const float* in, const float* bias, int width, float* scratch, float* out) {
+// x / max(||x||, 1e-12), as torch.nn.functional.normalize; `in` may equal `out`. Returns
+// the norm divided by (in every thread).
+__device__ float normalize_row(const float* in, const float* bias, int width, float* scratch, float* out) {
   float s = 0.f;
   for (int i = threadIdx.x; i < width; i += blockDim.x) {
     const float v = in[i] + (bias ? bias[i] : 0.f);
@@ -95,12 +96,16 @@ __device__ void normalize_row(const float* in, const float* bias, int width, flo
   }
   const float norm = fmaxf(sqrtf(block_sum(s, scratch)), 1e-12f);
   for (int i = threadIdx.x; i < width; i += blockDim.x) out[i] = (in[i] + (bias ? bias[i] : 0.f)) / norm;
+  return norm;
 }
 
-__global__ void cls_normalize_kernel(const float* x, const int32_t* cu_seqlens, int width, float* out) {
+__global__ void cls_normalize_kernel(const float* x, const int32_t* cu_seqlens, int width, float* out,
+                                     float* norms) {
   __shared__ float scratch[32];
   const int64_t s = blockIdx.x;
-  normalize_row(x + static_cast<int64_t>(cu_seqlens[s]) * width, nullptr, width, scratch, out + s * width);
+  const float norm =
+      normalize_row(x + static_cast<int64_t>(cu_seqlens[s]) * width, nullptr, width, scratch, out + s * width);
+  if (norms && threadIdx.x == 0) norms[s] = norm;
 }
 
 __global__ void normalize_rows_kernel(float* rows, const float* bias, int width) {
@@ -194,10 +199,10 @@ void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64
 }
 
 void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
-                   cudaStream_t stream) {
+                   float* norms, cudaStream_t stream) {
   if (sequences == 0) return;
-  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(x, cu_seqlens,
-                                                                                     static_cast<int>(width), out);
+  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(
+      x, cu_seqlens, static_cast<int>(width), out, norms);
 }
 
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream) {

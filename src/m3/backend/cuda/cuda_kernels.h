@@ -48,9 +48,10 @@ void flash_attention(DType type, const void* qkv, const float* qkv_bias, const i
                      const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                      cudaStream_t stream);
 
-// out[s] = normalize(x[cu_seqlens[s]]) (each sequence's first row).
+// out[s] = normalize(x[cu_seqlens[s]]) (each sequence's first row); norms[s] = the norm
+// divided by, when norms is not null.
 void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
-                   cudaStream_t stream);
+                   float* norms, cudaStream_t stream);
 // rows[t] = normalize(rows[t] (+ bias when not null)) in place, each row of `width`.
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream);
 // y[t] = relu(x[t] . w + b) for each row t of x (b may be null).
