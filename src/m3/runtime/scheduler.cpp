@@ -448,10 +448,8 @@ void Scheduler::replica_lost(const std::string& why) {
     ++stats_.replicas_lost;
     if (stats_.replicas_lost < stats_.replicas) return;
     no_replica_ = fmt::format("no replica left: {}", why);
-    for (const Entry& entry : queue_) {
-      if (failed.empty() || failed.back() != entry.request) failed.push_back(entry.request);
-    }
-    std::sort(failed.begin(), failed.end());
+    for (const Entry& entry : queue_) failed.push_back(entry.request);
+    std::sort(failed.begin(), failed.end());  // a request's sequences may be anywhere in the queue
     failed.erase(std::unique(failed.begin(), failed.end()), failed.end());
     for (auto& request : failed) {
       finish_locked(*request);
