@@ -19,6 +19,7 @@
 #include "m3/server/native_api.h"
 #include "m3/server/openai_api.h"
 #include "m3/server/tei_api.h"
+#include "m3/server/vllm_api.h"
 
 namespace {
 
@@ -73,6 +74,8 @@ void route_body(std::string_view path, std::string_view body) {
     parse_body(parse_native_encode_request, body);
   else if (path == "/m3/score")
     parse_score(body);
+  else if (path == "/pooling")
+    parse_body(parse_vllm_pooling_request, body);
 }
 
 void parse_http(std::string_view data) {
@@ -111,6 +114,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     case 4: parse_body(parse_native_encode_request, rest); break;
     case 5: parse_score(rest); break;
     case 6: (void)decode_base64(rest); break;
+    case 7: parse_body(parse_vllm_pooling_request, rest); break;
     default: parse_http(rest); break;
   }
   return 0;

@@ -157,7 +157,7 @@ TEST(CudaMemory, NoDeviceAllocationAfterWarmUp) {
       s.front() = 0;
       s.back() = 2;
     }
-    const OutputRequest outputs{true, rng() % 2 == 0, rng() % 3 == 0};
+    const OutputRequest outputs{true, rng() % 2 == 0, rng() % 3 == 0, rng() % 2 == 1};
     embedder->encode(sequences, outputs);
   }
   EXPECT_EQ(cuda_memory_info(0).free, free_after_warmup) << "device memory changed after warm-up";
@@ -218,11 +218,12 @@ TEST(CudaLongInput, AMaxLengthSequenceMatchesTheCpuWithinThePlan) {
   EmbedderOptions cpu_options;
   cpu_options.max_seq_len = kLongTokens;
   cpu_options.max_batch_tokens = kLongTokens;
-  const auto want = Embedder::load(dir.path(), cpu_options)->encode({ids}, {true, true, true});
+  const OutputRequest all{true, true, true, true};  // every output: the largest pinned staging
+  const auto want = Embedder::load(dir.path(), cpu_options)->encode({ids}, all);
 
   auto gpu = load_on_gpu(dir.path(), DType::F32, kLongTokens, kLongTokens);
   const uint64_t free_after_warmup = cuda_memory_info(0).free;
-  const auto got = gpu->encode({ids}, {true, true, true});
+  const auto got = gpu->encode({ids}, all);
   EXPECT_EQ(cuda_memory_info(0).free, free_after_warmup) << "the long input allocated device memory";
   const int64_t h = gpu->config().hidden_size;
   for (int64_t k = 0; k < h; ++k) ASSERT_NEAR(got[0].dense[k], want[0].dense[k], 1e-4) << k;
@@ -235,6 +236,8 @@ TEST(CudaLongInput, AMaxLengthSequenceMatchesTheCpuWithinThePlan) {
     EXPECT_EQ(got[0].lexical[i].first, want[0].lexical[i].first);
     EXPECT_NEAR(got[0].lexical[i].second, want[0].lexical[i].second, 1e-4);
   }
+  ASSERT_EQ(got[0].token_weights.size(), static_cast<size_t>(kLongTokens));
+  for (int64_t k = 0; k < kLongTokens; ++k) EXPECT_NEAR(got[0].token_weights[k], want[0].token_weights[k], 1e-4) << k;
 }
 
 // Two devices when there are two: both replicas serve one scheduler, same results.

@@ -3,6 +3,7 @@
 // vectors and scores (tests/fixtures/make_fixtures.py wrote the goldens).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
@@ -91,6 +92,31 @@ TEST_P(FidelityTest, DenseSparseColbertMatchTheReference) {
       for (int64_t k = 0; k < h; ++k) ASSERT_NEAR(out.colbert[r * h + k], want[k], kTolerance) << i << "," << r;
       ++r;
     }
+  }
+}
+
+// vLLM's token_classify: relu(sparse_linear(h)) at every position. Their maximum per token
+// id (specials and zeros left out, in order of first occurrence) is the lexical output.
+TEST_P(FidelityTest, PerPositionSparseWeightsGiveTheLexicalWeights) {
+  const auto sequences = tokenize_all(golden_->root["texts"], max_length_);
+  const auto both = embedder_->encode(sequences, {false, true, false, true});
+  const auto alone = embedder_->encode(sequences, {false, false, false, true});
+  for (size_t i = 0; i < sequences.size(); ++i) {
+    const std::vector<float>& weights = both[i].token_weights;
+    ASSERT_EQ(weights.size(), sequences[i].size()) << "text " << i;
+    EXPECT_EQ(alone[i].token_weights, weights) << "text " << i;
+    EXPECT_TRUE(alone[i].lexical.empty() && alone[i].dense.empty() && alone[i].colbert.empty());
+    std::vector<std::pair<int32_t, float>> lexical;
+    for (size_t k = 0; k < weights.size(); ++k) {
+      const int32_t id = sequences[i][k];
+      if (id <= XlmrTokenizer::kUnk || !(weights[k] > 0.f)) continue;  // <s>, <pad>, </s>, <unk>
+      auto at = std::find_if(lexical.begin(), lexical.end(), [&](const auto& e) { return e.first == id; });
+      if (at == lexical.end())
+        lexical.emplace_back(id, weights[k]);
+      else
+        at->second = std::max(at->second, weights[k]);
+    }
+    EXPECT_EQ(lexical, both[i].lexical) << "text " << i;
   }
 }
 

@@ -40,7 +40,7 @@ TEST(MemoryPlan, BgeM3ByHand) {
   EXPECT_EQ(plan.arena_bytes, 16384u * 9216 * 4 + 2 * 64 * 8192 * 4);
   EXPECT_LT(plan.arena_bytes, 1536ull << 20);  // the goal: under 1.5 GiB
   EXPECT_EQ(plan.queue_bytes, 16u * 16384 * 4);
-  EXPECT_EQ(plan.output_bytes, 2u * 16384 * 1026 * 4);
+  EXPECT_EQ(plan.output_bytes, 2u * 16384 * 1027 * 4);
   // Results waiting to be written: two max-length responses as JSON (20 bytes a float) beat two batches.
   EXPECT_EQ(plan.result_buffer_bytes, 2u * 8192 * 1026 * 20);
   EXPECT_EQ(plan.total_bytes, plan.weight_bytes + plan.arena_bytes + plan.queue_bytes + plan.output_bytes +
@@ -49,7 +49,7 @@ TEST(MemoryPlan, BgeM3ByHand) {
   in.replicas = 3;
   const auto three = plan_memory(in);
   EXPECT_EQ(three.weight_bytes, plan.weight_bytes);  // shared
-  EXPECT_EQ(three.result_buffer_bytes, 3u * 2 * 16384 * 1026 * 4);  // now two batches per replica win
+  EXPECT_EQ(three.result_buffer_bytes, 3u * 2 * 16384 * 1027 * 4);  // now two batches per replica win
   EXPECT_EQ(three.total_bytes, plan.weight_bytes + 3 * plan.arena_bytes + plan.queue_bytes + 3 * plan.output_bytes +
                                    three.result_buffer_bytes);
 }

@@ -100,11 +100,11 @@ class PlanCliTest : public ::testing::Test {
                                                DType::F32);
   }
 
-  // Outputs in flight: 2 batches per replica of rows x (hidden + 2) floats (BGE-M3); and the
+  // Outputs in flight: 2 batches per replica of rows x (hidden + 3) floats (BGE-M3); and the
   // default output memory: the larger of that and two max-length responses as JSON (20 bytes
   // a float: the float and its text).
   static uint64_t outputs(uint64_t tokens, uint64_t replicas, uint64_t hidden = 1024) {
-    return 2 * replicas * ((tokens + 63) / 64 * 64) * (hidden + 2) * 4;
+    return 2 * replicas * ((tokens + 63) / 64 * 64) * (hidden + 3) * 4;
   }
   static uint64_t output_memory(uint64_t tokens, uint64_t replicas, uint64_t max_seq_len = 8192,
                                 uint64_t hidden = 1024) {
@@ -183,7 +183,7 @@ TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
   const uint64_t arena = arena_by_hand(arena_buffers_by_hand(tiny, 1000, 128, 3, workspace(tiny_, 1000)));
   EXPECT_EQ(j["arena"]["items"][0]["shape"], "[1024, 64] f32");  // 1000 rows rounded up to 64
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
-  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(tiny) + arena + 16 * 1000 * 4 + 2 * 1024 * (64 + 2) * 4 +
+  EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(tiny) + arena + 16 * 1000 * 4 + 2 * 1024 * (64 + 3) * 4 +
                                                   output_memory(1000, 1, 128, 64));
 
   // Without head files only the encoder counts. With an FFN narrower than the head

@@ -50,6 +50,7 @@ std::vector<M3Output> compute(const Batch& batch) {
     outputs[s].tokens = packed.seq_len(s);
     if (batch.outputs.dense) outputs[s].dense = {static_cast<float>(first)};
     if (batch.outputs.sparse) outputs[s].lexical = {{first, 1.0f}};
+    if (batch.outputs.token_weights) outputs[s].token_weights.assign(packed.seq_len(s), 0.5f);
   }
   return outputs;
 }
@@ -547,16 +548,22 @@ TEST(Scheduler, BatchComputesTheUnionAndEachRequestGetsWhatItAsked) {
   Scheduler scheduler(make_options(100, 50, 1000));
   scheduler.submit({make_seq(100, 10)}, OutputRequest{true, false, false}, results.callback(0));
   scheduler.submit({make_seq(200, 10)}, OutputRequest{false, true, false}, results.callback(1));
+  scheduler.submit({make_seq(300, 10)}, OutputRequest{false, false, false, true}, results.callback(2));
   Batch batch;
   ASSERT_TRUE(scheduler.next_batch(batch));
   EXPECT_TRUE(batch.outputs.dense);
   EXPECT_TRUE(batch.outputs.sparse);
   EXPECT_FALSE(batch.outputs.colbert);
+  EXPECT_TRUE(batch.outputs.token_weights);
   scheduler.complete(batch, compute(batch));
   EXPECT_EQ(results.only(0).outputs.at(0).dense.size(), 1u);
   EXPECT_TRUE(results.only(0).outputs.at(0).lexical.empty());
+  EXPECT_TRUE(results.only(0).outputs.at(0).token_weights.empty());
   EXPECT_TRUE(results.only(1).outputs.at(0).dense.empty());
   EXPECT_EQ(results.only(1).outputs.at(0).lexical.size(), 1u);
+  EXPECT_TRUE(results.only(1).outputs.at(0).token_weights.empty());
+  EXPECT_TRUE(results.only(2).outputs.at(0).dense.empty() && results.only(2).outputs.at(0).lexical.empty());
+  EXPECT_EQ(results.only(2).outputs.at(0).token_weights.size(), 10u);
 }
 
 TEST(Scheduler, ManyConcurrentProducersEachAnsweredOnce) {

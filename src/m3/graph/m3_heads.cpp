@@ -34,7 +34,7 @@ M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::v
 }
 
 void M3Heads::check(const OutputRequest& request) const {
-  if (request.sparse && !sparse_op_) {
+  if ((request.sparse || request.token_weights) && !sparse_op_) {
     fail("sparse output needs {}, which is missing", (model_dir_ / "sparse_linear.pt").string());
   }
   if (request.colbert && !colbert_op_) {
@@ -54,11 +54,16 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
     f.dense = static_cast<const float*>(backend_.fetch(dense, batch.slot));
     f.dense_norms = static_cast<const float*>(backend_.fetch(norms, batch.slot));
   }
-  if (request.sparse) {
+  if (request.sparse || request.token_weights) {
     // The sparse head reads the float32 hidden state: one dot product per token.
     backend_.linear(*sparse_op_, hidden.f32, t, sparse_);
-    backend_.max_per_token_id(batch, sparse_, kNotLexical, lexical_);
-    f.lexical = static_cast<const float*>(backend_.fetch(lexical_.slice_rows(0, t), batch.slot));
+    if (request.sparse) {
+      backend_.max_per_token_id(batch, sparse_, kNotLexical, lexical_);
+      f.lexical = static_cast<const float*>(backend_.fetch(lexical_.slice_rows(0, t), batch.slot));
+    }
+    if (request.token_weights) {
+      f.token_weights = static_cast<const float*>(backend_.fetch(sparse_.slice_rows(0, t), batch.slot));
+    }
   }
   if (request.colbert) {
     backend_.linear(*colbert_op_, hidden.in, t, colbert_);
@@ -91,6 +96,7 @@ void M3Heads::extract(const PackedBatch& batch, const Fetched& f, const OutputRe
       out.colbert_rows = len - 1;  // every token after CLS, the final </s> included
       out.colbert.assign(f.colbert + (begin + 1) * h, f.colbert + (begin + len) * h);
     }
+    if (request.token_weights) out.token_weights.assign(f.token_weights + begin, f.token_weights + begin + len);
   }
 }
 

@@ -1,7 +1,8 @@
 // M3Heads: BGE-M3's three outputs from the encoder's last hidden state, per M3-SPEC.md,
 // written once against the Backend ops: dense (the CLS row, normalized), sparse (relu of
-// a 1-wide linear, the largest weight per token id, specials skipped) and ColBERT (a
-// linear over every token, each row normalized, the CLS row dropped).
+// a 1-wide linear, the largest weight per token id, specials skipped; on request also the
+// weight at every position) and ColBERT (a linear over every token, each row normalized,
+// the CLS row dropped).
 #pragma once
 
 #include <filesystem>
@@ -23,6 +24,7 @@ class M3Heads {
     const float* dense_norms = nullptr;  // [sequences]: each CLS state's norm
     const float* lexical = nullptr;  // [tokens]: the per-id maxima (0: not a lexical entry)
     const float* colbert = nullptr;  // [tokens, hidden]
+    const float* token_weights = nullptr;  // [tokens]: relu(sparse_linear(h)) per position
   };
 
   // `weights`, `backend` and the arena must outlive the heads; `model_dir` names missing

@@ -77,6 +77,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
     stage(S * H * kF32);  // dense vectors
     stage(S * kF32);      // their norms
     stage(R * kF32);      // per-id sparse maxima
+    stage(R * kF32);      // per-position sparse weights (vLLM's token_classify)
     stage(R * H * kF32);  // ColBERT rows
     l.staging_slot_bytes = pinned;
     plan.pinned_bytes = 2 * pinned;

@@ -139,9 +139,10 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   }
   plan.queue_bytes = static_cast<uint64_t>(plan.queue_tokens) * sizeof(int32_t);
   // Per output row: a ColBERT vector (hidden floats) or a share of the dense vectors
-  // (at most rows / 2 sequences), plus a lexical (id, weight) pair.
+  // (at most rows / 2 sequences), plus a lexical (id, weight) pair and a per-position
+  // sparse weight (vLLM's token_classify).
   plan.output_bytes = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(t) *
-                      static_cast<uint64_t>(c.hidden_size + 2) * kF32;
+                      static_cast<uint64_t>(c.hidden_size + 3) * kF32;
   plan.result_buffer_bytes = output_memory_for(in, t);
   rules.totals(plan);
   return plan;
@@ -149,7 +150,7 @@ MemoryPlan plan_memory(const PlanInputs& in) {
 
 uint64_t default_output_memory(const PlanInputs& in, int64_t rows) {
   const auto h = static_cast<uint64_t>(in.config.hidden_size);
-  const uint64_t batches = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(rows) * (h + 2) * kF32;
+  const uint64_t batches = 2 * static_cast<uint64_t>(in.replicas) * static_cast<uint64_t>(rows) * (h + 3) * kF32;
   const uint64_t longest = 2 * response_bytes_for_floats(static_cast<uint64_t>(in.max_seq_len) * (h + 2));
   return std::max(batches, longest);
 }

@@ -11,6 +11,9 @@ struct OutputRequest {
   bool dense = true;
   bool sparse = false;
   bool colbert = false;
+  // relu(sparse_linear(h)) at every position, before the per-id maximum (vLLM's
+  // token_classify); needs the sparse head, like `sparse`.
+  bool token_weights = false;
 };
 
 struct M3Output {
@@ -21,6 +24,9 @@ struct M3Output {
   std::vector<std::pair<int32_t, float>> lexical;
   std::vector<float> colbert;  // [colbert_rows, hidden], each row L2-normalized
   int64_t colbert_rows = 0;
+  // [tokens]: the per-position sparse weights, <s> and </s> included; only with
+  // OutputRequest::token_weights.
+  std::vector<float> token_weights;
   int64_t tokens = 0;  // sequence length fed to the model, specials included
   bool truncated = false;
 };

@@ -32,6 +32,7 @@ void invoke(Request& request, RequestResult&& result) {
 void strip(M3Output& output, const OutputRequest& wanted) {
   if (!wanted.dense) output.dense = {};
   if (!wanted.sparse) output.lexical = {};
+  if (!wanted.token_weights) output.token_weights = {};
   if (!wanted.colbert) {
     output.colbert = {};
     output.colbert_rows = 0;
@@ -300,6 +301,7 @@ void Scheduler::form_batch(Batch& batch) {
     batch.outputs.dense |= request.wanted.dense;
     batch.outputs.sparse |= request.wanted.sparse;
     batch.outputs.colbert |= request.wanted.colbert;
+    batch.outputs.token_weights |= request.wanted.token_weights;
     --request.queued;
     request.queued_tokens -= entry.tokens;
     ++request.in_flight;

@@ -42,6 +42,7 @@ RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const Htt
 RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult vllm_pooling(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 
 // TEST ONLY (serve --test-batch-gate): GET/POST /test/batch-gate.
 HttpResponse test_batch_gate(ServerContext& context, const HttpRequest& request);

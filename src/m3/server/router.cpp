@@ -26,8 +26,8 @@ constexpr auto kTei = ErrorFormat::kTei;
 
 // Aliases as TEI has them: POST / is /embed (huggingface_hub's InferenceClient(model=URL)
 // posts there), /embeddings is OpenAI's route without /v1 (the openai SDK with base_url at
-// the server root), and SageMaker's GET /ping and POST /invocations.
-const std::array<Route, 18> kRoutes = {{
+// the server root), and SageMaker's GET /ping and POST /invocations. /pooling is vLLM's.
+const std::array<Route, 19> kRoutes = {{
     {"/v1/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/", "POST", kTei, tei_embed, nullptr, true},
@@ -42,6 +42,7 @@ const std::array<Route, 18> kRoutes = {{
     {"/decode", "POST", kTei, tei_decode, nullptr, true},
     {"/m3/encode", "POST", kOpenAi, native_encode, nullptr, true},
     {"/m3/score", "POST", kOpenAi, native_score, nullptr, true},
+    {"/pooling", "POST", kOpenAi, vllm_pooling, nullptr, true},
     {"/health", "GET", kTei, nullptr, health_response, false},
     {"/info", "GET", kTei, nullptr, info_response, true},
     {"/metrics", "GET", kTei, nullptr, metrics_response, true},
@@ -131,7 +132,9 @@ RouteDecision Router::route(const HttpRequest& request) const {
     for (const Route& r : kRoutes) {
       if (r.path == request.path) decision.label = r.path;  // a static string for the metrics
     }
-    const ErrorFormat format = request.path.starts_with("/v1/") || request.path.starts_with("/m3/") ? kOpenAi : kTei;
+    const bool openai =
+        request.path.starts_with("/v1/") || request.path.starts_with("/m3/") || request.path == "/pooling";
+    const ErrorFormat format = openai ? kOpenAi : kTei;
     decision.format = format;
     if (!options.api_key.empty() && !authorized(request.authorization, options.api_key)) {
       decision.result = refuse(format, ApiError(401, "missing or wrong API key (Authorization: Bearer <key>)"));
