@@ -234,6 +234,38 @@ def test_tokenize_with_requests(server, tmp_path):
     assert all(not t["special"] for t in bare.json()[0])
 
 
+def test_tokenize_offsets_are_tei_byte_offsets(server):
+    """TEI's /tokenize: the added <s> and </s> are special with null offsets; every other
+    token has start/stop, byte offsets into the input equal to tokenizers' (TEI's router
+    reports the Rust library's), and text, the input's bytes there. Dify cuts a long text at
+    the start of the first token past its limit; that cut must be a prefix of the text."""
+    from tokenizers import Tokenizer
+
+    reference = Tokenizer.from_file(MODEL_DIR + "/tokenizer.json")
+    response = requests.post(server.url("/tokenize"), json={"inputs": TEXTS}, timeout=30)
+    assert response.status_code == 200
+    for text, tokens, e in zip(TEXTS, response.json(), reference.encode_batch(TEXTS)):
+        data = text.encode("utf-8")
+        starts = [len(text[:i].encode("utf-8")) for i in range(len(text) + 1)]
+        assert [t["id"] for t in tokens] == e.ids
+        assert [t["special"] for t in tokens] == [bool(m) for m in e.special_tokens_mask]
+        for t, (a, b), special in zip(tokens, e.offsets, e.special_tokens_mask):
+            if special:
+                assert t["start"] is None and t["stop"] is None and t["text"] in ("<s>", "</s>")
+            else:
+                assert (t["start"], t["stop"]) == (starts[a], starts[b]), (text, t)
+                assert t["text"].encode("utf-8") == data[t["start"]:t["stop"]]
+    long_text = TEXTS[10]
+    tokens = requests.post(server.url("/tokenize"), json={"inputs": long_text}, timeout=30).json()[0]
+    data = long_text.encode("utf-8")
+    k = next(k for k in range(50, len(tokens) - 1)
+             if data[tokens[k]["start"] - 1:tokens[k]["start"]] == b" " and tokens[k - 1]["stop"] <= tokens[k]["start"])
+    cut = data[:tokens[k]["start"]].decode("utf-8")  # where Dify cuts: a word starts there
+    assert long_text.startswith(cut) and len(cut) > 0
+    kept = requests.post(server.url("/tokenize"), json={"inputs": cut}, timeout=30).json()[0]
+    assert [t["id"] for t in kept[1:-1]] == [t["id"] for t in tokens[1:k]]
+
+
 def curl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(["curl", "-sS", "--max-time", "30", *args], capture_output=True, text=True, timeout=60)
 

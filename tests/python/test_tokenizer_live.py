@@ -98,3 +98,52 @@ def test_random_strings_match_the_official_tokenizer_json_pipeline(tmp_path):
     mismatches = [(t, g, w) for t, g, w in zip(texts, got, want) if g != w]
     assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, e.g. " + "; ".join(
         f"{t!r}: ours {g} theirs {w}" for t, g, w in mismatches[:5])
+
+
+def byte_offsets(text, offsets):
+    """tokenizers' (character) offsets as byte offsets, as TEI's Rust router reports them."""
+    starts = [0]
+    for ch in text:
+        starts.append(starts[-1] + len(ch.encode("utf-8")))
+    return [[starts[a], starts[b]] for a, b in offsets]
+
+
+def offsets_by_cli(model, texts, tmp_path):
+    source = tmp_path / "in.jsonl"
+    source.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts), encoding="utf-8")
+    out = tmp_path / "out.jsonl"
+    subprocess.run([BINARY, "tokenize", "--model", str(model), "--input", str(source), "--output", str(out),
+                    "--offsets"], check=True, capture_output=True)
+    return [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+
+
+def offset_mismatches(texts, got, encodings):
+    """Tokens (not special ones, whose offsets TEI does not report) whose byte offsets differ."""
+    bad = []
+    for text, row, e in zip(texts, got, encodings):
+        assert row["input_ids"] == e.ids, text
+        want = byte_offsets(text, e.offsets)
+        for k, special in enumerate(e.special_tokens_mask):
+            if not special and row["offsets"][k] != want[k]:
+                bad.append(f"{text!r} token {k} ({e.tokens[k]!r}): ours {row['offsets'][k]} theirs {want[k]}")
+                break
+    return bad
+
+
+OFFSET_TEXTS = ["hello world", "  héllo   wörld ", "ｈｅｌｌｏ\u3000ｗｏｒｌｄ ﬁ", "na\u0301ive <mask> x", "日本語のテキスト",
+                "e\u0302\u0323x", "a  ", " x", "<s>a</s>b", "☃x y☃☃ z", "tab\there\nnew line", "½ ① ™ ㍻"]
+
+
+@pytest.mark.skipif(not BINARY, reason="M3_BINARY is not set (run through ctest)")
+@pytest.mark.parametrize("pipeline", ["transformers5", "official_tokenizer_json"])
+def test_offsets_match_tokenizers(tmp_path, pipeline):
+    """Byte offsets of every non-special token equal Hugging Face tokenizers' (what TEI's
+    /tokenize reports as start/stop), on hand-picked and random strings, for both pipelines."""
+    from tokenizers import Tokenizer
+
+    model = FIXTURES / "tiny-st" if pipeline == "transformers5" else official_style_model(tmp_path)
+    reference = Tokenizer.from_file(str(model / "tokenizer.json"))
+    texts = OFFSET_TEXTS + random_texts(1500, 4) + random_texts(1500, 5)
+    got = offsets_by_cli(model, texts, tmp_path)
+    bad = offset_mismatches(texts, got, reference.encode_batch(texts))
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ, e.g. " + "; ".join(bad[:5])

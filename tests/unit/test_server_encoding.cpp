@@ -104,9 +104,9 @@ TEST(ServerEncoding, TeiShapes) {
   EXPECT_EQ(tei_embed_response(raw, 1, false), "[[3]]");
   EXPECT_EQ(tei_sparse_response(outputs), R"([[{"index":7,"value":0.25},{"index":3000,"value":0.5}]])");
   EXPECT_EQ(tei_all_response(outputs, 2), "[[[1,0],[0,1]]]");
-  EXPECT_EQ(tei_tokenize_response({{{0, "<s>", true}, {5, "\xe2\x96\x81hi", false}}}),
+  EXPECT_EQ(tei_tokenize_response({{{0, "<s>", true, std::nullopt}, {5, " hi", false, ByteRange{3, 6}}}}),
             "[[{\"id\":0,\"text\":\"<s>\",\"special\":true,\"start\":null,\"stop\":null},"
-            "{\"id\":5,\"text\":\"\xe2\x96\x81hi\",\"special\":false,\"start\":null,\"stop\":null}]]");
+            "{\"id\":5,\"text\":\" hi\",\"special\":false,\"start\":3,\"stop\":6}]]");
 }
 
 TEST(ServerEncoding, NativeEncodeUsesFlagEmbeddingKeys) {

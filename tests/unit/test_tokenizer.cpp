@@ -75,6 +75,52 @@ TEST(XlmrTokenizer, SpecialsAndTruncation) {
   EXPECT_EQ(tokenizer.id_to_piece(tokenizer.mask_id()), "<mask>");
 }
 
+// Offsets are the reference's (tokenizers', in bytes): the pieces' words without the
+// spaces WhitespaceSplit drops, a folded character mapped to what it came from; asking for
+// them changes no id. (tests/python/test_tokenizer_live.py checks thousands of random
+// strings against tokenizers live, in both pipelines.)
+TEST(XlmrTokenizer, OffsetsAreTokenizersByteOffsets) {
+  const auto tokenizer = XlmrTokenizer::load(test::fixtures() / "tiny-st");
+  const auto spans = [&](std::string_view text) {
+    std::vector<ByteRange> offsets;
+    const auto ids = tokenizer.encode(text, 0, nullptr, false, &offsets);
+    EXPECT_EQ(ids, tokenizer.encode(text));
+    EXPECT_EQ(ids.size(), offsets.size());
+    std::vector<std::pair<uint32_t, uint32_t>> out;
+    for (const ByteRange& r : offsets) out.emplace_back(r.begin, r.end);
+    return out;
+  };
+  using Spans = std::vector<std::pair<uint32_t, uint32_t>>;
+  // <s> ▁he llo ▁w or ld </s>
+  EXPECT_EQ(spans("hello world"), (Spans{{0, 0}, {0, 2}, {2, 5}, {6, 7}, {7, 9}, {9, 11}, {0, 0}}));
+  // Full-width letters fold to ASCII, each token keeps its 3-byte characters; "ﬁ" -> "fi".
+  EXPECT_EQ(spans("\uff48\uff45\uff4c\uff4c\uff4f \ufb01"),
+            (Spans{{0, 0}, {0, 6}, {6, 15}, {16, 19}, {0, 0}}));
+  // A literal special token is its own bytes.
+  EXPECT_EQ(spans("a <s>").at(2), (std::pair<uint32_t, uint32_t>{2, 5}));
+  // Truncation cuts the offsets with the ids.
+  std::vector<ByteRange> offsets;
+  const auto left = tokenizer.encode("hello world", 4, nullptr, true, &offsets);
+  ASSERT_EQ(offsets.size(), 4u);
+  EXPECT_EQ(offsets[1].begin, 7u);
+  EXPECT_EQ(offsets[2].end, 11u);
+}
+
+TEST(XlmrTokenizer, OffsetsKeepIdsOnTheCorpusInBothPipelines) {
+  simdjson::dom::parser parser;
+  const auto root = parser.load((test::fixtures() / "golden" / "tokenize.json").string()).value();
+  const auto dir = test::fixtures() / std::string(std::string_view(root["model_dir"]));
+  for (const WordSplit split : {WordSplit::kWhitespaceSplit, WordSplit::kMetaspace}) {
+    const auto tokenizer = XlmrTokenizer::load(dir, split);
+    for (auto c : root["cases"].get_array()) {
+      const std::string_view text = c["text"];
+      std::vector<ByteRange> offsets;
+      EXPECT_EQ(tokenizer.encode(text, 0, nullptr, false, &offsets), tokenizer.encode(text)) << text;
+      for (const ByteRange& r : offsets) EXPECT_TRUE(r.begin <= r.end && r.end <= text.size()) << text;
+    }
+  }
+}
+
 TEST(XlmrTokenizer, MissingModelFileIsAClearError) {
   test::TempDir dir;
   try {

@@ -18,6 +18,7 @@ struct TokenizeOptions {
   std::string input, output = "-", format = "auto", field = "text";
   int64_t max_length = 0;
   bool pieces = false;
+  bool offsets = false;
 };
 
 void run_tokenize(const TokenizeOptions& o) {
@@ -25,12 +26,16 @@ void run_tokenize(const TokenizeOptions& o) {
   const auto tokenizer = XlmrTokenizer::load(resolve_model_dir(o.model));
   LineWriter writer(o.output);
   for (const auto& text : texts) {
-    const auto ids = tokenizer.encode(text, static_cast<size_t>(o.max_length));
+    std::vector<ByteRange> ranges;
+    const auto ids = tokenizer.encode(text, static_cast<size_t>(o.max_length), nullptr, false,
+                                      o.offsets ? &ranges : nullptr);
     std::vector<std::string> pieces;
     if (o.pieces) {
       for (int32_t id : ids) pieces.push_back(tokenizer.id_to_piece(id));
     }
-    writer.write(tokens_json(ids, pieces));
+    std::vector<std::pair<uint32_t, uint32_t>> offsets;
+    for (const ByteRange& r : ranges) offsets.emplace_back(r.begin, r.end);
+    writer.write(tokens_json(ids, pieces, offsets));
   }
   writer.close();
 }
@@ -40,7 +45,9 @@ void run_tokenize(const TokenizeOptions& o) {
 void add_tokenize_command(CLI::App& app) {
   auto o = std::make_shared<TokenizeOptions>();
   auto* cmd = app.add_subcommand("tokenize", "Show the token ids of texts (XLM-R tokenizer, as transformers)");
-  cmd->footer("Output: one JSON object per text: {\"input_ids\": [...]} plus \"tokens\" with --pieces.");
+  cmd->footer(
+      "Output: one JSON object per text: {\"input_ids\": [...]}, plus \"tokens\" with --pieces and \"offsets\" "
+      "with --offsets.");
   add_model_options(*cmd, o->model);
   cmd->add_option("-i,--input", o->input, "Input file (text lines or JSONL), or - for standard input")->required();
   cmd->add_option("-o,--output", o->output, "Output JSONL file, or - for standard output")->capture_default_str();
@@ -51,6 +58,9 @@ void add_tokenize_command(CLI::App& app) {
   cmd->add_option("--max-length", o->max_length, "Truncate to this many tokens, specials included (0: no limit)")
       ->check(CLI::NonNegativeNumber);
   cmd->add_flag("--pieces", o->pieces, "Also output the token strings");
+  cmd->add_flag("--offsets", o->offsets,
+                "Also output each token's [start, end) byte offsets in the text, as Hugging Face tokenizers "
+                "(and TEI's /tokenize) report them; [0, 0] for the <s> and </s> added around it");
   cmd->callback([o] { run_tokenize(*o); });
 }
 

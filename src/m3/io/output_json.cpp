@@ -89,9 +89,11 @@ std::string scores_json(const PairScores& s) {
   return out;
 }
 
-std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces) {
+std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces,
+                        const std::vector<std::pair<uint32_t, uint32_t>>& offsets) {
   std::string out = fmt::format("{{\"input_ids\":[{}]", fmt::join(ids, ","));
   if (!pieces.empty()) out += ",\"tokens\":" + nlohmann::json(pieces).dump();
+  if (!offsets.empty()) out += ",\"offsets\":" + nlohmann::json(offsets).dump();
   out += '}';
   return out;
 }

@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "m3/model/m3_output.h"
@@ -20,6 +21,9 @@ void write_m3_output_json(const ResultView& output, const OutputRequest& request
 std::string scores_json(const PairScores& scores);
 // The five keys of scores_json, without the braces (for responses that add their own).
 void append_score_fields(std::string& out, const PairScores& scores);
-std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces);
+// {"input_ids": [...]} plus "tokens" (the pieces) and "offsets" ([begin, end) bytes of the
+// text per token) when given.
+std::string tokens_json(const std::vector<int32_t>& ids, const std::vector<std::string>& pieces,
+                        const std::vector<std::pair<uint32_t, uint32_t>>& offsets = {});
 
 }  // namespace m3

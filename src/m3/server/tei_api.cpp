@@ -208,7 +208,12 @@ std::string tei_tokenize_response(const std::vector<std::vector<TeiToken>>& toke
       const TeiToken& token = tokens[i][k];
       fmt::format_to(std::back_inserter(out), "{}{{\"id\":{},\"text\":", k ? "," : "", token.id);
       append_json_string(out, token.text);
-      fmt::format_to(std::back_inserter(out), ",\"special\":{},\"start\":null,\"stop\":null}}", token.special);
+      if (token.offsets) {
+        fmt::format_to(std::back_inserter(out), ",\"special\":{},\"start\":{},\"stop\":{}}}", token.special,
+                       token.offsets->begin, token.offsets->end);
+      } else {
+        fmt::format_to(std::back_inserter(out), ",\"special\":{},\"start\":null,\"stop\":null}}", token.special);
+      }
     }
     out += ']';
   }

@@ -11,6 +11,7 @@
 #include "m3/model/m3_output.h"
 #include "m3/server/api_limits.h"
 #include "m3/server/input_list.h"
+#include "m3/tokenizer/precompiled_normalizer.h"
 
 namespace m3::server {
 
@@ -44,8 +45,9 @@ struct TeiTokenizeRequest {
 
 struct TeiToken {
   int32_t id = 0;
-  std::string text;
+  std::string text;  // the input's bytes at `offsets`, or a special token's own text
   bool special = false;
+  std::optional<ByteRange> offsets;  // TEI's start/stop (null for special tokens)
 };
 
 TeiEmbedRequest parse_tei_embed_request(std::string_view body, const ApiLimits& limits);

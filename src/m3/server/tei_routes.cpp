@@ -86,13 +86,22 @@ RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpR
   std::vector<std::vector<TeiToken>> tokens;
   tokens.reserve(request.inputs.size());
   for (const Input& input : request.inputs) {
-    std::vector<int32_t> ids = tokenizer.encode(input.text);
-    if (!request.add_special_tokens) ids = std::vector<int32_t>(ids.begin() + 1, ids.end() - 1);
+    std::vector<ByteRange> offsets;
+    std::vector<int32_t> ids = tokenizer.encode(input.text, 0, nullptr, false, &offsets);
+    size_t first = 0, last = ids.size();
+    if (!request.add_special_tokens) ++first, --last;
     auto& list = tokens.emplace_back();
-    list.reserve(ids.size());
-    for (int32_t id : ids) {
-      const bool special = (id >= XlmrTokenizer::kCls && id <= XlmrTokenizer::kUnk) || id == tokenizer.mask_id();
-      list.push_back(TeiToken{id, tokenizer.id_to_piece(id), special});
+    list.reserve(last - first);
+    for (size_t k = first; k < last; ++k) {
+      // As TEI (tokenizers' special-tokens mask): the <s> and </s> added around the text are
+      // special, their own text with no offsets; every other token, special-token strings
+      // in the text included, is the bytes of the input it stands for (what Dify cuts at).
+      if (k == 0 || k + 1 == ids.size()) {
+        list.push_back(TeiToken{ids[k], tokenizer.id_to_piece(ids[k]), true, std::nullopt});
+      } else {
+        const ByteRange at = offsets[k];
+        list.push_back(TeiToken{ids[k], input.text.substr(at.begin, at.end - at.begin), false, at});
+      }
     }
   }
   RouteResult result;

@@ -1,5 +1,6 @@
 #include "m3/tokenizer/precompiled_normalizer.h"
 
+#include <algorithm>
 #include <cstring>
 #include <memory>
 
@@ -30,6 +31,58 @@ struct BreakIteratorCloser {
 struct UTextCloser {
   void operator()(UText* t) const { utext_close(t); }
 };
+
+// One character of the result as tokenizers' NormalizedString::transform sees it: its
+// length, and its change (0: it takes the place of the next original character; 1: it is
+// inserted; -n: it takes the next character's place and removes n more after it).
+struct Change {
+  uint32_t bytes;
+  int change;
+};
+
+// tokenizers' Precompiled `replace`: `replacement` takes the place of `old_count`
+// characters. Extra characters are insertions; fewer characters remove the rest through
+// the last change so far, and when there is none (a removal at the very start) the
+// removal is lost, which shifts what follows by a character, as in tokenizers.
+void push_replacement(std::vector<Change>& changes, std::string_view replacement, size_t old_count) {
+  size_t count = 0;
+  for (size_t at = 0; at < replacement.size(); ++count) {
+    const size_t len = std::min(utf8_length(static_cast<unsigned char>(replacement[at])), replacement.size() - at);
+    changes.push_back({static_cast<uint32_t>(len), 0});
+    at += len;
+  }
+  const auto diff = static_cast<int>(count) - static_cast<int>(old_count);
+  if (diff > 0) {
+    for (size_t k = 0; k < static_cast<size_t>(diff); ++k) changes[changes.size() - 1 - k].change = 1;
+  } else if (diff < 0 && !changes.empty()) {
+    changes.back().change += diff;
+  }
+}
+
+// Where each byte of the result came from: `changes` applied in order over the characters
+// of `text`, as NormalizedString::transform aligns them.
+std::vector<ByteRange> align(std::string_view text, const std::vector<Change>& changes) {
+  std::vector<ByteRange> chars;
+  for (size_t i = 0; i < text.size();) {
+    const size_t len = std::min(utf8_length(static_cast<unsigned char>(text[i])), text.size() - i);
+    chars.push_back({static_cast<uint32_t>(i), static_cast<uint32_t>(i + len)});
+    i += len;
+  }
+  const auto end = static_cast<uint32_t>(text.size());
+  std::vector<ByteRange> origin;
+  size_t next = 0;  // the next original character
+  for (const Change& c : changes) {
+    ByteRange from{end, end};
+    if (c.change > 0) {
+      if (next > 0) from = chars[next - 1];  // an insertion: the previous character's place
+    } else {
+      if (next < chars.size()) from = chars[next];
+      next += 1 + static_cast<size_t>(-c.change);
+    }
+    origin.insert(origin.end(), c.bytes, from);
+  }
+  return origin;
+}
 
 }  // namespace
 
@@ -66,39 +119,61 @@ const char* PrecompiledNormalizer::shortest_prefix_match(std::string_view chunk)
   return nullptr;
 }
 
-std::string PrecompiledNormalizer::normalize(std::string_view text) const {
-  if (units_.empty() || text.empty()) return std::string(text);
-  UErrorCode status = U_ZERO_ERROR;
-  std::unique_ptr<UText, UTextCloser> utext(
-      utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status));
-  std::unique_ptr<UBreakIterator, BreakIteratorCloser> graphemes(
-      ubrk_open(UBRK_CHARACTER, "", nullptr, 0, &status));
-  if (U_SUCCESS(status)) ubrk_setUText(graphemes.get(), utext.get(), &status);
-  if (U_FAILURE(status)) fail("grapheme segmentation failed: {}", u_errorName(status));
+std::string PrecompiledNormalizer::normalize(std::string_view text, std::vector<ByteRange>* origin) const {
+  std::vector<Change> changes;
+  const auto keep = [&](std::string_view ch) {
+    if (origin) changes.push_back({static_cast<uint32_t>(ch.size()), 0});
+  };
+  const auto replace = [&](std::string_view replacement, std::string_view old) {
+    if (!origin) return;
+    size_t old_count = 0;
+    for (unsigned char c : old) old_count += (c & 0xC0) != 0x80;
+    push_replacement(changes, replacement, old_count);
+  };
 
   std::string out;
   out.reserve(text.size());
-  int32_t begin = ubrk_first(graphemes.get());
-  for (int32_t end = ubrk_next(graphemes.get()); end != UBRK_DONE; begin = end, end = ubrk_next(graphemes.get())) {
-    const std::string_view grapheme = text.substr(begin, end - begin);
-    if (grapheme.size() < 6) {
-      if (const char* replacement = shortest_prefix_match(grapheme)) {
-        out += replacement;
-        continue;
-      }
-    }
-    for (size_t i = 0; i < grapheme.size();) {
-      const size_t len = std::min(utf8_length(static_cast<unsigned char>(grapheme[i])), grapheme.size() - i);
-      const std::string_view ch = grapheme.substr(i, len);
-      const char* replacement = shortest_prefix_match(ch);
-      if (replacement) {
-        out += replacement;
-      } else {
-        out += ch;
-      }
+  if (units_.empty() || text.empty()) {
+    out = text;
+    for (size_t i = 0; origin && i < text.size();) {
+      const size_t len = std::min(utf8_length(static_cast<unsigned char>(text[i])), text.size() - i);
+      keep(text.substr(i, len));
       i += len;
     }
+  } else {
+    UErrorCode status = U_ZERO_ERROR;
+    std::unique_ptr<UText, UTextCloser> utext(
+        utext_openUTF8(nullptr, text.data(), static_cast<int64_t>(text.size()), &status));
+    std::unique_ptr<UBreakIterator, BreakIteratorCloser> graphemes(
+        ubrk_open(UBRK_CHARACTER, "", nullptr, 0, &status));
+    if (U_SUCCESS(status)) ubrk_setUText(graphemes.get(), utext.get(), &status);
+    if (U_FAILURE(status)) fail("grapheme segmentation failed: {}", u_errorName(status));
+
+    int32_t begin = ubrk_first(graphemes.get());
+    for (int32_t end = ubrk_next(graphemes.get()); end != UBRK_DONE; begin = end, end = ubrk_next(graphemes.get())) {
+      const std::string_view grapheme = text.substr(begin, end - begin);
+      if (grapheme.size() < 6) {
+        if (const char* replacement = shortest_prefix_match(grapheme)) {
+          out += replacement;
+          replace(replacement, grapheme);
+          continue;
+        }
+      }
+      for (size_t i = 0; i < grapheme.size();) {
+        const size_t len = std::min(utf8_length(static_cast<unsigned char>(grapheme[i])), grapheme.size() - i);
+        const std::string_view ch = grapheme.substr(i, len);
+        if (const char* replacement = shortest_prefix_match(ch)) {
+          out += replacement;
+          replace(replacement, ch);
+        } else {
+          out += ch;
+          keep(ch);
+        }
+        i += len;
+      }
+    }
   }
+  if (origin) *origin = align(text, changes);
   return out;
 }
 

@@ -14,12 +14,22 @@
 
 namespace m3 {
 
+// Bytes [begin, end) of the text a normalized byte came from.
+struct ByteRange {
+  uint32_t begin = 0;
+  uint32_t end = 0;
+};
+
 class PrecompiledNormalizer {
  public:
   // `charsmap`: normalizer_spec.precompiled_charsmap; empty means identity.
   PrecompiledNormalizer(std::string charsmap, const std::string& source);
 
-  std::string normalize(std::string_view text) const;
+  // With `origin`, also where each byte of the result came from, exactly as `tokenizers`
+  // aligns it (its quirks included: a grapheme folded into one character maps to its
+  // first character only, and a character removed at the very start shifts the
+  // alignment of what follows), so token offsets equal the reference's.
+  std::string normalize(std::string_view text, std::vector<ByteRange>* origin = nullptr) const;
 
  private:
   // The replacement of the shortest key that is a prefix of `chunk`, or nullptr.

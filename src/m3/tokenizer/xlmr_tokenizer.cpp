@@ -11,6 +11,7 @@
 
 #include "m3/core/error.h"
 #include "m3/tokenizer/spm_model_proto.h"
+#include "m3/tokenizer/token_offsets.h"
 
 namespace m3 {
 namespace {
@@ -27,34 +28,60 @@ constexpr std::array<SpecialToken, 5> kSpecials = {{
     {"<mask>", -1},
 }};
 
+constexpr std::string_view kWordMarker = "\u2581";  // SentencePiece's "▁"
+
 bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+
+size_t utf8_length(unsigned char lead) {
+  if (lead >= 0xF0) return 4;
+  if (lead >= 0xE0) return 3;
+  if (lead >= 0xC0) return 2;
+  return 1;
+}
+
+// Unicode White_Space (Rust's char::is_whitespace), for one UTF-8 character.
+bool is_unicode_space(std::string_view ch) {
+  if (ch.size() == 1) return is_space(ch[0]);
+  // U+0085, U+00A0; U+1680; U+2000..U+200A, U+2028, U+2029, U+202F, U+205F; U+3000
+  return ch == "\u0085" || ch == "\u00A0" || ch == "\u1680" || ch == "\u2028" || ch == "\u2029" ||
+         ch == "\u202F" || ch == "\u205F" || ch == "\u3000" ||
+         (ch.size() == 3 && static_cast<unsigned char>(ch[0]) == 0xE2 && static_cast<unsigned char>(ch[1]) == 0x80 &&
+          static_cast<unsigned char>(ch[2]) >= 0x80 && static_cast<unsigned char>(ch[2]) <= 0x8A);
+}
+
+// Where the whitespace at the end of `text` starts (text.size() when there is none).
+size_t trailing_space_start(std::string_view text) {
+  size_t end = text.size();
+  while (end > 0) {
+    size_t lead = end - 1;
+    while (lead > 0 && (static_cast<unsigned char>(text[lead]) & 0xC0) == 0x80) --lead;
+    if (!is_unicode_space(text.substr(lead, end - lead))) break;
+    end = lead;
+  }
+  return end;
+}
 
 // transformers' XLM-R tokenizer splits words on every Unicode White_Space character
 // (Rust's char::is_whitespace) after normalizing; SentencePiece only splits on ' '.
-// Every such character becomes a plain space here, which gives the same words.
-std::string unify_whitespace(std::string_view text) {
+// Every such character becomes a plain space here, which gives the same words; `origin`
+// (per byte, where it came from in the text) follows.
+std::string unify_whitespace(std::string_view text, std::vector<ByteRange>* origin) {
   std::string out;
   out.reserve(text.size());
+  std::vector<ByteRange> moved;
   for (size_t i = 0; i < text.size();) {
-    const auto b = static_cast<unsigned char>(text[i]);
-    size_t len = 1;
-    if (b >= 0xF0) len = 4;
-    else if (b >= 0xE0) len = 3;
-    else if (b >= 0xC0) len = 2;
-    len = std::min(len, text.size() - i);
+    const size_t len = std::min(utf8_length(static_cast<unsigned char>(text[i])), text.size() - i);
     const std::string_view ch = text.substr(i, len);
-    // U+0085; U+1680; U+2000..U+200A, U+2028, U+2029, U+202F, U+205F; U+3000 (U+00A0 maps to ' ' already)
-    const bool unicode_space = (len == 1 && is_space(ch[0])) || ch == "\u0085" || ch == "\u1680" || ch == "\u2028" || ch == "\u2029" ||
-                               ch == "\u202F" || ch == "\u205F" || ch == "\u3000" || ch == "\u00A0" ||
-                               (len == 3 && b == 0xE2 && static_cast<unsigned char>(ch[1]) == 0x80 &&
-                                static_cast<unsigned char>(ch[2]) >= 0x80 && static_cast<unsigned char>(ch[2]) <= 0x8A);
-    if (unicode_space) {
+    if (is_unicode_space(ch)) {
       out += ' ';
+      if (origin) moved.push_back((*origin)[i]);
     } else {
       out += ch;
+      if (origin) moved.insert(moved.end(), origin->begin() + i, origin->begin() + i + len);
     }
     i += len;
   }
+  if (origin) *origin = std::move(moved);
   return out;
 }
 
@@ -123,7 +150,8 @@ XlmrTokenizer XlmrTokenizer::load(const std::filesystem::path& model_dir, WordSp
     fail("{}: not valid JSON", json_file.string());
   }
   tokenizer.split_ = split != WordSplit::kAuto ? split : has_json ? detect_word_split(json) : WordSplit::kMetaspace;
-  tokenizer.mask_lstrip_ = tokenizer.split_ == WordSplit::kWhitespaceSplit || !has_json || mask_lstrip(json);
+  tokenizer.mask_span_lstrip_ = !has_json || mask_lstrip(json);
+  tokenizer.mask_lstrip_ = tokenizer.split_ == WordSplit::kWhitespaceSplit || tokenizer.mask_span_lstrip_;
   const int space = tokenizer.sp_->PieceToId("\u2581");
   tokenizer.space_piece_id_ = tokenizer.sp_->IsUnknown(space) ? -1 : space + kFairseqOffset;
   return tokenizer;
@@ -144,21 +172,42 @@ std::string XlmrTokenizer::id_to_piece(int32_t id) const {
   return sp_->IdToPiece(id - kFairseqOffset);
 }
 
-void XlmrTokenizer::append_pieces(std::string_view segment, std::vector<int32_t>& ids) const {
-  std::string normalized = normalizer_->normalize(segment);
-  if (split_ == WordSplit::kWhitespaceSplit) normalized = unify_whitespace(normalized);
-  std::vector<int> pieces;
-  const auto status = sp_->Encode(normalized, &pieces);
-  if (!status.ok()) fail("tokenizer: {}", status.ToString());
-  for (int p : pieces) ids.push_back(p == 0 ? kUnk : p + kFairseqOffset);
+void XlmrTokenizer::append_pieces(std::string_view segment, uint32_t base, std::vector<int32_t>& ids,
+                                  std::vector<ByteRange>* offsets) const {
+  std::vector<ByteRange> origin;
+  std::vector<ByteRange>* aligned = offsets ? &origin : nullptr;
+  std::string normalized = normalizer_->normalize(segment, aligned);
+  if (split_ == WordSplit::kWhitespaceSplit) normalized = unify_whitespace(normalized, aligned);
+  const auto to_fairseq = [](int p) { return p == 0 ? kUnk : p + kFairseqOffset; };
+  std::vector<SpmPiece> pieces;
+  if (offsets) {
+    sentencepiece::ImmutableSentencePieceText text;
+    const auto status = sp_->Encode(normalized, text.mutable_proto());
+    if (!status.ok()) fail("tokenizer: {}", status.ToString());
+    for (size_t i = 0; i < text.pieces_size(); ++i) {
+      const auto piece = text.pieces(static_cast<int>(i));
+      ids.push_back(to_fairseq(static_cast<int>(piece.id())));
+      pieces.push_back({piece.begin(), piece.end(), piece.piece().rfind(kWordMarker, 0) == 0});
+    }
+  } else {
+    std::vector<int> found;
+    const auto status = sp_->Encode(normalized, &found);
+    if (!status.ok()) fail("tokenizer: {}", status.ToString());
+    for (int p : found) ids.push_back(to_fairseq(p));
+  }
   // Metaspace keeps a trailing space (SentencePiece drops it) as a word of its own, "▁".
   if (split_ == WordSplit::kMetaspace && !normalized.empty() && normalized.back() == ' ') {
     ids.push_back(space_piece_id_ >= 0 ? space_piece_id_ : kUnk);
+    const auto end = static_cast<uint32_t>(normalized.size());
+    pieces.push_back({end, end, true});
+  }
+  if (offsets) {
+    const auto marker = split_ == WordSplit::kMetaspace ? MarkerOrigin::kSpace : MarkerOrigin::kFirstCharacter;
+    append_token_offsets(normalized, origin, pieces, marker, base, *offsets);
   }
 }
 
 std::string XlmrTokenizer::decode(const std::vector<int32_t>& ids, bool skip_special_tokens) const {
-  static constexpr std::string_view kWordMarker = "\u2581";
   std::string text;
   for (int32_t id : ids) {
     const bool special = (id >= kCls && id <= kUnk) || id == mask_id();
@@ -177,9 +226,10 @@ std::string XlmrTokenizer::decode(const std::vector<int32_t>& ids, bool skip_spe
   return text;
 }
 
-std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_length, bool* truncated,
-                                           bool keep_end) const {
+std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_length, bool* truncated, bool keep_end,
+                                           std::vector<ByteRange>* offsets) const {
   std::vector<int32_t> ids{kCls};
+  if (offsets) *offsets = {ByteRange{}};
   // Special-token strings in the text are tokens of their own, as transformers does
   // (it splits the text on its added tokens before SentencePiece sees it).
   size_t start = 0, pos = 0;
@@ -197,30 +247,34 @@ std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_len
       ++pos;
       continue;
     }
-    size_t end = pos;
-    if (hit->id < 0 && mask_lstrip_) {
-      while (end > start && is_space(text[end - 1])) --end;
-    }
-    append_pieces(text.substr(start, end - start), ids);
+    // <mask> (lstrip) takes the whitespace before it, any Unicode space, as tokenizers does.
+    const size_t end = hit->id < 0 && mask_lstrip_ ? start + trailing_space_start(text.substr(start, pos - start)) : pos;
+    append_pieces(text.substr(start, end - start), static_cast<uint32_t>(start), ids, offsets);
     ids.push_back(hit->id >= 0 ? hit->id : mask_id());
+    const size_t span = hit->id < 0 && mask_span_lstrip_ ? end : pos;
+    if (offsets) offsets->push_back({static_cast<uint32_t>(span), static_cast<uint32_t>(pos + hit->text.size())});
     pos += hit->text.size();
     start = pos;
   }
-  append_pieces(text.substr(start), ids);
+  append_pieces(text.substr(start), static_cast<uint32_t>(start), ids, offsets);
 
   bool cut = false;
   if (max_length > 0) {
     if (max_length < 2) fail("max_length must be at least 2 (for <s> and </s>), got {}", max_length);
     if (ids.size() + 1 > max_length) {
+      const size_t drop = ids.size() + 1 - max_length;
       if (keep_end) {
-        ids.erase(ids.begin() + 1, ids.begin() + 1 + static_cast<ptrdiff_t>(ids.size() + 1 - max_length));
+        ids.erase(ids.begin() + 1, ids.begin() + 1 + static_cast<ptrdiff_t>(drop));
+        if (offsets) offsets->erase(offsets->begin() + 1, offsets->begin() + 1 + static_cast<ptrdiff_t>(drop));
       } else {
         ids.resize(max_length - 1);
+        if (offsets) offsets->resize(max_length - 1);
       }
       cut = true;
     }
   }
   ids.push_back(kEos);
+  if (offsets) offsets->push_back({});
   if (truncated) *truncated = cut;
   return ids;
 }

@@ -45,9 +45,12 @@ class XlmrTokenizer {
   // both specials is at most max_length, keeping the first pieces (or the last, with
   // keep_end: a left truncation, as transformers' truncation_side="left"); `truncated`
   // (if given) says whether that cut. `text` must be valid UTF-8 (checked by the caller's
-  // input layer).
+  // input layer). `offsets` (if given) gets, per id, the bytes of `text` it stands for, as
+  // Hugging Face tokenizers' offsets (in bytes, as TEI's /tokenize reports them); the <s>
+  // and </s> added around the text get {0, 0}, special-token strings in the text their own
+  // bytes.
   std::vector<int32_t> encode(std::string_view text, size_t max_length = 0, bool* truncated = nullptr,
-                              bool keep_end = false) const;
+                              bool keep_end = false, std::vector<ByteRange>* offsets = nullptr) const;
 
   // The token string of an id ("<s>", "▁hello", ...).
   std::string id_to_piece(int32_t id) const;
@@ -62,15 +65,19 @@ class XlmrTokenizer {
 
  private:
   XlmrTokenizer();
-  void append_pieces(std::string_view segment, std::vector<int32_t>& ids) const;
+  // The ids of a text segment without special tokens; with `offsets`, also where each
+  // lies in the text (the segment starts at byte `base`).
+  void append_pieces(std::string_view segment, uint32_t base, std::vector<int32_t>& ids,
+                     std::vector<ByteRange>* offsets) const;
 
   // SentencePiece runs with an identity normalizer: normalization is done first, the
   // way transformers' (tokenizers') XLM-R pipeline does it.
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::unique_ptr<PrecompiledNormalizer> normalizer_;
   WordSplit split_ = WordSplit::kMetaspace;
-  int32_t space_piece_id_ = -1;
-  bool mask_lstrip_ = true;  // "<mask>" swallows the whitespace before it  // fairseq id of the bare "▁" piece (-1: none)
+  int32_t space_piece_id_ = -1;  // fairseq id of the bare "▁" piece (-1: none)
+  bool mask_lstrip_ = true;      // "<mask>" swallows the whitespace before it
+  bool mask_span_lstrip_ = true;  // and its offsets include it (tokenizer.json's flag)
 };
 
 }  // namespace m3
