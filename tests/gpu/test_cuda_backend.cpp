@@ -16,6 +16,7 @@
 #include "m3/backend/cuda_devices.h"
 #include "m3/checkpoint/checkpoint.h"
 #include "m3/runtime/embedder.h"
+#include "family_checks.h"
 #include "test_support.h"
 
 namespace m3 {
@@ -131,6 +132,17 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, CudaFidelity,
                            for (char& ch : name) ch = ch == '-' ? '_' : ch;
                            return name;
                          });
+
+// The reranker (classifier head: pool, a tanh linear, the logits) and the mean-pooling
+// embedder through the CUDA graph in float32, against the reference libraries' goldens
+// (family_checks.h) at the CPU's tolerances.
+TEST(CudaFamilies, RerankerAndMeanPoolingMatchTheReferences) {
+  SKIP_WITHOUT_GPU();
+  auto reranker = load_on_gpu(test::fixtures() / "tiny-reranker", DType::F32, 0, 512);
+  test::check_reranker(*reranker, {});
+  auto e5 = load_on_gpu(test::fixtures() / "tiny-e5", DType::F32, 0, 512);
+  test::check_mean_pooling(*e5, {});
+}
 
 // After warm-up the device's free memory does not move by a byte, whatever the batches.
 TEST(CudaMemory, NoDeviceAllocationAfterWarmUp) {

@@ -359,6 +359,31 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
                          coarser(weight_type, y_type)));
   }
 
+  // pool() with norms (normalized rows, fetched as the heads fetch them) and without (the
+  // pooled rows as they are); the last sequence's rows are zero, so its CLS row and mean are.
+  void check_pool(Pooling pooling) {
+    const int64_t h = config().hidden_size;
+    const int32_t sequences = data_->batch.sequences();
+    std::vector<float> x = random(plan_.rows * h, 1.f, 41);
+    const PackedBatch& b = data_->batch;
+    std::fill(x.begin() + b.seq_begin(sequences - 1) * h, x.begin() + (b.seq_begin(sequences - 1) + b.seq_len(sequences - 1)) * h, 0.f);
+    const TensorView x_view = tensor(DType::F32, plan_.rows, h, x);
+    const TensorView dense = tensor(DType::F32, sequences, h), raw = tensor(DType::F32, sequences, h);
+    const TensorView norms = tensor(DType::F32, sequences, 1);
+    backend_->pool(batch_, x_view, pooling, dense, norms);
+    backend_->pool(batch_, x_view, pooling, raw, TensorView{});
+    const auto* fetched = static_cast<const float*>(backend_->fetch(dense, 0));
+    sync();
+    const std::string what = std::string("pool ") + pooling_name(pooling);
+    const std::vector<double> pooled = reference::pool(b, x, h, pooling == Pooling::kMean);
+    const std::vector<double> want_norms = reference::row_norms(pooled, h);
+    const std::vector<double> want = reference::divided(pooled, want_norms, h);
+    EXPECT_TRUE(close_to(what + " (fetched)", {fetched, fetched + sequences * h}, want, h, DType::F32));
+    EXPECT_TRUE(close_to(what, read(dense, sequences), want, h, DType::F32));
+    EXPECT_TRUE(close_to(what + " norms", read(norms, sequences), want_norms, 1, DType::F32));
+    EXPECT_TRUE(close_to(what + " raw", read(raw, sequences), pooled, h, DType::F32));
+  }
+
   // The embedding of the staged batch, from the tables as the backend stores them.
   std::vector<double> embed_reference() const {
     return reference::embed(data_->batch, weight_as_stored("embeddings.word_embeddings"),
@@ -521,26 +546,21 @@ TEST_P(OpParity, AttentionWithoutBias) { check_attention(false); }
 
 TEST_P(OpParity, AttentionAddsTheQkvBias) { check_attention(true); }
 
-// dense[s] = normalize(x[first token of s]), read back through fetch as the heads do; a
-// zero CLS row stays zero (the norm is floored at 1e-12, not divided by 0).
-TEST_P(OpParity, ClsNormalize) {
-  const int64_t h = config().hidden_size;
-  const int32_t sequences = data_->batch.sequences();
-  std::vector<float> x = random(plan_.rows * h, 1.f, 41);
-  const int64_t zero_row = data_->batch.seq_begin(sequences - 1);
-  std::fill(x.begin() + zero_row * h, x.begin() + (zero_row + 1) * h, 0.f);
-  const TensorView x_view = tensor(DType::F32, plan_.rows, h, x);
-  const TensorView dense = tensor(DType::F32, sequences, h);
-  const TensorView norms = tensor(DType::F32, sequences, 1);
-  backend_->cls_normalize(batch_, x_view, dense, norms);
-  const auto* fetched = static_cast<const float*>(backend_->fetch(dense, 0));
-  sync();
-  const std::vector<double> want = reference::cls_normalize(data_->batch, x, h);
-  EXPECT_TRUE(close_to("cls_normalize (fetched)", {fetched, fetched + sequences * h}, want, h, DType::F32));
-  EXPECT_TRUE(close_to("cls_normalize", read(dense, sequences), want, h, DType::F32));
-  EXPECT_TRUE(close_to("cls_normalize norms", read(norms, sequences), reference::cls_norms(data_->batch, x, h), 1,
-                       DType::F32));
+// A classifier's dense layer (bge-reranker): tanh(x W^T + b), hidden -> hidden in float32.
+TEST_P(OpParity, LinearTanh) {
+  check_linear("colbert_linear", Epilogue::kTanh, false, true, tokens());
 }
+
+// A classifier's output projection with one label: x w + b, no activation.
+TEST_P(OpParity, LinearStoresOneOutput) {
+  check_linear("sparse_linear", Epilogue::kStore, false, true, tokens());
+}
+
+// dense[s] = normalize(pool(x over s)), read back through fetch as the heads do, with the
+// norms; without norms the pooled rows as they are. A zero CLS row stays zero (the norm is
+// floored at 1e-12, not divided by 0).
+TEST_P(OpParity, PoolClsNormalized) { check_pool(Pooling::kCls); }
+TEST_P(OpParity, PoolMeanNormalized) { check_pool(Pooling::kMean); }
 
 // Each of the first `rows` rows divided by its norm, in place; a zero row stays zero.
 TEST_P(OpParity, NormalizeRows) {

@@ -36,6 +36,7 @@ inline std::vector<double> linear(std::span<const float> x, int64_t rows, int64_
         case Epilogue::kStore: break;
         case Epilogue::kGelu: acc = gelu_erf(acc); break;
         case Epilogue::kRelu: acc = std::max(acc, 0.0); break;
+        case Epilogue::kTanh: acc = std::tanh(acc); break;
         case Epilogue::kResidual: acc += y_before[r * out + c]; break;
       }
       y[r * out + c] = acc;
@@ -131,25 +132,32 @@ inline std::vector<double> normalize_rows(std::span<const float> x, int64_t rows
   return y;
 }
 
-// dense[s] = normalize(x[cu_seqlens[s]]): each sequence's first (CLS) row.
-inline std::vector<double> cls_normalize(const PackedBatch& batch, std::span<const float> x, int64_t width) {
-  std::vector<double> dense(static_cast<size_t>(batch.sequences() * width));
+// pooled[s] = each sequence's first (CLS) row, or the mean of its rows.
+inline std::vector<double> pool(const PackedBatch& batch, std::span<const float> x, int64_t width, bool mean) {
+  std::vector<double> pooled(static_cast<size_t>(batch.sequences() * width));
   for (int32_t s = 0; s < batch.sequences(); ++s) {
-    normalize(x.data() + int64_t(batch.seq_begin(s)) * width, width, dense.data() + s * width);
+    const int64_t rows = mean ? batch.seq_len(s) : 1;
+    for (int64_t r = 0; r < rows; ++r) {
+      for (int64_t i = 0; i < width; ++i) pooled[s * width + i] += x[(batch.seq_begin(s) + r) * width + i];
+    }
+    for (int64_t i = 0; i < width; ++i) pooled[s * width + i] /= double(rows);
   }
-  return dense;
+  return pooled;
 }
 
-// norms[s] = max(||x[cu_seqlens[s]]||, 1e-12): what cls_normalize divided each CLS row by.
-inline std::vector<double> cls_norms(const PackedBatch& batch, std::span<const float> x, int64_t width) {
-  std::vector<double> norms(static_cast<size_t>(batch.sequences()));
-  for (int32_t s = 0; s < batch.sequences(); ++s) {
+// max(||row||, 1e-12) of each row, and the rows divided by it.
+inline std::vector<double> row_norms(const std::vector<double>& rows, int64_t width) {
+  std::vector<double> norms(rows.size() / width);
+  for (size_t r = 0; r < norms.size(); ++r) {
     double sum = 0;
-    const float* row = x.data() + int64_t(batch.seq_begin(s)) * width;
-    for (int64_t i = 0; i < width; ++i) sum += double(row[i]) * row[i];
-    norms[s] = std::max(std::sqrt(sum), 1e-12);
+    for (int64_t i = 0; i < width; ++i) sum += rows[r * width + i] * rows[r * width + i];
+    norms[r] = std::max(std::sqrt(sum), 1e-12);
   }
   return norms;
+}
+inline std::vector<double> divided(std::vector<double> rows, const std::vector<double>& norms, int64_t width) {
+  for (size_t i = 0; i < rows.size(); ++i) rows[i] /= norms[i / width];
+  return rows;
 }
 
 // lexical[t] = the largest weight of ids[t] in t's sequence, at the id's first position

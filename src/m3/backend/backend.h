@@ -16,6 +16,7 @@
 #include "m3/memory/memory_plan.h"
 #include "m3/model/weights.h"
 #include "m3/model/packed_batch.h"
+#include "m3/model/pooling_config.h"
 
 namespace m3 {
 
@@ -123,11 +124,12 @@ class Backend {
   // not empty. context: [T, heads*head_dim].
   virtual void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
                          int64_t head_dim, const TensorView& context) = 0;
-  // out[s] = x[cu_seqlens[s]] / max(||.||, 1e-12): each sequence's first row (float32);
-  // norms[s] = max(||x[cu_seqlens[s]]||, 1e-12) when `norms` is not empty (so out * norm
-  // gives the row back: TEI's normalize=false).
-  virtual void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
-                             const TensorView& norms) = 0;
+  // out[s] = each sequence's pooled row of the float32 x: its first row (kCls) or the mean
+  // of its rows (kMean). When `norms` is not empty, out[s] is divided by norms[s] =
+  // max(||out[s]||, 1e-12) (so out * norm gives the pooled row back: TEI's normalize=false);
+  // else it is left as pooled.
+  virtual void pool(const BatchView& batch, const TensorView& x, Pooling pooling, const TensorView& out,
+                    const TensorView& norms) = 0;
   // Each of the first `rows` rows of the float32 x divided by max(its norm, 1e-12), in place.
   virtual void normalize_rows(const TensorView& x, int64_t rows) = 0;
   // out[t] = the largest weight of token ids[t] within its sequence when t is that id's

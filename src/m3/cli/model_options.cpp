@@ -100,7 +100,7 @@ std::filesystem::path resolve_model_dir(const ModelOptions& o) {
 std::unique_ptr<Embedder> load_embedder(const ModelOptions& o, int64_t max_length) {
   const auto dir = resolve_model_dir(o);
   const auto config = ModelConfig::load(dir);
-  int64_t max_seq_len = config.max_tokens();
+  int64_t max_seq_len = default_max_seq_len(dir, config);
   if (max_length > 0 && max_length < max_seq_len) max_seq_len = max_length;
   if (max_length > config.max_tokens()) {
     spdlog::warn("max length {} is more than this model's {} positions allow; using {}", max_length,

@@ -14,8 +14,8 @@ constexpr int32_t kNotLexical[] = {XlmrTokenizer::kCls, XlmrTokenizer::kEos, Xlm
 }  // namespace
 
 M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights,
-                 Backend& backend, const TensorView& arena, std::filesystem::path model_dir)
-    : hidden_size_(config.hidden_size), backend_(backend), model_dir_(std::move(model_dir)) {
+                 Backend& backend, const TensorView& arena, std::filesystem::path model_dir, Pooling pooling)
+    : hidden_size_(config.hidden_size), backend_(backend), model_dir_(std::move(model_dir)), pooling_(pooling) {
   const int64_t rows = plan.rows, h = config.hidden_size;
   dense_ = arena_view(arena, plan.buffer("dense"), DType::F32, rows / 2, h);
   dense_norms_ = arena_view(arena, plan.buffer("dense_norms"), DType::F32, rows / 2, 1);
@@ -50,7 +50,7 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
   Fetched f;
   if (request.dense) {
     const TensorView dense = dense_.slice_rows(0, s), norms = dense_norms_.slice_rows(0, s);
-    backend_.cls_normalize(batch, hidden.f32, dense, norms);
+    backend_.pool(batch, hidden.f32, pooling_, dense, norms);
     f.dense = static_cast<const float*>(backend_.fetch(dense, batch.slot));
     f.dense_norms = static_cast<const float*>(backend_.fetch(norms, batch.slot));
   }

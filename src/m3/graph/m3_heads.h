@@ -1,8 +1,9 @@
 // M3Heads: BGE-M3's three outputs from the encoder's last hidden state, per M3-SPEC.md,
-// written once against the Backend ops: dense (the CLS row, normalized), sparse (relu of
-// a 1-wide linear, the largest weight per token id, specials skipped; on request also the
-// weight at every position) and ColBERT (a linear over every token, each row normalized,
-// the CLS row dropped).
+// written once against the Backend ops: dense (the CLS row, or the mean of the rows for a
+// mean-pooling embedder such as multilingual-e5, normalized), sparse (relu of a 1-wide
+// linear, the largest weight per token id, specials skipped; on request also the weight at
+// every position) and ColBERT (a linear over every token, each row normalized, the CLS
+// row dropped).
 #pragma once
 
 #include <filesystem>
@@ -29,8 +30,9 @@ class M3Heads {
 
   // `weights`, `backend` and the arena must outlive the heads; `model_dir` names missing
   // head files in errors. The head buffers reuse encoder buffers dead after the last layer.
+  // `pooling` makes the dense vector from the last hidden state (BGE-M3: the <s> row).
   M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights, Backend& backend,
-          const TensorView& arena, std::filesystem::path model_dir);
+          const TensorView& arena, std::filesystem::path model_dir, Pooling pooling = Pooling::kCls);
 
   // Throws m3::Error naming the missing head file when an output cannot be computed.
   void check(const OutputRequest& request) const;
@@ -49,6 +51,7 @@ class M3Heads {
   int64_t hidden_size_;
   Backend& backend_;
   std::filesystem::path model_dir_;
+  Pooling pooling_;
   std::unique_ptr<PreparedLinear> colbert_op_, sparse_op_;
   TensorView dense_, dense_norms_, sparse_, lexical_, colbert_;
 };

@@ -29,9 +29,12 @@ namespace {
 // What a snapshot needs to be served; the rest is fetched when the repo has it.
 constexpr const char* kRequiredFiles[] = {"config.json", "sentencepiece.bpe.model"};
 constexpr const char* kWeightFiles[] = {"model.safetensors", "pytorch_model.bin"};  // first found
-constexpr const char* kOptionalFiles[] = {"tokenizer.json", "tokenizer_config.json",
-                                          "special_tokens_map.json", "colbert_linear.pt",
-                                          "sparse_linear.pt"};
+// BGE-M3's heads, and sentence-transformers' files that say how an embedder pools
+// (multilingual-e5: mean) and where it truncates; 1_Pooling is where every
+// sentence-transformers model on the Hub keeps its pooling config.
+constexpr const char* kOptionalFiles[] = {"tokenizer.json",        "tokenizer_config.json",  "special_tokens_map.json",
+                                          "colbert_linear.pt",     "sparse_linear.pt",       "modules.json",
+                                          "1_Pooling/config.json", "sentence_bert_config.json"};
 
 std::string env(const char* name) {
   const char* value = std::getenv(name);

@@ -19,6 +19,7 @@ DType cuda_weight_dtype(const WeightSpec& spec, DType precision) {
     case WeightRole::kEncoderLinear: return precision;
     // The sparse head's one row is a dot product per token, in float32, not a GEMM.
     case WeightRole::kHeadLinear: return spec.rows == 1 ? DType::F32 : precision;
+    case WeightRole::kFloatHeadLinear: return DType::F32;
     case WeightRole::kVector: return DType::F32;
   }
   return DType::F32;

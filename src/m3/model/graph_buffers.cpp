@@ -19,6 +19,12 @@ std::vector<BufferSpec> xlmr_m3_buffers(const ModelConfig& c, bool sparse_head, 
   b.push_back({"lexical", "per-id sparse maxima", 1, T::kF32, BufferRows::kTokens, "", "qkv"});
   b.push_back({"dense", "dense vectors", h, T::kF32, BufferRows::kSequences, "", "context"});
   b.push_back({"dense_norms", "CLS norms (TEI's normalize=false)", 1, T::kF32, BufferRows::kSequences, "", "context"});
+  if (c.architecture == Architecture::kSequenceClassification) {
+    // The classifier's GEMMs run over whole row chunks (gemm_row_blocks.h): token rows.
+    b.push_back({"classifier_in", "classifier input (<s> rows)", h, T::kF32, BufferRows::kTokens, "", "ffn"});
+    b.push_back({"classifier_hidden", "classifier tanh layer", h, T::kF32, BufferRows::kTokens, "", "ffn"});
+    b.push_back({"logits", "classifier logits", c.num_labels, T::kF32, BufferRows::kTokens, "", "ffn"});
+  }
   return b;
 }
 

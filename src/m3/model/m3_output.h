@@ -1,4 +1,5 @@
-// What BGE-M3 returns for one text, and which of the three outputs are wanted.
+// What BGE-M3 returns for one text, and which of the three outputs are wanted; and what a
+// sequence classifier (a reranker) returns for one pair: its logits.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +15,7 @@ struct OutputRequest {
   // relu(sparse_linear(h)) at every position, before the per-id maximum (vLLM's
   // token_classify); needs the sparse head, like `sparse`.
   bool token_weights = false;
+  bool scores = false;  // a classifier's logits (the model must be one)
 };
 
 struct M3Output {
@@ -27,6 +29,7 @@ struct M3Output {
   // [tokens]: the per-position sparse weights, <s> and </s> included; only with
   // OutputRequest::token_weights.
   std::vector<float> token_weights;
+  std::vector<float> scores;  // [labels]: a classifier's logits, before any sigmoid
   int64_t tokens = 0;  // sequence length fed to the model, specials included
   bool truncated = false;
 };

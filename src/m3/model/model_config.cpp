@@ -1,5 +1,6 @@
 #include "m3/model/model_config.h"
 
+#include <charconv>
 #include <fstream>
 #include <optional>
 #include <sstream>
@@ -21,6 +22,51 @@ int64_t get_int(simdjson::dom::element& root, const char* key, const std::string
   int64_t value;
   if (field.get_int64().get(value) != simdjson::SUCCESS) fail("{}: field \"{}\" is not an integer", source, key);
   return value;
+}
+
+// `architectures` (absent: the encoder, as BGE-M3's older snapshots) and, for a
+// classifier, its labels.
+void parse_architecture(simdjson::dom::element root, const std::string& source, ModelConfig& c) {
+  simdjson::dom::array architectures;
+  if (root["architectures"].get_array().get(architectures) == simdjson::SUCCESS && architectures.size() > 0) {
+    if (architectures.size() > 1) fail("{}: \"architectures\" lists {} models; expected one", source, architectures.size());
+    std::string_view name;
+    if (architectures.at(0).get_string().get(name) != simdjson::SUCCESS) {
+      fail("{}: \"architectures\" must be a list of strings", source);
+    }
+    if (name == "XLMRobertaForSequenceClassification" || name == "RobertaForSequenceClassification") {
+      c.architecture = Architecture::kSequenceClassification;
+    } else if (name != "XLMRobertaModel" && name != "RobertaModel") {
+      fail("{}: architectures \"{}\" is not supported (expected XLMRobertaModel, an embedder such as BGE-M3 or "
+           "multilingual-e5, or XLMRobertaForSequenceClassification, a reranker such as bge-reranker-v2-m3)",
+           source, name);
+    }
+  }
+  if (c.architecture != Architecture::kSequenceClassification) return;
+  // transformers writes id2label ({"0": "LABEL_0"}) and reads num_labels from it.
+  simdjson::dom::object id2label;
+  if (root["id2label"].get_object().get(id2label) == simdjson::SUCCESS) {
+    c.labels.resize(id2label.size());
+    for (auto [key, value] : id2label) {
+      size_t index = 0;
+      const auto [end, ec] = std::from_chars(key.data(), key.data() + key.size(), index);
+      std::string_view label;
+      if (ec != std::errc() || end != key.data() + key.size() || index >= c.labels.size() ||
+          value.get_string().get(label) != simdjson::SUCCESS) {
+        fail("{}: \"id2label\" must map \"0\"..\"{}\" to label names", source, c.labels.size() - 1);
+      }
+      c.labels[index] = std::string(label);
+    }
+    c.num_labels = static_cast<int64_t>(c.labels.size());
+  } else {
+    c.num_labels = get_int(root, "num_labels", source, 2);  // transformers' default
+    for (int64_t i = 0; i < c.num_labels; ++i) c.labels.push_back("LABEL_" + std::to_string(i));
+  }
+  if (c.num_labels < 1) fail("{}: a classifier needs at least one label (id2label / num_labels)", source);
+  std::string_view problem;
+  if (root["problem_type"].get_string().get(problem) == simdjson::SUCCESS && problem == "multi_label_classification") {
+    c.multi_label = true;
+  }
 }
 
 }  // namespace
@@ -48,6 +94,7 @@ ModelConfig ModelConfig::parse(const std::string& json, const std::string& sourc
   }
 
   ModelConfig c;
+  parse_architecture(root, source, c);
   c.vocab_size = get_int(root, "vocab_size", source);
   c.hidden_size = get_int(root, "hidden_size", source);
   c.num_layers = get_int(root, "num_hidden_layers", source);

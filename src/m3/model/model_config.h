@@ -5,10 +5,20 @@
 #include <cstdint>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 namespace m3 {
 
+// config.json's `architectures`: the encoder alone (an embedder), or the encoder with a
+// classification head on <s> (a cross-encoder reranker such as bge-reranker-v2-m3).
+enum class Architecture { kEncoder, kSequenceClassification };
+
 struct ModelConfig {
+  Architecture architecture = Architecture::kEncoder;
+  // kSequenceClassification: the head's outputs and their names (id2label, "LABEL_i" when absent).
+  int64_t num_labels = 0;
+  std::vector<std::string> labels;
+  bool multi_label = false;  // problem_type "multi_label_classification": sigmoid per label, not softmax
   int64_t vocab_size = 0;
   int64_t hidden_size = 0;
   int64_t num_layers = 0;

@@ -80,6 +80,14 @@ WeightTable xlmr_m3_weight_table(const ModelConfig& c, bool sparse_head, bool co
   };
   if (colbert_head) head("colbert_linear", "colbert_linear.pt", h, Epilogue::kStore);
   if (sparse_head) head("sparse_linear", "sparse_linear.pt", 1, Epilogue::kRelu);  // relu(h . w + b)
+  if (c.architecture == Architecture::kSequenceClassification) {
+    // transformers' XLMRobertaClassificationHead on <s>: out_proj(tanh(dense(x))).
+    const size_t first = t.specs.size();
+    linear("classifier.dense", h, h, WeightRole::kFloatHeadLinear, {"classifier.dense"}, Epilogue::kTanh);
+    linear("classifier.out_proj", c.num_labels, h, WeightRole::kFloatHeadLinear, {"classifier.out_proj"},
+           Epilogue::kStore);
+    for (size_t k = first; k < t.specs.size(); ++k) t.specs[k].beside_encoder = true;
+  }
   return t;
 }
 

@@ -18,6 +18,7 @@ enum class WeightRole {
   kEmbedding,      // a lookup table [rows, hidden]
   kEncoderLinear,  // an encoder GEMM weight [out, in]: stored at --dtype
   kHeadLinear,     // a head's weight [out, in]
+  kFloatHeadLinear,  // a head's weight [out, in] kept in float32 everywhere (a classifier: a few rows a batch)
   kVector,         // biases, layer norms, the token-type row: float32 everywhere
 };
 
@@ -26,6 +27,7 @@ enum class Epilogue {
   kStore,     // y = x W^T + b
   kGelu,      // y = gelu_erf(x W^T + b)
   kRelu,      // y = max(x W^T + b, 0)
+  kTanh,      // y = tanh(x W^T + b)   (a sequence classifier's dense layer)
   kResidual,  // y += x W^T + b   (y is the float32 residual stream)
 };
 
@@ -41,6 +43,9 @@ struct WeightSpec {
   std::vector<std::string> sources;
   std::vector<int64_t> source_shape;
   int64_t take_rows = 0;
+  // In the encoder's file but outside the encoder (a classifier's "classifier.*"): read
+  // without the encoder's prefix ("roberta.").
+  bool beside_encoder = false;
   Epilogue epilogue = Epilogue::kStore;  // a linear's weight: what the graph fuses after its GEMM
 
   uint64_t elements() const { return static_cast<uint64_t>(rows) * static_cast<uint64_t>(cols); }
@@ -55,7 +60,8 @@ struct WeightTable {
 };
 
 // XLM-RoBERTa's encoder (Q, K and V stacked into one [3*hidden, hidden] GEMM) plus BGE-M3's
-// sparse and ColBERT heads when their files are present.
+// sparse and ColBERT heads when their files are present, and a sequence classifier's head
+// (classifier.dense, tanh, classifier.out_proj) when the config's architecture has one.
 WeightTable xlmr_m3_weight_table(const ModelConfig& config, bool sparse_head, bool colbert_head);
 
 // "encoder.layer.*.attention.output.dense.weight" for any layer number: the plan groups

@@ -63,7 +63,7 @@ HostWeights load_weights(const fs::path& model_dir, const ModelConfig& c, Weight
     const WeightSpec& spec = w.table.specs[i];
     auto& checkpoint = open[spec.file];
     if (!checkpoint) checkpoint = open_checkpoint(model_dir / spec.file);
-    const std::string& from = spec.file.empty() ? prefix : std::string();
+    const std::string& from = spec.file.empty() && !spec.beside_encoder ? prefix : std::string();
     std::vector<float>& out = w.data[i];
     out.reserve(spec.elements());
     for (const auto& source : spec.sources) {

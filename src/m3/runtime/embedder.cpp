@@ -39,6 +39,17 @@ void keep_freed_memory_for_reuse() {
 
 }  // namespace
 
+std::string Embedder::describe() const {
+  const ModelConfig& c = model_.config;
+  if (c.architecture == Architecture::kSequenceClassification) {
+    return fmt::format("classifier, {} label{}", c.num_labels, c.num_labels == 1 ? "" : "s");
+  }
+  const PlanInputs& in = plan_.inputs;
+  return fmt::format("embedder: {} pooling{}; heads: dense{}{}", pooling_name(model_.pooling.pooling),
+                     model_.pooling.normalize ? ", normalized" : "", in.sparse_head ? " sparse" : "",
+                     in.colbert_head ? " colbert" : "");
+}
+
 std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir, const EmbedderOptions& options) {
   std::unique_ptr<Embedder> e(new Embedder());
   keep_freed_memory_for_reuse();
@@ -46,6 +57,7 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
   e->model_.model_dir = model_dir;
   e->model_.config = ModelConfig::load(model_dir);
   const ModelConfig& config = e->model_.config;
+  if (config.architecture == Architecture::kEncoder) e->model_.pooling = load_pooling_config(model_dir);
   e->tokenizer_ = std::make_unique<XlmrTokenizer>(XlmrTokenizer::load(model_dir));
   if (e->tokenizer_->vocab_size() > config.vocab_size) {
     fail("{}: the tokenizer has {} ids but config.json's vocab_size is {}",
@@ -107,10 +119,9 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                 format_bytes(e->baseline_rss_));
   std::string where = on_cuda ? " on" : fmt::format(" x {} threads on the CPU", in.threads);
   for (size_t r = 0; on_cuda && r < e->replicas_.size(); ++r) where += (r ? ", " : " ") + e->replicas_[r]->device_name();
-  spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; heads:{}{}; {}) with {} replica(s){}",
+  spdlog::info("loaded {} ({} layers, hidden {}, {} heads; weights from {}; {}; {}) with {} replica(s){}",
                model_dir.string(), config.num_layers, config.hidden_size, config.num_heads,
-               std::filesystem::path(e->model_.weights.source).filename().string(),
-               in.sparse_head ? " sparse" : "", in.colbert_head ? " colbert" : "",
+               std::filesystem::path(e->model_.weights.source).filename().string(), e->describe(),
                precision_name(in.precision), in.replicas, where);
   e->load_peak_rss_ = peak_rss_bytes();  // before warm-up resets the mark
   SchedulerOptions scheduling;
@@ -153,7 +164,7 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   const bool on_cuda = !options.devices.empty() && options.devices.front().kind == DeviceKind::kCuda;
   PlanInputs in;
   in.config = config;
-  in.max_seq_len = options.max_seq_len > 0 ? options.max_seq_len : config.max_tokens();
+  in.max_seq_len = options.max_seq_len > 0 ? options.max_seq_len : default_max_seq_len(model_dir, config);
   if (in.max_seq_len > config.max_tokens()) {
     fail("max sequence length {} exceeds the model's limit of {} tokens (max_position_embeddings {})",
          in.max_seq_len, config.max_tokens(), config.max_position_embeddings);
@@ -228,6 +239,14 @@ void Embedder::check(const OutputRequest& request) const { replicas_.front()->ch
 std::vector<int32_t> Embedder::tokenize(std::string_view text, int64_t max_length, bool* truncated) const {
   const int64_t limit = max_length > 0 ? std::min(max_length, max_seq_len()) : max_seq_len();
   return tokenizer_->encode(text, static_cast<size_t>(limit), truncated);
+}
+
+std::vector<int32_t> Embedder::tokenize_pair(std::string_view query, std::string_view passage, int64_t max_length,
+                                            int64_t query_max_length, bool* truncated) const {
+  const int64_t limit = max_length > 0 ? std::min(max_length, max_seq_len()) : max_seq_len();
+  const int64_t query_limit = query_max_length > 0 ? query_max_length : limit * 3 / 4;
+  return tokenizer_->encode_pair(query, passage, static_cast<size_t>(query_limit), static_cast<size_t>(limit),
+                                 truncated);
 }
 
 std::vector<M3Output> Embedder::encode(const std::vector<std::vector<int32_t>>& sequences,

@@ -53,6 +53,11 @@ class Embedder {
   ~Embedder();
 
   const ModelConfig& config() const { return model_.config; }
+  const PoolingConfig& pooling() const { return model_.pooling; }
+  bool is_classifier() const { return model_.config.architecture == Architecture::kSequenceClassification; }
+  // What the model computes, for logs and /info: "classifier, 1 label" or "embedder: mean
+  // pooling, normalized; heads: sparse colbert".
+  std::string describe() const;
   const XlmrTokenizer& tokenizer() const { return *tokenizer_; }
   const std::filesystem::path& model_dir() const { return model_.model_dir; }
   const MemoryPlan& plan() const { return plan_; }
@@ -75,6 +80,12 @@ class Embedder {
 
   // Tokenizes with truncation to min(max_length, max_seq_len()) tokens.
   std::vector<int32_t> tokenize(std::string_view text, int64_t max_length, bool* truncated = nullptr) const;
+
+  // A reranker's input for a pair (XlmrTokenizer::encode_pair): at most min(max_length,
+  // max_seq_len()) tokens (max_length <= 0: max_seq_len()), the query cut to
+  // query_max_length pieces (<= 0: 3/4 of that limit, FlagReranker's default).
+  std::vector<int32_t> tokenize_pair(std::string_view query, std::string_view passage, int64_t max_length,
+                                     int64_t query_max_length, bool* truncated = nullptr) const;
 
   // The scheduler feeding the replicas (the server submits to it directly).
   Scheduler& scheduler() { return *scheduler_; }

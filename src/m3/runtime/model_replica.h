@@ -1,6 +1,6 @@
 // ModelReplica: the model on one device: a Backend (which owns the device memory and the
-// staging), the weights it placed, and the one graph (XlmrEncoder + M3Heads) computing in
-// its arena. The same class runs the CPU and CUDA; begin/end pipeline two batches where
+// staging), the weights it placed, and the one graph (XlmrEncoder + M3Heads, or the
+// ClassifierHead of a reranker) computing in its arena. The same class runs the CPU and CUDA; begin/end pipeline two batches where
 // the backend has two slots.
 #pragma once
 
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "m3/backend/backend.h"
+#include "m3/graph/classifier_head.h"
 #include "m3/graph/m3_heads.h"
 #include "m3/graph/xlmr_encoder.h"
 #include "m3/memory/memory_plan.h"
@@ -24,7 +25,7 @@ class ModelReplica final : public Replica {
   std::string device_name() const override { return backend_->device_name(); }
   std::string backend_name() const override { return backend_->name(); }
   void attach_thread() override { backend_->attach_thread(); }
-  void check(const OutputRequest& request) const override { heads_->check(request); }
+  void check(const OutputRequest& request) const override;
   WarmupReport warm_up() override;
   void run(const PackedBatch& batch, const OutputRequest& request, std::vector<M3Output>& outputs) override;
 
@@ -43,7 +44,15 @@ class ModelReplica final : public Replica {
   std::vector<WeightView> weights_;
   std::unique_ptr<XlmrEncoder> encoder_;
   std::unique_ptr<M3Heads> heads_;
-  M3Heads::Fetched fetched_[2];
+  std::unique_ptr<ClassifierHead> classifier_;  // a classifier (reranker) only
+  std::filesystem::path model_dir_;
+  struct Fetched {
+    M3Heads::Fetched heads;
+    const float* logits = nullptr;
+  };
+  Fetched fetched_[2];
+  // Queues the heads `request` asks for over the encoder's output.
+  Fetched forward_heads(const BatchView& view, const XlmrEncoder::Hidden& hidden, const OutputRequest& request);
 };
 
 }  // namespace m3

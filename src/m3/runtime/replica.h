@@ -13,12 +13,14 @@
 #include "m3/model/model_config.h"
 #include "m3/model/weights.h"
 #include "m3/model/packed_batch.h"
+#include "m3/model/pooling_config.h"
 
 namespace m3 {
 
 struct SharedModel {
   std::filesystem::path model_dir;
   ModelConfig config;
+  PoolingConfig pooling;  // an embedder's (modules.json), BGE-M3's when absent
   HostWeights weights;
 };
 

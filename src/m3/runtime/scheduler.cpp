@@ -33,6 +33,7 @@ void strip(M3Output& output, const OutputRequest& wanted) {
   if (!wanted.dense) output.dense = {};
   if (!wanted.sparse) output.lexical = {};
   if (!wanted.token_weights) output.token_weights = {};
+  if (!wanted.scores) output.scores = {};
   if (!wanted.colbert) {
     output.colbert = {};
     output.colbert_rows = 0;
@@ -302,6 +303,7 @@ void Scheduler::form_batch(Batch& batch) {
     batch.outputs.sparse |= request.wanted.sparse;
     batch.outputs.colbert |= request.wanted.colbert;
     batch.outputs.token_weights |= request.wanted.token_weights;
+    batch.outputs.scores |= request.wanted.scores;
     --request.queued;
     request.queued_tokens -= entry.tokens;
     ++request.in_flight;

@@ -279,4 +279,27 @@ std::vector<int32_t> XlmrTokenizer::encode(std::string_view text, size_t max_len
   return ids;
 }
 
+std::vector<int32_t> XlmrTokenizer::encode_pair(std::string_view query, std::string_view passage,
+                                                size_t query_max_pieces, size_t max_length, bool* truncated) const {
+  constexpr size_t kSpecials = 4;  // <s> </s></s> </s>
+  // Each text's pieces without its <s> and </s> (encode cuts to max - 2 pieces).
+  bool query_cut = false, passage_cut = false;
+  std::vector<int32_t> q = encode(query, query_max_pieces + 2, &query_cut);
+  std::vector<int32_t> p = encode(passage, max_length + 2, &passage_cut);
+  const size_t q_pieces = q.size() - 2, p_pieces = p.size() - 2;
+  if (q_pieces + kSpecials > max_length) {
+    fail("the query has {} tokens, which leaves no room for the passage within {} tokens: shorten the query or "
+         "lower its limit", q_pieces, max_length);
+  }
+  const size_t keep = std::min(p_pieces, max_length - kSpecials - q_pieces);
+  passage_cut = passage_cut || keep < p_pieces;
+  std::vector<int32_t> ids(q.begin(), q.end() - 1);  // <s> query
+  ids.push_back(kEos);
+  ids.push_back(kEos);
+  ids.insert(ids.end(), p.begin() + 1, p.begin() + 1 + static_cast<ptrdiff_t>(keep));
+  ids.push_back(kEos);
+  if (truncated) *truncated = query_cut || passage_cut;
+  return ids;
+}
+
 }  // namespace m3

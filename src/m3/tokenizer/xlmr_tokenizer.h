@@ -52,6 +52,14 @@ class XlmrTokenizer {
   std::vector<int32_t> encode(std::string_view text, size_t max_length = 0, bool* truncated = nullptr,
                               bool keep_end = false, std::vector<ByteRange>* offsets = nullptr) const;
 
+  // A cross-encoder's input for a query and a passage, `<s> query </s></s> passage </s>`
+  // (XLM-R's pair template), cut as FlagEmbedding's FlagReranker cuts it: the query to
+  // `query_max_pieces` pieces, the passage to `max_length` pieces, then the passage's end
+  // (only the second text) so the whole is at most `max_length`. `truncated` says whether
+  // either was cut. Fails when the query alone leaves the passage no room.
+  std::vector<int32_t> encode_pair(std::string_view query, std::string_view passage, size_t query_max_pieces,
+                                   size_t max_length, bool* truncated = nullptr) const;
+
   // The token string of an id ("<s>", "▁hello", ...).
   std::string id_to_piece(int32_t id) const;
   // Text of ids: pieces joined, SentencePiece's word marker as a space, no leading space;

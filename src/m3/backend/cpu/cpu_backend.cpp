@@ -44,6 +44,7 @@ dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows,
   if (epilogue == Epilogue::kResidual) post_ops.append_sum(1.0f);
   if (epilogue == Epilogue::kGelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_gelu_erf, 0.f, 0.f);
   if (epilogue == Epilogue::kRelu) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_relu, 0.f, 0.f);
+  if (epilogue == Epilogue::kTanh) post_ops.append_eltwise(1.0f, dnnl::algorithm::eltwise_tanh, 0.f, 0.f);
   attr.set_post_ops(post_ops);
   if (!bias) return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, bias_md, dst_md), attr, engine);
@@ -185,7 +186,8 @@ uint64_t CpuBackend::library_workspace_bytes(const WeightTable& table, int64_t m
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   std::set<std::tuple<int64_t, int64_t, Epilogue, DType>> gemms;  // every GEMM of the table, once
   for (const WeightSpec& s : table.specs) {
-    if (s.role == WeightRole::kEncoderLinear || s.role == WeightRole::kHeadLinear) {
+    if (s.role == WeightRole::kEncoderLinear || s.role == WeightRole::kHeadLinear ||
+        s.role == WeightRole::kFloatHeadLinear) {
       gemms.insert({s.rows, s.cols, s.epilogue, cpu_weight_dtype(s, precision)});
     }
   }
@@ -319,16 +321,31 @@ void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, cons
   if (!copy.empty() && copy.data != hidden_view.data) std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
 }
 
-void CpuBackend::cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
-                               const TensorView& norms) {
+void CpuBackend::pool(const BatchView& batch, const TensorView& x, Pooling pooling, const TensorView& out,
+                      const TensorView& norms) {
   const PackedBatch& b = *batch.host;
   const int64_t h = x.cols;
   if (b.sequences() > out.rows) fail("batch of {} sequences exceeds the planned {}", b.sequences(), out.rows);
   float* norm_of = norms.empty() ? nullptr : norms.as<float>();
 #pragma omp parallel for schedule(static)
   for (int32_t s = 0; s < b.sequences(); ++s) {
-    const float norm = l2_normalize(x.as<const float>() + int64_t(b.seq_begin(s)) * h, h, out.as<float>() + s * h);
-    if (norm_of) norm_of[s] = norm;
+    const float* rows = x.as<const float>() + int64_t(b.seq_begin(s)) * h;
+    float* pooled = out.as<float>() + s * h;
+    if (pooling == Pooling::kMean) {
+      // Row by row in order, as sentence-transformers sums the masked rows, then / count.
+      std::fill(pooled, pooled + h, 0.f);
+      const int64_t len = b.seq_len(s);
+      for (int64_t r = 0; r < len; ++r) {
+#pragma omp simd
+        for (int64_t i = 0; i < h; ++i) pooled[i] += rows[r * h + i];
+      }
+      const float count = static_cast<float>(std::max<int64_t>(len, 1));
+      for (int64_t i = 0; i < h; ++i) pooled[i] /= count;
+      rows = pooled;
+    } else if (!norm_of) {
+      std::copy(rows, rows + h, pooled);
+    }
+    if (norm_of) norm_of[s] = l2_normalize(rows, h, pooled);
   }
 }
 

@@ -61,7 +61,7 @@ class CpuBackend final : public Backend {
              const NormRef& norm, float eps, const TensorView& hidden, const TensorView& copy) override;
   void attention(const BatchView& batch, const TensorView& qkv, const TensorView& qkv_bias, int64_t heads,
                  int64_t head_dim, const TensorView& context) override;
-  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
+  void pool(const BatchView& batch, const TensorView& x, Pooling pooling, const TensorView& out,
                      const TensorView& norms) override;
   void normalize_rows(const TensorView& x, int64_t rows) override;
   void max_per_token_id(const BatchView& batch, const TensorView& weights, std::span<const int32_t> skip,

@@ -88,6 +88,9 @@ void int8_epilogue(const float* acc, int64_t rows, int64_t cols, const float* ro
 #pragma omp simd
         for (int64_t c = 0; c < cols; ++c) out[c] = std::max(s * channel_scales[c] * a[c] + bias[c], 0.f);
         break;
+      case Epilogue::kTanh:
+        for (int64_t c = 0; c < cols; ++c) out[c] = std::tanh(s * channel_scales[c] * a[c] + bias[c]);
+        break;
     }
   }
 }

@@ -205,6 +205,7 @@ class CudaBackend final : public Backend {
                                                 plan_.cuda.workspace_bytes);
     if (epilogue == Epilogue::kGelu) op->activation = cuda::Activation::kGelu;
     if (epilogue == Epilogue::kRelu) op->activation = cuda::Activation::kRelu;
+    if (epilogue == Epilogue::kTanh) op->activation = cuda::Activation::kTanh;
     if (op->bias && !op->gemm->bias_fused()) op->late_bias = op->bias;
     return op;
   }
@@ -252,10 +253,10 @@ class CudaBackend final : public Backend {
                     head_dim, context.data, stream_);
   }
 
-  void cls_normalize(const BatchView& batch, const TensorView& x, const TensorView& out,
-                     const TensorView& norms) override {
-    cuda::cls_normalize(x.as<const float>(), batch.cu_seqlens.as<const int32_t>(), batch.sequences(), x.cols,
-                        out.as<float>(), norms.empty() ? nullptr : norms.as<float>(), stream_);
+  void pool(const BatchView& batch, const TensorView& x, Pooling pooling, const TensorView& out,
+            const TensorView& norms) override {
+    cuda::pool(x.as<const float>(), batch.cu_seqlens.as<const int32_t>(), batch.sequences(), x.cols,
+               pooling == Pooling::kMean, out.as<float>(), norms.empty() ? nullptr : norms.as<float>(), stream_);
   }
 
   void normalize_rows(const TensorView& x, int64_t rows) override {

@@ -82,6 +82,7 @@ __global__ void bias_activation_kernel(T* y, const float* bias, int64_t count, i
     float x = to_f32(y[i]) + (bias ? bias[i % width] : 0.f);
     if (act == Activation::kGelu) x = 0.5f * x * (1.f + erff(x * 0.70710678118654752f));
     if (act == Activation::kRelu) x = fmaxf(x, 0.f);
+    if (act == Activation::kTanh) x = tanhf(x);
     y[i] = from_f32<T>(x);
   }
 }
@@ -99,13 +100,30 @@ __device__ float normalize_row(const float* in, const float* bias, int width, fl
   return norm;
 }
 
-__global__ void cls_normalize_kernel(const float* x, const int32_t* cu_seqlens, int width, float* out,
-                                     float* norms) {
+// One block per sequence; each thread sums its columns over the rows in order.
+__global__ void pool_kernel(const float* x, const int32_t* cu_seqlens, int width, bool mean, float* out,
+                            float* norms) {
   __shared__ float scratch[32];
   const int64_t s = blockIdx.x;
-  const float norm =
-      normalize_row(x + static_cast<int64_t>(cu_seqlens[s]) * width, nullptr, width, scratch, out + s * width);
-  if (norms && threadIdx.x == 0) norms[s] = norm;
+  const float* first = x + static_cast<int64_t>(cu_seqlens[s]) * width;
+  float* row = out + s * width;
+  const float* pooled = first;
+  if (mean) {
+    const int64_t len = cu_seqlens[s + 1] - cu_seqlens[s];
+    const float count = static_cast<float>(len > 0 ? len : 1);
+    for (int i = threadIdx.x; i < width; i += blockDim.x) {
+      float sum = 0.f;
+      for (int64_t r = 0; r < len; ++r) sum += first[r * width + i];
+      row[i] = sum / count;
+    }
+    __syncthreads();
+    pooled = row;
+  } else if (!norms) {
+    for (int i = threadIdx.x; i < width; i += blockDim.x) row[i] = first[i];
+  }
+  if (!norms) return;
+  const float norm = normalize_row(pooled, nullptr, width, scratch, row);
+  if (threadIdx.x == 0) norms[s] = norm;
 }
 
 __global__ void normalize_rows_kernel(float* rows, const float* bias, int width) {
@@ -198,11 +216,11 @@ void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64
   });
 }
 
-void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
-                   float* norms, cudaStream_t stream) {
+void pool(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, bool mean, float* out,
+          float* norms, cudaStream_t stream) {
   if (sequences == 0) return;
-  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, cls_normalize_kernel)(
-      x, cu_seqlens, static_cast<int>(width), out, norms);
+  M3_LAUNCH(static_cast<unsigned>(sequences), kRowThreads, 0, stream, pool_kernel)(
+      x, cu_seqlens, static_cast<int>(width), mean, out, norms);
 }
 
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream) {

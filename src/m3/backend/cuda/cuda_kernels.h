@@ -27,7 +27,7 @@ void residual_layer_norm(DType type, const float* projection, const float* bias,
                          void* hidden_gemm, cudaStream_t stream);
 
 // y = act(y + bias) in place over [rows, width] of `type`; bias may be null.
-enum class Activation { kNone, kGelu, kRelu };
+enum class Activation { kNone, kGelu, kRelu, kTanh };
 void bias_activation(DType type, void* y, const float* bias, int64_t rows, int64_t width, Activation act,
                      cudaStream_t stream);
 
@@ -48,10 +48,10 @@ void flash_attention(DType type, const void* qkv, const float* qkv_bias, const i
                      const int32_t* tiles, int64_t tile_count, int64_t heads, int64_t head_dim, void* context,
                      cudaStream_t stream);
 
-// out[s] = normalize(x[cu_seqlens[s]]) (each sequence's first row); norms[s] = the norm
-// divided by, when norms is not null.
-void cls_normalize(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, float* out,
-                   float* norms, cudaStream_t stream);
+// out[s] = each sequence's first row (mean: the mean of its rows), then, when norms is not
+// null, normalized, with norms[s] = the norm divided by.
+void pool(const float* x, const int32_t* cu_seqlens, int64_t sequences, int64_t width, bool mean, float* out,
+          float* norms, cudaStream_t stream);
 // rows[t] = normalize(rows[t] (+ bias when not null)) in place, each row of `width`.
 void normalize_rows(float* rows, const float* bias, int64_t count, int64_t width, cudaStream_t stream);
 // y[t] = relu(x[t] . w + b) for each row t of x (b may be null).

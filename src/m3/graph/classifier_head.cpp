@@ -1,0 +1,40 @@
+#include "m3/graph/classifier_head.h"
+
+#include "m3/graph/arena_view.h"
+
+namespace m3 {
+
+ClassifierHead::ClassifierHead(const ModelConfig& config, const MemoryPlan& plan,
+                               const std::vector<WeightView>& weights, Backend& backend, const TensorView& arena)
+    : labels_(config.num_labels), backend_(backend) {
+  const int64_t rows = plan.rows, h = config.hidden_size;
+  input_ = arena_view(arena, plan.buffer("classifier_in"), DType::F32, rows, h);
+  hidden_ = arena_view(arena, plan.buffer("classifier_hidden"), DType::F32, rows, h);
+  logits_ = arena_view(arena, plan.buffer("logits"), DType::F32, rows, labels_);
+  const WeightTable& t = plan.table;
+  dense_op_ = backend.prepare_linear(linear_ref(t, weights, "classifier.dense"), Epilogue::kTanh, DType::F32);
+  out_op_ = backend.prepare_linear(linear_ref(t, weights, "classifier.out_proj"), Epilogue::kStore, DType::F32);
+}
+
+const float* ClassifierHead::forward(const BatchView& batch, const XlmrEncoder::Hidden& hidden) {
+  const int32_t s = batch.sequences();
+  backend_.pool(batch, hidden.f32, Pooling::kCls, input_, TensorView{});  // the <s> rows as they are
+  backend_.linear(*dense_op_, input_, s, hidden_);
+  backend_.linear(*out_op_, hidden_, s, logits_);
+  return static_cast<const float*>(backend_.fetch(logits_.slice_rows(0, s), batch.slot));
+}
+
+void ClassifierHead::extract(const PackedBatch& batch, const float* logits, std::vector<M3Output>& outputs) const {
+  outputs.resize(batch.sequences());
+  for (int32_t s = 0; s < batch.sequences(); ++s) {
+    outputs[s].tokens = batch.seq_len(s);
+    outputs[s].scores.assign(logits + s * labels_, logits + (s + 1) * labels_);
+  }
+}
+
+void ClassifierHead::warm_up() {
+  backend_.warm_up(*dense_op_, input_, hidden_);
+  backend_.warm_up(*out_op_, hidden_, logits_);
+}
+
+}  // namespace m3
