@@ -308,9 +308,10 @@ def test_pymilvus_tei_embedding_function(auto, server, engine):
         TEIEmbeddingFunction(api_url=server.base)([LONG])
 
 
-def test_pymilvus_tei_rerank_function_is_not_served(server):
-    """BGE-M3 is not a cross-encoder: TEI's /rerank is not served, and the client says so."""
-    with pytest.raises(RuntimeError, match="/rerank"):
+def test_pymilvus_tei_rerank_function_on_an_embedder_is_refused(server):
+    """BGE-M3 is not a cross-encoder: /rerank answers TEI's "model is not a re-ranker model" (424),
+    and the client raises it (tests/python/test_rerank_server.py serves a reranker to it)."""
+    with pytest.raises(RuntimeError, match="model is not a re-ranker model"):
         TEIRerankFunction(api_url=server.base)("query", ["a", "b"])
 
 

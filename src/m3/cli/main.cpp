@@ -27,6 +27,7 @@ int main(int argc, char** argv) {
   app.parse_complete_callback([&] { spdlog::set_level(spdlog::level::from_str(log_level)); });
   m3::cli::add_encode_command(app);
   m3::cli::add_score_command(app);
+  m3::cli::add_rerank_command(app);
   m3::cli::add_tokenize_command(app);
   m3::cli::add_download_command(app);
   m3::cli::add_plan_command(app);

@@ -77,12 +77,9 @@ std::vector<std::string> read_texts(const std::string& path, InputFormat format,
   return texts;
 }
 
-void for_each_text(const std::string& path, InputFormat format, const std::string& field,
-                   const std::function<void(std::string_view text, size_t line)>& on_text) {
-  if (resolve(path, format) == InputFormat::kText) {
-    for_each_line(path, [&](const std::string& line, size_t number) { on_text(line, number); });
-    return;
-  }
+// Each non-blank line of `path` parsed as JSON, with its line number.
+static void for_each_json_line(const std::string& path,
+                               const std::function<void(simdjson::dom::element, size_t)>& on_line) {
   simdjson::dom::parser parser;
   for_each_line(path, [&](const std::string& line, size_t number) {
     if (blank(line)) return;
@@ -90,6 +87,17 @@ void for_each_text(const std::string& path, InputFormat format, const std::strin
     if (auto error = parser.parse(line).get(doc); error) {
       fail("{}:{}: not valid JSON ({})", where(path), number, simdjson::error_message(error));
     }
+    on_line(doc, number);
+  });
+}
+
+void for_each_text(const std::string& path, InputFormat format, const std::string& field,
+                   const std::function<void(std::string_view text, size_t line)>& on_text) {
+  if (resolve(path, format) == InputFormat::kText) {
+    for_each_line(path, [&](const std::string& line, size_t number) { on_text(line, number); });
+    return;
+  }
+  for_each_json_line(path, [&](simdjson::dom::element doc, size_t number) {
     std::string_view text;
     auto value = doc[field];
     if (value.error() == simdjson::INCORRECT_TYPE) fail("{}:{}: expected a JSON object", where(path), number);
@@ -103,13 +111,7 @@ void for_each_text(const std::string& path, InputFormat format, const std::strin
 
 std::vector<TextPair> read_pairs(const std::string& path) {
   std::vector<TextPair> pairs;
-  simdjson::dom::parser parser;
-  for_each_line(path, [&](const std::string& line, size_t number) {
-    if (blank(line)) return;
-    simdjson::dom::element doc;
-    if (auto error = parser.parse(line).get(doc); error) {
-      fail("{}:{}: not valid JSON ({})", where(path), number, simdjson::error_message(error));
-    }
+  for_each_json_line(path, [&](simdjson::dom::element doc, size_t number) {
     std::string_view query, passage;
     bool ok = false;
     if (doc.is_object()) {
@@ -125,6 +127,39 @@ std::vector<TextPair> read_pairs(const std::string& path) {
     pairs.push_back({std::string(query), std::string(passage)});
   });
   return pairs;
+}
+
+std::vector<RerankLine> read_rerank_lines(const std::string& path) {
+  std::vector<RerankLine> lines;
+  for_each_json_line(path, [&](simdjson::dom::element doc, size_t number) {
+    RerankLine out;
+    std::string_view query, passage;
+    simdjson::dom::array passages;
+    bool ok = false;
+    if (doc.is_object() && doc["query"].get_string().get(query) == simdjson::SUCCESS) {
+      if (doc["passages"].get_array().get(passages) == simdjson::SUCCESS) {
+        ok = passages.size() > 0;
+        for (auto p : passages) ok = ok && p.get_string().get(passage) == simdjson::SUCCESS &&
+                                     (out.passages.emplace_back(passage), true);
+      } else if (doc["passage"].get_string().get(passage) == simdjson::SUCCESS) {
+        out.passages.emplace_back(passage);
+        out.single = ok = true;
+      }
+    } else if (doc.is_array() && doc.get_array().size() == 2) {
+      ok = doc.at(0).get_string().get(query) == simdjson::SUCCESS &&
+           doc.at(1).get_string().get(passage) == simdjson::SUCCESS;
+      out.passages.emplace_back(passage);
+      out.single = true;
+    }
+    if (!ok) {
+      fail("{}:{}: expected {{\"query\": string, \"passages\": [string, ...]}}, {{\"query\": string, \"passage\": "
+           "string}} or [query, passage]",
+           where(path), number);
+    }
+    out.query = query;
+    lines.push_back(std::move(out));
+  });
+  return lines;
 }
 
 }  // namespace m3

@@ -39,4 +39,15 @@ struct TextPair {
 // JSONL lines `{"query": ..., "passage": ...}` or two-element arrays `[query, passage]`.
 std::vector<TextPair> read_pairs(const std::string& path);
 
+// A query and the passages to score against it (a line of `m3embed rerank`'s input).
+struct RerankLine {
+  std::string query;
+  std::vector<std::string> passages;
+  bool single = false;  // the line held one "passage" (or was [query, passage])
+};
+
+// JSONL lines `{"query": ..., "passages": [...]}`, `{"query": ..., "passage": ...}` or
+// `[query, passage]`.
+std::vector<RerankLine> read_rerank_lines(const std::string& path);
+
 }  // namespace m3

@@ -32,6 +32,7 @@ const char* openai_type(int status) {
 const char* tei_type(int status) {
   switch (status) {
     case 401: return "Unauthorized";
+    case 424: return "Backend";  // TEI's "model is not a re-ranker model"
     case 429: return "Overloaded";
     case 503: return "Unhealthy";
     default: return status >= 500 ? "Backend" : "Validation";

@@ -11,6 +11,20 @@
 namespace m3::server {
 
 void check_outputs(const Embedder& embedder, const OutputRequest& outputs) {
+  if (embedder.is_classifier() && !outputs.scores) {
+    throw ApiError(424,
+                   fmt::format("model is not an embedding model: {} is a classifier (a reranker); use /rerank, "
+                               "/v1/rerank or /predict",
+                               embedder.model_dir().filename().string()),
+                   "", "wrong_model_type");
+  }
+  if (!embedder.is_classifier() && outputs.scores) {
+    throw ApiError(424,
+                   fmt::format("model is not a re-ranker model: {} is an embedder; use /embed, /v1/embeddings or "
+                               "/m3/encode",
+                               embedder.model_dir().filename().string()),
+                   "", "wrong_model_type");
+  }
   try {
     embedder.check(outputs);
   } catch (const m3::Error& e) {

@@ -7,6 +7,7 @@ namespace m3::server {
 
 RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
   auto request = std::make_shared<OpenAiEmbeddingRequest>(parse_openai_embedding_request(http.body, context.limits));
+  check_outputs(embedder, {true, false, false});
   LengthRule rule;
   rule.max_length = embedder.max_seq_len();
   rule.truncate = context.options.auto_truncate;

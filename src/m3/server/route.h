@@ -41,6 +41,9 @@ RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpR
 RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult tei_predict(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult cohere_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 RouteResult vllm_pooling(ServerContext& context, Embedder& embedder, const HttpRequest& request);
 
@@ -53,7 +56,9 @@ HttpResponse info_response(const ServerContext& context);  // 503 while loading
 HttpResponse metrics_response(const ServerContext& context);
 HttpResponse models_response(const ServerContext& context);
 
-// 422 naming the missing head file when the model cannot produce `outputs`.
+// 424 when the model is of the other kind (a classifier asked to embed, an embedder asked
+// for scores: TEI's "model is not a re-ranker model"); 422 naming the missing head file
+// when the model cannot produce `outputs`.
 void check_outputs(const Embedder& embedder, const OutputRequest& outputs);
 // Bytes a response of `floats` numbers holds: the floats, then their JSON (memory_plan.h).
 constexpr uint64_t json_bytes_for_floats(uint64_t floats) { return response_bytes_for_floats(floats); }

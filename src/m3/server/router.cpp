@@ -27,7 +27,7 @@ constexpr auto kTei = ErrorFormat::kTei;
 // Aliases as TEI has them: POST / is /embed (huggingface_hub's InferenceClient(model=URL)
 // posts there), /embeddings is OpenAI's route without /v1 (the openai SDK with base_url at
 // the server root), and SageMaker's GET /ping and POST /invocations. /pooling is vLLM's.
-const std::array<Route, 19> kRoutes = {{
+const std::array<Route, 22> kRoutes = {{
     {"/v1/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/embeddings", "POST", kOpenAi, openai_embeddings, nullptr, true},
     {"/", "POST", kTei, tei_embed, nullptr, true},
@@ -41,6 +41,9 @@ const std::array<Route, 19> kRoutes = {{
     {"/similarity", "POST", kTei, tei_similarity, nullptr, true},
     {"/decode", "POST", kTei, tei_decode, nullptr, true},
     {"/m3/encode", "POST", kOpenAi, native_encode, nullptr, true},
+    {"/rerank", "POST", kTei, tei_rerank, nullptr, true},
+    {"/predict", "POST", kTei, tei_predict, nullptr, true},
+    {"/v1/rerank", "POST", kOpenAi, cohere_rerank, nullptr, true},
     {"/m3/score", "POST", kOpenAi, native_score, nullptr, true},
     {"/pooling", "POST", kOpenAi, vllm_pooling, nullptr, true},
     {"/health", "GET", kTei, nullptr, health_response, false},

@@ -118,8 +118,26 @@ HttpResponse info_response(const ServerContext& context) {
                  "\"sha\":null,\"docker_label\":null", context.options.http_threads);
   out += ",\"model_dir\":";
   append_json_string(out, embedder->model_dir().string());
+  // TEI's model_type: {"embedding": {"pooling"}}, or a classifier's labels under "reranker"
+  // (one label) or "classifier".
+  out += ",\"model_type\":";
+  if (embedder->is_classifier()) {
+    std::string id2label, label2id;
+    for (size_t i = 0; i < c.labels.size(); ++i) {
+      fmt::format_to(std::back_inserter(id2label), "{}\"{}\":", i ? "," : "", i);
+      append_json_string(id2label, c.labels[i]);
+      label2id += i ? "," : "";
+      append_json_string(label2id, c.labels[i]);
+      fmt::format_to(std::back_inserter(label2id), ":{}", i);
+    }
+    fmt::format_to(std::back_inserter(out), "{{\"{}\":{{\"id2label\":{{{}}},\"label2id\":{{{}}}}}}}",
+                   c.num_labels == 1 ? "reranker" : "classifier", id2label, label2id);
+  } else {
+    fmt::format_to(std::back_inserter(out), "{{\"embedding\":{{\"pooling\":\"{}\"}}}}",
+                   pooling_name(embedder->pooling().pooling));
+  }
   fmt::format_to(std::back_inserter(out),
-                 ",\"model_dtype\":\"{}\",\"model_type\":{{\"embedding\":{{\"pooling\":\"cls\"}}}},"
+                 ",\"model_dtype\":\"{}\","
                  "\"version\":\"{}\",\"status\":\"{}\",\"max_concurrent_requests\":{},\"max_input_length\":{},"
                  "\"max_batch_tokens\":{},\"max_client_batch_size\":{},\"auto_truncate\":{},",
                  dtype_label(plan.inputs.precision), M3_VERSION, state_name(context.state.load()), o.max_concurrent_requests, embedder->max_seq_len(),
@@ -127,9 +145,9 @@ HttpResponse info_response(const ServerContext& context) {
   fmt::format_to(std::back_inserter(out),
                  "\"config\":{{\"vocab_size\":{},\"hidden_size\":{},\"num_hidden_layers\":{},"
                  "\"num_attention_heads\":{},\"intermediate_size\":{},\"max_position_embeddings\":{}}},"
-                 "\"outputs\":{{\"dense\":true,\"sparse\":{},\"colbert\":{}}},",
+                 "\"outputs\":{{\"dense\":{},\"sparse\":{},\"colbert\":{},\"scores\":{}}},",
                  c.vocab_size, c.hidden_size, c.num_layers, c.num_heads, c.intermediate_size, c.max_position_embeddings,
-                 plan.inputs.sparse_head, plan.inputs.colbert_head);
+                 !embedder->is_classifier(), plan.inputs.sparse_head, plan.inputs.colbert_head, embedder->is_classifier());
   fmt::format_to(std::back_inserter(out),
                  "\"limits\":{{\"payload_limit\":{},\"max_header_bytes\":{},\"max_response_bytes\":{},"
                  "\"max_connections\":{},\"read_timeout_s\":{},\"write_timeout_s\":{},\"shutdown_timeout_s\":{},"
