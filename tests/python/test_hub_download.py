@@ -124,7 +124,7 @@ class FakeHub:
             self.requests.append((h.command, h.headers.get("Host", ""), path, dict(h.headers)))
         if path.startswith("/cdn/"):
             return self._serve_cdn(h, path[len("/cdn/"):], head)
-        parts = path.lstrip("/").split("/")
+        parts = path.lstrip("/").split("/", 4)  # a file may sit in a folder (1_Pooling/config.json)
         if len(parts) != 5 or parts[2] != "resolve":
             return self._reply(h, 404, [("X-Error-Code", "RepoNotFound")], b"not found", head)
         repo, revision, name = f"{parts[0]}/{parts[1]}", parts[3], parts[4]

@@ -166,7 +166,7 @@ def test_starts_answers_and_stops_cleanly():
         assert info["model_dtype"] == "float32"
         assert info["max_input_length"] == MAX_SEQ_LEN
         assert info["config"]["hidden_size"] == HIDDEN
-        assert info["outputs"] == {"dense": True, "sparse": True, "colbert": True}
+        assert info["outputs"] == {"dense": True, "sparse": True, "colbert": True, "scores": False}
         assert info["memory"]["plan"]["total_bytes"] > 0
         assert info["memory"]["resident_bytes"] > 0
         assert len(info["memory"]["warmup"]) == 1

@@ -52,7 +52,7 @@ Embedder* ServerRouterTest::embedder_ = nullptr;
 
 TEST_F(ServerRouterTest, UnknownRoutesAndMethods) {
   ServerContext context(options(), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   auto missing = router.route({"GET", "/nope", "", ""});
   EXPECT_EQ(missing.result.response.status, 404);
@@ -70,7 +70,7 @@ TEST_F(ServerRouterTest, UnknownRoutesAndMethods) {
 
 TEST_F(ServerRouterTest, ApiKey) {
   ServerContext context(options("s3cret"), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   EXPECT_EQ(router.route(post("/embed", R"({"inputs":"a"})")).result.response.status, 401);
   EXPECT_EQ(router.route({"GET", "/nope", "", ""}).result.response.status, 401);
@@ -88,7 +88,7 @@ TEST_F(ServerRouterTest, ReadinessAndDraining) {
   EXPECT_EQ(router.route({"GET", "/info", "", ""}).result.response.status, 503);
   EXPECT_EQ(router.route({"GET", "/metrics", "", ""}).result.response.status, 200);
   EXPECT_EQ(router.route(post("/v1/embeddings", R"({"input":"a"})")).result.response.status, 503);
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   EXPECT_EQ(router.route({"GET", "/health", "", ""}).result.response.status, 200);
   EXPECT_EQ(router.route({"GET", "/info", "", ""}).result.response.status, 200);
   context.state = ServerState::kDraining;
@@ -100,7 +100,7 @@ TEST_F(ServerRouterTest, ReadinessAndDraining) {
 
 TEST_F(ServerRouterTest, AdmissionIsLimited) {
   ServerContext context(options(), "tiny");  // 2 at once
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   auto a = router.route(post("/embed", R"({"inputs":"a"})"));
   auto b = router.route(post("/embed", R"({"inputs":"b"})"));
@@ -121,7 +121,7 @@ TEST_F(ServerRouterTest, AdmissionIsLimited) {
 TEST_F(ServerRouterTest, LongInputs413UnlessTruncated) {
   const std::string long_text = R"("one two three four five six seven eight nine ten eleven twelve thirteen fourteen")";
   ServerContext context(options(), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   auto refused = router.route(post("/embed", "{\"inputs\":" + long_text + "}"));
   EXPECT_EQ(refused.result.response.status, 413);
@@ -135,7 +135,7 @@ TEST_F(ServerRouterTest, LongInputs413UnlessTruncated) {
   ServerOptions o = options();
   o.auto_truncate = true;
   ServerContext truncating(o, "tiny");
-  truncating.set_ready(embedder_);
+  truncating.set_ready({{"tiny", embedder_}});
   Router auto_router(truncating);
   EXPECT_TRUE(auto_router.route(post("/v1/embeddings", "{\"input\":" + long_text + "}")).result.job.has_value());
   // A request that says truncate=false wins over --auto-truncate.
@@ -163,7 +163,7 @@ TEST_F(ServerRouterTest, QueueBoundIs413) {
   ServerOptions o = options();
   o.max_client_batch_size = 100;
   ServerContext context(o, "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   std::string body = R"({"input":[)";
   for (int i = 0; i < 60; ++i) body += std::string(i ? "," : "") + "\"several words in a text\"";
@@ -175,7 +175,7 @@ TEST_F(ServerRouterTest, QueueBoundIs413) {
 
 TEST_F(ServerRouterTest, ResponsesEqualTheEngineOutputs) {
   ServerContext context(options(), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   const std::vector<std::string> texts = {"hello world", "a second, longer text"};
   std::vector<std::vector<int32_t>> ids;
@@ -213,7 +213,7 @@ TEST_F(ServerRouterTest, ResponsesEqualTheEngineOutputs) {
 
 TEST_F(ServerRouterTest, ScoresEqualComputeScores) {
   ServerContext context(options(), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   auto decision =
       router.route(post("/m3/score", R"({"pairs":[["what is it","it is a test"]],"weights":[0.4,0.2,0.4]})"));
@@ -234,7 +234,7 @@ TEST_F(ServerRouterTest, ScoresEqualComputeScores) {
 
 TEST_F(ServerRouterTest, InfoAndMetricsDescribeTheModel) {
   ServerContext context(options(), "tiny");
-  context.set_ready(embedder_);
+  context.set_ready({{"tiny", embedder_}});
   Router router(context);
   const HttpResponse info = router.route({"GET", "/info", "", ""}).result.response;
   simdjson::dom::parser parser;

@@ -9,13 +9,25 @@
 
 namespace m3::cli {
 
-void add_model_options(CLI::App& command, ModelOptions& o) {
-  command.add_option("-m,--model", o.model,
-                     "Model: a local snapshot directory (config.json, weights, sentencepiece.bpe.model, "
-                     "colbert_linear.pt, sparse_linear.pt) or a Hugging Face hub id, looked up in the HF cache "
-                     "(HF_HUB_CACHE / HF_HOME) and downloaded there when missing (HF_ENDPOINT, HF_TOKEN)")
-      ->envname("M3_MODEL")
-      ->capture_default_str();
+void add_model_options(CLI::App& command, ModelOptions& o, bool several) {
+  constexpr const char* kModelHelp =
+      "Model: a local snapshot directory (config.json, weights, sentencepiece.bpe.model, and BGE-M3's "
+      "colbert_linear.pt, sparse_linear.pt) or a Hugging Face hub id, looked up in the HF cache (HF_HUB_CACHE / "
+      "HF_HOME) and downloaded there when missing (HF_ENDPOINT, HF_TOKEN)";
+  if (several) {
+    command
+        .add_option("-m,--model", o.models,
+                    std::string(kModelHelp) +
+                        ". Give it again for more models in one process (an embedder and a reranker, say): "
+                        "NAME=MODEL names one; requests pick a model by their \"model\" field, else the first of "
+                        "the kind their route needs")
+        ->envname("M3_MODEL")
+        ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+        ->expected(1)
+        ->default_str(o.model);
+  } else {
+    command.add_option("-m,--model", o.model, kModelHelp)->envname("M3_MODEL")->capture_default_str();
+  }
   command.add_option("--fallback-model", o.fallback_model,
                      "Directory used instead when --model is a hub id, the hub cannot be reached and nothing is "
                      "cached (the README points it at the bundled demo model, which has random weights)")

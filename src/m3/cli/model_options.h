@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include <CLI/CLI.hpp>
 
@@ -15,6 +16,7 @@ namespace m3::cli {
 
 struct ModelOptions {
   std::string model = "BAAI/bge-m3";
+  std::vector<std::string> models;  // `serve`: every --model given (model is the first)
   std::string fallback_model;
   int threads = 0;
   int replicas = 1;
@@ -41,7 +43,8 @@ inline constexpr const char* kOutputMemoryHelp =
     "waits for its writer and the server answers 429; one response larger than it gets 413. Default: two full "
     "batches of results per replica, and at least two max-length responses with every output as JSON";
 
-void add_model_options(CLI::App& command, ModelOptions& options);
+// several: --model may be given more than once (`serve`), each "name=model" or "model".
+void add_model_options(CLI::App& command, ModelOptions& options, bool several = false);
 
 // A local directory as is; a hub id from the HF cache or downloaded. When the hub is
 // unreachable and nothing is cached, --fallback-model is used (with a warning).

@@ -16,6 +16,7 @@
 #include "m3/backend/cpu/cpu_backend.h"
 #include "m3/cli/commands.h"
 #include "m3/cli/model_options.h"
+#include "m3/cli/model_set.h"
 #include "m3/core/error.h"
 #include "m3/io/text_input.h"
 #include "m3/memory/corpus_stats.h"
@@ -28,7 +29,7 @@ namespace m3::cli {
 namespace {
 
 struct PlanOptions {
-  std::string model = "BAAI/bge-m3";
+  std::vector<std::string> models = {"BAAI/bge-m3"};
   int64_t max_seq_len = 0;  // 0: the model's limit
   int64_t max_batch_tokens = 16384;
   bool max_batch_tokens_given = false;
@@ -374,29 +375,36 @@ CorpusReport measure_corpus(const std::filesystem::path& dir, const PlanOptions&
   return report;
 }
 
-void run_plan(const PlanOptions& o) {
-  ModelOptions model;
-  model.model = o.model;
-  const auto dir = resolve_model_dir(model);
-
-  // The plan Embedder::load makes with these options: what a replica allocates.
-  const ModelConfig config = ModelConfig::load(dir);
+// The options Embedder::load would get for this model from `plan`'s flags (threads split
+// between several models as serve splits them).
+EmbedderOptions plan_options(const PlanOptions& o, const std::filesystem::path& dir, const ModelConfig& config) {
   EmbedderOptions options;
-  options.threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
+  const int threads = o.threads > 0 ? o.threads : CpuBackend::default_threads();
+  options.threads = std::max(1, threads / static_cast<int>(o.models.size()));
   options.replicas = o.replicas;
   options.precision = parse_precision(o.dtype);
   // Planned, not opened: `plan --device cuda` works on a machine without a GPU.
   options.devices = !o.devices.empty() ? parse_device_list(o.devices) : std::vector<Device>{parse_device(o.device)};
-  options.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : config.max_tokens();
+  options.max_seq_len = o.max_seq_len > 0 ? o.max_seq_len : default_max_seq_len(dir, config);
   // The default budget grows to one full sequence for models longer than 16384 tokens.
   options.max_batch_tokens =
       o.max_batch_tokens_given ? o.max_batch_tokens : std::max(o.max_batch_tokens, options.max_seq_len);
+  if (!o.output_memory.empty()) options.output_memory = parse_bytes(o.output_memory);
+  return options;
+}
+
+// One model's report; `batch_tokens` > 0 fixes its budget (several models sharing a limit).
+Report plan_one(const PlanOptions& o, const std::filesystem::path& dir, int64_t batch_tokens) {
+  // The plan Embedder::load makes with these options: what a replica allocates.
+  const ModelConfig config = ModelConfig::load(dir);
+  EmbedderOptions options = plan_options(o, dir, config);
   std::optional<LimitReport> limit;
-  if (!o.memory_limit.empty()) {
+  if (batch_tokens > 0) {
+    options.max_batch_tokens = batch_tokens;
+  } else if (!o.memory_limit.empty()) {
     limit = LimitReport{};
     limit->limit_bytes = options.memory_limit = parse_bytes(o.memory_limit);
   }
-  if (!o.output_memory.empty()) options.output_memory = parse_bytes(o.output_memory);
   const MemoryPlan plan = Embedder::plan_for(dir, config, options);
   const PlanInputs& in = plan.inputs;
   if (limit) {
@@ -409,11 +417,54 @@ void run_plan(const PlanOptions& o) {
                                        : CpuBackend::library_workspace_bytes(plan.table, in.max_seq_len, in.precision);
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
-
   Report report{dir, options.threads, plan, limit, std::nullopt};
   if (!o.corpus.empty()) report.corpus = measure_corpus(dir, o, in.max_seq_len, in.max_batch_tokens);
+  return report;
+}
 
-  const std::string out = o.json ? render_json(report).dump(2) + "\n" : render_text(report);
+void run_plan(const PlanOptions& o) {
+  std::vector<ModelSpec> specs;
+  std::vector<PlannedModel> models;
+  for (const std::string& text : o.models) {
+    specs.push_back(parse_model_spec(text));
+    ModelOptions model;
+    model.model = specs.back().source;
+    PlannedModel m;
+    m.dir = resolve_model_dir(model);
+    m.config = ModelConfig::load(m.dir);
+    m.options = plan_options(o, m.dir, m.config);
+    models.push_back(std::move(m));
+  }
+  if (models.size() == 1) {
+    const Report report = plan_one(o, models.front().dir, 0);
+    const std::string out = o.json ? render_json(report).dump(2) + "\n" : render_text(report);
+    std::fwrite(out.data(), 1, out.size(), stdout);
+    std::fflush(stdout);
+    return;
+  }
+  // Several models in one process (`serve --model A --model B`): the threads split between
+  // them, and a limit shared at one batch size, as serve does.
+  int64_t tokens = 0;
+  if (!o.memory_limit.empty()) tokens = shared_batch_tokens(models, parse_bytes(o.memory_limit));
+  std::string text;
+  nlohmann::ordered_json json;
+  json["models"] = nlohmann::ordered_json::array();
+  uint64_t total = 0;
+  for (size_t i = 0; i < models.size(); ++i) {
+    const Report report = plan_one(o, models[i].dir, tokens);
+    total += report.plan.total_bytes;
+    text += fmt::format("== model {} ({}) ==\n", specs[i].name, models[i].dir.string()) + render_text(report) + "\n";
+    nlohmann::ordered_json one = render_json(report);
+    one["name"] = specs[i].name;
+    json["models"].push_back(std::move(one));
+  }
+  text += fmt::format("together: {} models, {} planned{}\n", models.size(), format_bytes(total),
+                      o.memory_limit.empty() ? ""
+                                             : fmt::format(" of --memory-limit {} ({} tokens per batch each)",
+                                                           o.memory_limit, tokens));
+  json["total_bytes"] = total;
+  if (tokens > 0) json["shared_max_batch_tokens"] = tokens;
+  const std::string out = o.json ? json.dump(2) + "\n" : text;
   std::fwrite(out.data(), 1, out.size(), stdout);
   std::fflush(stdout);
 }
@@ -432,7 +483,9 @@ constexpr const char* kFooter =
     "max_seq_len, truncated, longest_before_truncation, min, max, mean, percentiles {p50, p90, p95, p99, "
     "p99.9}, histogram[] {min, max, texts, tokens}, reference {batch_size, sorted, unsorted: {batches, "
     "real_tokens, padded_tokens, largest_batch_tokens, waste_fraction}}, m3embed {max_batch_tokens, passes, "
-    "tokens, fill_fraction}}. Token counts include <s> and </s>; percentiles are nearest-rank.";
+    "tokens, fill_fraction}}. Token counts include <s> and </s>; percentiles are nearest-rank. With several "
+    "--model: {models[] (each report above, plus name), total_bytes, shared_max_batch_tokens (with "
+    "--memory-limit)}.";
 
 }  // namespace
 
@@ -442,11 +495,14 @@ void add_plan_command(CLI::App& app) {
       "plan", "Print the memory plan (weights, activation arena, total) for a model and limits, without loading "
               "weights; with --corpus, its token lengths and the padding fixed-size batches would waste");
   cmd->footer(kFooter);
-  cmd->add_option("-m,--model", o->model,
+  cmd->add_option("-m,--model", o->models,
                   "Model: a local snapshot directory (needs config.json; head files colbert_linear.pt / "
                   "sparse_linear.pt are counted when present; sentencepiece.bpe.model for --corpus) or a Hugging "
-                  "Face hub id")
+                  "Face hub id. Give it again for several models in one process, as `serve` runs them: their "
+                  "plans side by side, the threads split and --memory-limit shared")
       ->envname("M3_MODEL")
+      ->multi_option_policy(CLI::MultiOptionPolicy::TakeAll)
+      ->expected(1)
       ->capture_default_str();
   cmd->add_option("--max-seq-len", o->max_seq_len,
                   "Longest sequence in tokens, <s> and </s> included (default: the model's limit, 8192 for BGE-M3)")

@@ -10,6 +10,7 @@
 #include <spdlog/spdlog.h>
 
 #include "m3/cli/model_options.h"
+#include "m3/cli/model_set.h"
 #include "m3/core/error.h"
 #include "m3/memory/memory_plan.h"
 #include "m3/model/model_config.h"
@@ -27,19 +28,17 @@ struct ServeOptions {
   std::string max_response_bytes = "512MiB";
 };
 
-// As load_embedder, plus the queue bound; --max-seq-len 0 is the model's own limit.
-std::unique_ptr<Embedder> load_engine(const ServeOptions& o) {
-  const auto dir = resolve_model_dir(o.model);
-  const auto config = ModelConfig::load(dir);
-  EmbedderOptions options = embedder_options(o.model);
-  options.max_queue_tokens = o.max_queue_tokens;
-  options.test_batch_gate = o.server.test_batch_gate;
-  if (o.max_seq_len > config.max_tokens()) {
-    spdlog::warn("--max-seq-len {} is more than this model's {} positions allow; using {}", o.max_seq_len,
-                 config.max_position_embeddings, config.max_tokens());
-  }
-  if (o.max_seq_len > 0) options.max_seq_len = std::min(o.max_seq_len, config.max_tokens());
-  return Embedder::load(dir, options);
+// As load_embedder, plus the queue bound; --max-seq-len 0 is each model's own limit.
+std::vector<std::unique_ptr<Embedder>> load_engines(const ServeOptions& o, const std::vector<ModelSpec>& specs) {
+  return load_model_set(specs, o.model, [&o](EmbedderOptions& options, const ModelConfig& config) {
+    options.max_queue_tokens = o.max_queue_tokens;
+    options.test_batch_gate = o.server.test_batch_gate;
+    if (o.max_seq_len > config.max_tokens()) {
+      spdlog::warn("--max-seq-len {} is more than this model's {} positions allow; using {}", o.max_seq_len,
+                   config.max_position_embeddings, config.max_tokens());
+    }
+    if (o.max_seq_len > 0) options.max_seq_len = std::min(o.max_seq_len, config.max_tokens());
+  });
 }
 
 // --test-batch-gate stops every batch until a test releases it: never in normal use.
@@ -57,25 +56,25 @@ void run_serve(ServeOptions o) {
   check_test_controls(o.server);
   o.server.payload_limit = parse_bytes(o.payload_limit);
   o.server.max_response_bytes = parse_bytes(o.max_response_bytes);
-  std::string name = o.server.served_model_name;
-  if (name.empty()) {
-    name = std::filesystem::is_directory(o.model.model)
-               ? std::filesystem::path(o.model.model).lexically_normal().filename().string()
-               : o.model.model;
-    if (name.empty()) name = std::filesystem::path(o.model.model).parent_path().filename().string();
+  std::vector<ModelSpec> specs;
+  for (const std::string& text : o.model.models.empty() ? std::vector<std::string>{o.model.model} : o.model.models) {
+    specs.push_back(parse_model_spec(text));
   }
-  server::ServerContext context(o.server, name);
+  if (!o.server.served_model_name.empty()) specs.front().name = o.server.served_model_name;
+  server::ServerContext context(o.server, specs.front().name);
   server::HttpServer http(context);
   http.start();
-  std::unique_ptr<Embedder> embedder;  // destroyed before `http`: its callbacks post to http's threads
+  std::vector<std::unique_ptr<Embedder>> engines;  // destroyed before `http`: their callbacks post to its threads
   try {
-    embedder = load_engine(o);
+    engines = load_engines(o, specs);
   } catch (...) {
     http.shutdown();
     http.wait();
     throw;
   }
-  http.model_ready(*embedder);
+  std::vector<std::pair<std::string, Embedder*>> served;
+  for (size_t i = 0; i < specs.size(); ++i) served.emplace_back(specs[i].name, engines[i].get());
+  http.models_ready(served);
   http.wait();
   spdlog::info("stopped");
 }
@@ -86,13 +85,16 @@ void add_serve_command(CLI::App& app) {
   auto o = std::make_shared<ServeOptions>();
   auto& s = o->server;
   auto* cmd = app.add_subcommand("serve",
-                                 "Serve embeddings over HTTP: OpenAI /v1/embeddings, TEI-compatible routes "
-                                 "and native /m3/encode, /m3/score");
+                                 "Serve embeddings and reranking over HTTP: OpenAI /v1/embeddings, TEI-compatible "
+                                 "routes, Cohere-style /v1/rerank and native /m3/encode, /m3/score");
   cmd->footer(
-      "Routes: POST /v1/embeddings, /embed, /embed_sparse, /embed_all, /tokenize, /m3/encode, /m3/score; GET "
-      "/health, /info, /metrics, /v1/models. Every option can also be set as M3_<OPTION> (e.g. M3_API_KEY, "
-      "M3_PORT). SIGTERM/SIGINT finish in-flight requests and exit 0. See docs/API.md.");
-  add_model_options(*cmd, o->model);
+      "Routes: POST /v1/embeddings, /embed, /embed_sparse, /embed_all, /similarity, /tokenize, /decode, /pooling, "
+      "/m3/encode, /m3/score (embedders); /rerank, /v1/rerank, /predict (rerankers); GET /health, /info, /metrics, "
+      "/v1/models. Several models: --model bge=BAAI/bge-m3 --model rerank=BAAI/bge-reranker-v2-m3 serves both in "
+      "one process, one --threads and one --memory-limit between them. Every option can also be set as "
+      "M3_<OPTION> (e.g. M3_API_KEY, M3_PORT). SIGTERM/SIGINT finish in-flight requests and exit 0. See "
+      "docs/API.md.");
+  add_model_options(*cmd, o->model, true);
   cmd->add_option("--host", s.host, "Address to listen on (0.0.0.0 or :: for every interface)")
       ->envname("M3_HOST")
       ->capture_default_str();
@@ -103,7 +105,8 @@ void add_serve_command(CLI::App& app) {
                   "Require `Authorization: Bearer <key>` on every route but /health (prefer M3_API_KEY: "
                   "command lines are visible to other users)")
       ->envname("M3_API_KEY");
-  cmd->add_option("--served-model-name", s.served_model_name, "Model name in responses and /info (default: --model)")
+  cmd->add_option("--served-model-name", s.served_model_name,
+                  "The (first) model's name in responses and /info (default: --model)")
       ->envname("M3_SERVED_MODEL_NAME");
   cmd->add_option("--max-seq-len", o->max_seq_len,
                   "Longest input in tokens, <s> and </s> included (0: the model's limit, 8192 for BGE-M3); longer "

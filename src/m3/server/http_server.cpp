@@ -97,11 +97,14 @@ void HttpServer::start() {
   for (size_t i = 0; i < n; ++i) threads_.emplace_back([this] { io_.run(); });
 }
 
-void HttpServer::model_ready(Embedder& embedder) {
+void HttpServer::models_ready(const std::vector<std::pair<std::string, Embedder*>>& models) {
   Metrics& metrics = context_.metrics;
-  const bool observed =
-      observe_batches(embedder.scheduler(), [&metrics](int64_t tokens, size_t) { metrics.record_batch(tokens); });
-  context_.set_ready(&embedder);
+  bool observed = true;
+  for (const auto& [name, engine] : models) {
+    observed = observe_batches(engine->scheduler(), [&metrics](int64_t tokens, size_t) { metrics.record_batch(tokens); }) &&
+               observed;
+  }
+  context_.set_ready(models);
   if (!observed) {
     asio::post(strand_, [this] {
       sampler_ = std::make_unique<Sampler>();

@@ -6,7 +6,9 @@
 
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include <boost/asio/io_context.hpp>
@@ -31,8 +33,8 @@ class HttpServer {
   uint16_t port() const { return port_; }
   // Starts accepting on the I/O threads.
   void start();
-  // The model is loaded and warmed up: routes may use it (unless shutdown began).
-  void model_ready(Embedder& embedder);
+  // The models are loaded and warm: routes serve them (the first is the default).
+  void models_ready(const std::vector<std::pair<std::string, Embedder*>>& models);
   // Graceful shutdown, as SIGTERM; safe from any thread.
   void shutdown();
   // Blocks until the server has stopped (after shutdown) and its threads are joined.

@@ -123,7 +123,7 @@ asio::awaitable<void> refuse_transport(beast::tcp_stream& stream, ServerContext&
 asio::awaitable<std::optional<HttpResponse>> run_job(beast::tcp_stream& stream, ServerContext& context,
                                                      RouteDecision& decision) {
   InferenceJob& job = *decision.result.job;
-  Embedder* embedder = context.embedder.load();
+  Embedder* embedder = decision.engine;
   auto watch = std::make_shared<DisconnectWatch>();
   watch_disconnect(stream.socket(), watch);
   const size_t sequences = job.sequences.size();

@@ -178,6 +178,24 @@ std::string Metrics::render(const RuntimeGauges& g) const {
     line(out, "m3_memory_planned_bytes{{part=\"responses\"}} {}", p.result_buffer_bytes);
     line(out, "m3_memory_planned_bytes{{part=\"total\"}} {}", p.total_bytes);
   }
+  if (!g.models.empty()) {
+    header(out, "m3_model_info", "gauge", "Each served model and its kind (always 1).");
+    for (const ModelGauge& m : g.models) {
+      line(out, "m3_model_info{{model=\"{}\",kind=\"{}\"}} 1", label_value(m.name), m.kind);
+    }
+    header(out, "m3_model_memory_planned_bytes", "gauge", "Each model's memory plan (its part of --memory-limit).");
+    for (const ModelGauge& m : g.models) {
+      line(out, "m3_model_memory_planned_bytes{{model=\"{}\"}} {}", label_value(m.name), m.planned_bytes);
+    }
+    header(out, "m3_model_queue_tokens", "gauge", "Tokens waiting in each model's scheduler queue.");
+    for (const ModelGauge& m : g.models) {
+      line(out, "m3_model_queue_tokens{{model=\"{}\"}} {}", label_value(m.name), m.scheduler.queued_tokens);
+    }
+    header(out, "m3_model_batched_tokens_total", "counter", "Tokens each model has taken into batches.");
+    for (const ModelGauge& m : g.models) {
+      line(out, "m3_model_batched_tokens_total{{model=\"{}\"}} {}", label_value(m.name), m.scheduler.tokens_batched);
+    }
+  }
   gauge(out, "m3_memory_resident_bytes", "Resident memory of the process (VmRSS).",
         static_cast<double>(g.resident_bytes));
   gauge(out, "m3_memory_resident_peak_bytes", "Peak resident memory of the process (VmHWM).",

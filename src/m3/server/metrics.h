@@ -41,6 +41,14 @@ struct DeviceMemoryGauge {
   uint64_t total = 0, free = 0, free_before_warmup = 0, free_after_warmup = 0, planned = 0;
 };
 
+// One served model's numbers, labelled by its name (several models in one process).
+struct ModelGauge {
+  std::string name;
+  std::string kind;  // "embedder", "reranker", "classifier"
+  uint64_t planned_bytes = 0;
+  SchedulerStats scheduler;
+};
+
 struct RuntimeGauges {
   bool ready = false;
   size_t connections = 0;
@@ -54,6 +62,7 @@ struct RuntimeGauges {
   std::vector<DeviceMemoryGauge> devices;
   std::string model;
   std::string version;
+  std::vector<ModelGauge> models;  // every served model (the unlabelled gauges are the first's)
 };
 
 class Metrics {

@@ -32,8 +32,9 @@ void check_outputs(const Embedder& embedder, const OutputRequest& outputs) {
   }
 }
 
-RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  auto request = std::make_shared<NativeEncodeRequest>(parse_native_encode_request(http.body, context.limits));
+RouteResult native_encode(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  auto request = std::make_shared<NativeEncodeRequest>(parse_native_encode_request(http.body, model.limits));
   check_outputs(embedder, request->outputs);
   LengthRule rule;
   rule.max_length =
@@ -57,8 +58,8 @@ RouteResult native_encode(ServerContext& context, Embedder& embedder, const Http
     job.sequences = tokenized->sequences;  // kept for input_ids and tokens
   else
     job.sequences = std::move(tokenized->sequences);
-  const std::string model = request->model.empty() ? context.model_name : request->model;
-  job.respond = [request, tokenized, model, &embedder](std::vector<M3Output>&& outputs) {
+  const std::string name = request->model.empty() ? model.name : request->model;
+  job.respond = [request, tokenized, name, &embedder](std::vector<M3Output>&& outputs) {
     std::vector<EncodedInput> inputs(outputs.size());
     for (size_t i = 0; i < outputs.size(); ++i) {
       inputs[i].truncated = tokenized->truncated[i];
@@ -68,14 +69,15 @@ RouteResult native_encode(ServerContext& context, Embedder& embedder, const Http
     }
     HttpResponse response;
     response.body =
-        native_encode_response(outputs, inputs, *request, embedder.config().hidden_size, model, tokenized->tokens);
+        native_encode_response(outputs, inputs, *request, embedder.config().hidden_size, name, tokenized->tokens);
     return response;
   };
   return {{}, std::move(job)};
 }
 
-RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const NativeScoreRequest request = parse_native_score_request(http.body, context.limits);
+RouteResult native_score(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const NativeScoreRequest request = parse_native_score_request(http.body, model.limits);
   const OutputRequest outputs{true, true, true};
   check_outputs(embedder, outputs);
   // compute_score truncates queries and passages to their lengths, always.
@@ -101,14 +103,14 @@ RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpR
                            sizeof(float) +
                        request.pairs.size() * 200;
   job.sequences = std::move(tokenized.sequences);
-  const std::string model = request.model.empty() ? context.model_name : request.model;
-  job.respond = [weights = request.weights, model, tokens = job.tokens,
+  const std::string name = request.model.empty() ? model.name : request.model;
+  job.respond = [weights = request.weights, name, tokens = job.tokens,
                  hidden = embedder.config().hidden_size](std::vector<M3Output>&& results) {
     const size_t n = results.size() / 2;
     std::vector<PairScores> scores(n);
     for (size_t i = 0; i < n; ++i) scores[i] = compute_scores(results[i], results[n + i], hidden, weights);
     HttpResponse response;
-    response.body = native_score_response(scores, model, tokens);
+    response.body = native_score_response(scores, name, tokens);
     return response;
   };
   return {{}, std::move(job)};

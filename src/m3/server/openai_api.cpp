@@ -64,10 +64,14 @@ std::string openai_embedding_response(const std::vector<M3Output>& outputs, cons
   return out;
 }
 
-std::string openai_models_response(std::string_view model) {
-  std::string out = "{\"object\":\"list\",\"data\":[{\"id\":";
-  append_json_string(out, model);
-  out += ",\"object\":\"model\",\"created\":0,\"owned_by\":\"m3embed\"}]}";
+std::string openai_models_response(const std::vector<std::string>& models) {
+  std::string out = "{\"object\":\"list\",\"data\":[";
+  for (size_t i = 0; i < models.size(); ++i) {
+    out += i ? ",{\"id\":" : "{\"id\":";
+    append_json_string(out, models[i]);
+    out += ",\"object\":\"model\",\"created\":0,\"owned_by\":\"m3embed\"}";
+  }
+  out += "]}";
   return out;
 }
 

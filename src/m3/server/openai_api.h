@@ -27,6 +27,6 @@ OpenAiEmbeddingRequest parse_openai_embedding_request(std::string_view body, con
 std::string openai_embedding_response(const std::vector<M3Output>& outputs, const OpenAiEmbeddingRequest& request,
                                       std::string_view model, int64_t prompt_tokens);
 
-std::string openai_models_response(std::string_view model);
+std::string openai_models_response(const std::vector<std::string>& models);
 
 }  // namespace m3::server

@@ -5,8 +5,9 @@
 
 namespace m3::server {
 
-RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  auto request = std::make_shared<OpenAiEmbeddingRequest>(parse_openai_embedding_request(http.body, context.limits));
+RouteResult openai_embeddings(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  auto request = std::make_shared<OpenAiEmbeddingRequest>(parse_openai_embedding_request(http.body, model.limits));
   check_outputs(embedder, {true, false, false});
   LengthRule rule;
   rule.max_length = embedder.max_seq_len();
@@ -23,10 +24,10 @@ RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const 
   job.response_bytes = tokenized.sequences.size() * (static_cast<uint64_t>(embedder.config().hidden_size) * 4 +
                                                      static_cast<uint64_t>(dims) * kJsonBytesPerFloat);
   job.sequences = std::move(tokenized.sequences);
-  const std::string model = request->model.empty() ? context.model_name : request->model;
-  job.respond = [request, model, tokens = job.tokens](std::vector<M3Output>&& outputs) {
+  const std::string name = request->model.empty() ? model.name : request->model;
+  job.respond = [request, name, tokens = job.tokens](std::vector<M3Output>&& outputs) {
     HttpResponse response;
-    response.body = openai_embedding_response(outputs, *request, model, tokens);
+    response.body = openai_embedding_response(outputs, *request, name, tokens);
     return response;
   };
   return {{}, std::move(job)};
@@ -34,7 +35,13 @@ RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const 
 
 HttpResponse models_response(const ServerContext& context) {
   HttpResponse response;
-  response.body = openai_models_response(context.model_name);
+  // Every served model once loaded (the first's name while loading).
+  std::vector<std::string> names;
+  if (context.state.load() != ServerState::kLoading) {
+    for (const ServedModel& m : context.models) names.push_back(m.name);
+  }
+  if (names.empty()) names.push_back(context.model_name);
+  response.body = openai_models_response(names);
   return response;
 }
 

@@ -78,8 +78,9 @@ std::vector<float> first_logits(const std::vector<M3Output>& outputs) {
 
 std::atomic<uint64_t> rerank_count{0};
 
-RouteResult rerank_job(ServerContext& context, Embedder& embedder, std::shared_ptr<RerankRequest> request,
+RouteResult rerank_job(ServerContext& context, ServedModel& model, std::shared_ptr<RerankRequest> request,
                        bool cohere) {
+  const Embedder& embedder = *model.engine;
   check_reranker(embedder);
   const bool truncate = request->truncate.value_or(context.options.auto_truncate);
   std::vector<std::vector<int32_t>> sequences;
@@ -92,7 +93,7 @@ RouteResult rerank_job(ServerContext& context, Embedder& embedder, std::shared_p
   InferenceJob job = score_job(std::move(sequences), echoed);
   RerankResponseInfo info;
   info.id = fmt::format("rerank-{}", ++rerank_count);
-  info.model = request->model.empty() ? context.model_name : request->model;
+  info.model = request->model.empty() ? model.name : request->model;
   info.tokens = job.tokens;
   job.respond = [request, cohere, info = std::move(info)](std::vector<M3Output>&& outputs) {
     HttpResponse response;
@@ -105,18 +106,19 @@ RouteResult rerank_job(ServerContext& context, Embedder& embedder, std::shared_p
 
 }  // namespace
 
-RouteResult tei_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  return rerank_job(context, embedder, std::make_shared<RerankRequest>(parse_tei_rerank_request(http.body, context.limits)),
+RouteResult tei_rerank(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  return rerank_job(context, model, std::make_shared<RerankRequest>(parse_tei_rerank_request(http.body, model.limits)),
                     false);
 }
 
-RouteResult cohere_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  return rerank_job(context, embedder,
-                    std::make_shared<RerankRequest>(parse_cohere_rerank_request(http.body, context.limits)), true);
+RouteResult cohere_rerank(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  return rerank_job(context, model,
+                    std::make_shared<RerankRequest>(parse_cohere_rerank_request(http.body, model.limits)), true);
 }
 
-RouteResult tei_predict(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  auto request = std::make_shared<PredictRequest>(parse_tei_predict_request(http.body, context.limits));
+RouteResult tei_predict(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  auto request = std::make_shared<PredictRequest>(parse_tei_predict_request(http.body, model.limits));
   check_outputs(embedder, kScores);
   const bool truncate = request->truncate.value_or(context.options.auto_truncate);
   std::vector<std::vector<int32_t>> sequences;

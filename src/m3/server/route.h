@@ -33,19 +33,19 @@ struct RouteResult {
 };
 
 // Handlers of the routes that need the model; they throw ApiError to refuse.
-RouteResult openai_embeddings(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult native_encode(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult tei_predict(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult cohere_rerank(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult native_score(ServerContext& context, Embedder& embedder, const HttpRequest& request);
-RouteResult vllm_pooling(ServerContext& context, Embedder& embedder, const HttpRequest& request);
+RouteResult openai_embeddings(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_embed(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_embed_sparse(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_embed_all(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_tokenize(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_similarity(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_decode(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult native_encode(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_rerank(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult tei_predict(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult cohere_rerank(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult native_score(ServerContext& context, ServedModel& model, const HttpRequest& request);
+RouteResult vllm_pooling(ServerContext& context, ServedModel& model, const HttpRequest& request);
 
 // TEST ONLY (serve --test-batch-gate): GET/POST /test/batch-gate.
 HttpResponse test_batch_gate(ServerContext& context, const HttpRequest& request);

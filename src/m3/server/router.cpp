@@ -2,6 +2,7 @@
 
 #include <array>
 
+#include <simdjson.h>
 #include <spdlog/spdlog.h>
 
 #include "m3/core/error.h"
@@ -9,8 +10,12 @@
 namespace m3::server {
 namespace {
 
-using ModelHandler = RouteResult (*)(ServerContext&, Embedder&, const HttpRequest&);
+using ModelHandler = RouteResult (*)(ServerContext&, ServedModel&, const HttpRequest&);
 using StatusHandler = HttpResponse (*)(const ServerContext&);
+
+// Which kind of model a route is for: a request without a known "model" goes to the first
+// served model of that kind.
+enum class Kind { kEmbedder, kClassifier, kAny };
 
 struct Route {
   std::string_view path;
@@ -19,6 +24,7 @@ struct Route {
   ModelHandler model_handler;    // needs the model, admission-controlled
   StatusHandler status_handler;  // answers in any state
   bool needs_key;
+  Kind kind = Kind::kEmbedder;
 };
 
 constexpr auto kOpenAi = ErrorFormat::kOpenAi;
@@ -37,13 +43,13 @@ const std::array<Route, 22> kRoutes = {{
     {"/embed", "POST", kTei, tei_embed, nullptr, true},
     {"/embed_sparse", "POST", kTei, tei_embed_sparse, nullptr, true},
     {"/embed_all", "POST", kTei, tei_embed_all, nullptr, true},
-    {"/tokenize", "POST", kTei, tei_tokenize, nullptr, true},
+    {"/tokenize", "POST", kTei, tei_tokenize, nullptr, true, Kind::kAny},
     {"/similarity", "POST", kTei, tei_similarity, nullptr, true},
-    {"/decode", "POST", kTei, tei_decode, nullptr, true},
+    {"/decode", "POST", kTei, tei_decode, nullptr, true, Kind::kAny},
     {"/m3/encode", "POST", kOpenAi, native_encode, nullptr, true},
-    {"/rerank", "POST", kTei, tei_rerank, nullptr, true},
-    {"/predict", "POST", kTei, tei_predict, nullptr, true},
-    {"/v1/rerank", "POST", kOpenAi, cohere_rerank, nullptr, true},
+    {"/rerank", "POST", kTei, tei_rerank, nullptr, true, Kind::kClassifier},
+    {"/predict", "POST", kTei, tei_predict, nullptr, true, Kind::kClassifier},
+    {"/v1/rerank", "POST", kOpenAi, cohere_rerank, nullptr, true, Kind::kClassifier},
     {"/m3/score", "POST", kOpenAi, native_score, nullptr, true},
     {"/pooling", "POST", kOpenAi, vllm_pooling, nullptr, true},
     {"/health", "GET", kTei, nullptr, health_response, false},
@@ -53,6 +59,39 @@ const std::array<Route, 22> kRoutes = {{
 }};
 
 RouteResult refuse(ErrorFormat format, const ApiError& error) { return {error_response(format, error), std::nullopt}; }
+
+// The body's top-level "model" string, if it has one (the handler parses the body again
+// and reports what is wrong with it).
+std::string requested_model(std::string_view body) {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+  std::string_view name;
+  if (body.empty() || parser.parse(body.data(), body.size()).get(root) != simdjson::SUCCESS) return "";
+  if (!root.is_object() || root["model"].get_string().get(name) != simdjson::SUCCESS) return "";
+  return std::string(name);
+}
+
+// The served model a request goes to: the one its "model" names; else the first of the
+// route's kind. A name no model has is accepted (clients send fixed names such as
+// "text-embedding-3-small") where only one model of that kind is served, and refused (404,
+// naming the served ones) where several are.
+ServedModel& choose_model(ServerContext& context, Kind kind, std::string_view body) {
+  const std::string name = requested_model(body);
+  std::vector<ServedModel*> of_kind;
+  for (ServedModel& m : context.models) {
+    if (!name.empty() && m.name == name) return m;
+    const bool classifier = m.engine->is_classifier();
+    if (kind == Kind::kAny || (kind == Kind::kClassifier) == classifier) of_kind.push_back(&m);
+  }
+  if (!name.empty() && of_kind.size() > 1) {
+    std::string served;
+    for (const ServedModel* m : of_kind) served += (served.empty() ? "\"" : ", \"") + m->name + "\"";
+    throw ApiError(404, fmt::format("model \"{}\" is not served here; send one of {}", name, served), "model",
+                   "model_not_found");
+  }
+  // None of that kind: the first model, whose handler then says it is the wrong kind (424).
+  return of_kind.empty() ? context.models.front() : *of_kind.front();
+}
 
 // Checks the job against the queue bound and the response size limits, and reserves its
 // response's bytes (before any compute: a response that cannot fit is refused now).
@@ -185,8 +224,10 @@ RouteDecision Router::route(const HttpRequest& request) const {
     return decision;
   }
   try {
-    decision.result = route->model_handler(context_, *embedder, request);
-    if (decision.result.job) decision.response_memory = admit_job(*decision.result.job, *embedder, context_);
+    ServedModel& model = choose_model(context_, route->kind, request.body);
+    decision.result = route->model_handler(context_, model, request);
+    if (decision.result.job) decision.response_memory = admit_job(*decision.result.job, *model.engine, context_);
+    decision.engine = model.engine;
     decision.permit = std::move(*permit);
   } catch (const ApiError& e) {
     decision.result = refuse(route->format, e);

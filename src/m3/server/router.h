@@ -19,6 +19,7 @@ struct RouteDecision {
   ErrorFormat format = ErrorFormat::kOpenAi;  // how errors of this route look
   RouteResult result;
   RequestLimiter::Permit permit;  // held until the response is written (routes that infer)
+  Embedder* engine = nullptr;     // the model its job runs on
   ResponseBudget::Reservation response_memory;  // likewise: the response's bytes (--output-memory)
 };
 

@@ -77,13 +77,15 @@ HttpResponse health_response(const ServerContext& context) {
   HttpResponse response;
   response.status = state == ServerState::kReady ? 200 : 503;
   response.body = fmt::format("{{\"status\":\"{}\"}}", state_name(state));
-  // Every replica lost to a device fault: nothing can serve (the log says which device and why).
-  if (Embedder* embedder = context.embedder.load(); embedder && state == ServerState::kReady) {
-    const SchedulerStats stats = embedder->scheduler().stats();
+  // Every replica of a model lost to device faults: that model cannot serve (the log says
+  // which device and why).
+  if (state != ServerState::kReady) return response;
+  for (const ServedModel& m : context.models) {
+    const SchedulerStats stats = m.engine->scheduler().stats();
     if (stats.replicas > 0 && stats.replicas_lost >= stats.replicas) {
       response.status = 503;
-      response.body = fmt::format("{{\"status\":\"failed\",\"error\":\"all {} replicas lost to device faults\"}}",
-                                  stats.replicas);
+      response.body = fmt::format("{{\"status\":\"failed\",\"error\":\"all {} replicas of {} lost to device faults\"}}",
+                                  stats.replicas, m.name);
     }
   }
   return response;
@@ -176,7 +178,26 @@ HttpResponse info_response(const ServerContext& context) {
                    i ? "," : "", d.device, d.total, d.free, d.total - d.free, d.total - d.free_before_warmup,
                    d.total - d.free_after_warmup, d.planned);
   }
-  out += "]}}";
+  out += "]}";
+  // Every served model (the fields above are the first's): what requests route by, its
+  // kind and its part of the memory plan.
+  out += ",\"models\":[";
+  for (size_t i = 0; i < context.models.size(); ++i) {
+    const ServedModel& m = context.models[i];
+    out += i ? ",{\"name\":" : "{\"name\":";
+    append_json_string(out, m.name);
+    out += ",\"model_dir\":";
+    append_json_string(out, m.engine->model_dir().string());
+    out += ",\"describe\":";
+    append_json_string(out, m.engine->describe());
+    fmt::format_to(std::back_inserter(out),
+                   ",\"kind\":\"{}\",\"max_input_length\":{},\"max_batch_tokens\":{},\"model_dtype\":\"{}\","
+                   "\"planned_bytes\":{}}}",
+                   !m.engine->is_classifier() ? "embedder" : m.engine->config().num_labels == 1 ? "reranker" : "classifier",
+                   m.engine->max_seq_len(), m.engine->max_batch_tokens(), dtype_label(m.engine->plan().inputs.precision),
+                   m.engine->plan().total_bytes);
+  }
+  out += "]}";
   return response;
 }
 
@@ -196,6 +217,17 @@ HttpResponse metrics_response(const ServerContext& context) {
   gauges.peak_resident_bytes = peak_rss_bytes();
   gauges.model = context.model_name;
   gauges.version = M3_VERSION;
+  if (gauges.ready || context.state.load() == ServerState::kDraining) {
+    for (const ServedModel& m : context.models) {
+      ModelGauge& model = gauges.models.emplace_back();
+      model.name = m.name;
+      model.kind = !m.engine->is_classifier() ? "embedder"
+                   : m.engine->config().num_labels == 1 ? "reranker"
+                                                        : "classifier";
+      model.planned_bytes = m.engine->plan().total_bytes;
+      model.scheduler = m.engine->scheduler().stats();
+    }
+  }
   HttpResponse response;
   response.content_type = "text/plain; version=0.0.4; charset=utf-8";
   response.body = context.metrics.render(gauges);

@@ -40,35 +40,40 @@ RouteResult tei_job(ServerContext& context, Embedder& embedder, const TeiEmbedRe
 
 }  // namespace
 
-RouteResult tei_embed(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+RouteResult tei_embed(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, model.limits);
   return tei_job(context, embedder, request, {true, false, false},
                  [dims = request.dimensions, normalize = request.normalize](const std::vector<M3Output>& o) {
                    return tei_embed_response(o, dims, normalize);
                  });
 }
 
-RouteResult tei_embed_sparse(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+RouteResult tei_embed_sparse(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, model.limits);
   return tei_job(context, embedder, request, {false, true, false},
                  [](const std::vector<M3Output>& o) { return tei_sparse_response(o); });
 }
 
-RouteResult tei_embed_all(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiEmbedRequest request = parse_tei_embed_request(http.body, context.limits);
+RouteResult tei_embed_all(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiEmbedRequest request = parse_tei_embed_request(http.body, model.limits);
   const int64_t hidden = embedder.config().hidden_size;
   return tei_job(context, embedder, request, {false, false, true},
                  [hidden](const std::vector<M3Output>& o) { return tei_all_response(o, hidden); });
 }
 
-RouteResult tei_similarity(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiEmbedRequest request = parse_tei_similarity_request(http.body, context.limits);
+RouteResult tei_similarity(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiEmbedRequest request = parse_tei_similarity_request(http.body, model.limits);
   return tei_job(context, embedder, request, {true, false, false},
                  [](const std::vector<M3Output>& o) { return tei_similarity_response(o); });
 }
 
-RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiDecodeRequest request = parse_tei_decode_request(http.body, context.limits);
+RouteResult tei_decode(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiDecodeRequest request = parse_tei_decode_request(http.body, model.limits);
   RouteResult result;
   std::string& out = result.response.body;
   out = "[";
@@ -80,8 +85,9 @@ RouteResult tei_decode(ServerContext& context, Embedder& embedder, const HttpReq
   return result;
 }
 
-RouteResult tei_tokenize(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  const TeiTokenizeRequest request = parse_tei_tokenize_request(http.body, context.limits);
+RouteResult tei_tokenize(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  const TeiTokenizeRequest request = parse_tei_tokenize_request(http.body, model.limits);
   const XlmrTokenizer& tokenizer = embedder.tokenizer();
   std::vector<std::vector<TeiToken>> tokens;
   tokens.reserve(request.inputs.size());

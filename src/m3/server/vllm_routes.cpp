@@ -20,8 +20,9 @@ std::string random_id() {
 
 }  // namespace
 
-RouteResult vllm_pooling(ServerContext& context, Embedder& embedder, const HttpRequest& http) {
-  auto request = std::make_shared<VllmPoolingRequest>(parse_vllm_pooling_request(http.body, context.limits));
+RouteResult vllm_pooling(ServerContext& context, ServedModel& model, const HttpRequest& http) {
+  Embedder& embedder = *model.engine;
+  auto request = std::make_shared<VllmPoolingRequest>(parse_vllm_pooling_request(http.body, model.limits));
   const OutputRequest outputs = pooling_outputs(request->task);
   check_outputs(embedder, outputs);
   LengthRule rule;
@@ -49,7 +50,7 @@ RouteResult vllm_pooling(ServerContext& context, Embedder& embedder, const HttpR
   PoolingResponseInfo info;
   info.id = "pooling-" + (request->request_id.empty() ? random_id() : request->request_id);
   info.created = static_cast<int64_t>(std::time(nullptr));
-  info.model = request->model.empty() ? context.model_name : request->model;
+  info.model = request->model.empty() ? model.name : request->model;
   info.prompt_tokens = job.tokens;
   info.hidden = embedder.config().hidden_size;
   const uint64_t floats = outputs.dense ? sequences * hidden : outputs.colbert ? tokens * hidden : tokens;
