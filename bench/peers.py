@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -115,11 +116,25 @@ def child_env(threads: int) -> dict:
     return env
 
 
-def run_child(cmd: list[str], env: dict, log: Path, kill_after_s: float) -> dict:
-    """Run cmd in its own process group; wall time, exit status and its own peak RSS (wait4)."""
+def run_child(cmd: list[str], env: dict, log: Path, kill_after_s: float, line_times: list | None = None) -> dict:
+    """Run cmd in its own process group; wall time, exit status and its own peak RSS (wait4).
+    With line_times (a list), its output goes through a pipe and each line is appended to it
+    as (time.time() when read, line), as well as to the log."""
     t0 = time.time()
     with open(log, "w") as lf:
-        p = subprocess.Popen(cmd, stdout=lf, stderr=subprocess.STDOUT, env=env, cwd=REPO, start_new_session=True)
+        piped = line_times is not None
+        p = subprocess.Popen(cmd, stdout=subprocess.PIPE if piped else lf, stderr=subprocess.STDOUT, env=env,
+                             cwd=REPO, start_new_session=True)
+        reader = None
+        if piped:
+            def read_lines():
+                for raw in p.stdout:
+                    line_times.append((time.time(), raw.decode(errors="replace").rstrip("\n")))
+                    lf.write(raw.decode(errors="replace"))
+                    lf.flush()
+
+            reader = threading.Thread(target=read_lines, daemon=True)
+            reader.start()
         timed_out = False
         while True:
             pid, status, ru = os.wait4(p.pid, os.WNOHANG)
@@ -132,6 +147,8 @@ def run_child(cmd: list[str], env: dict, log: Path, kill_after_s: float) -> dict
                 break
             time.sleep(0.1)
         p.returncode = os.waitstatus_to_exitcode(status)
+        if reader is not None:
+            reader.join(timeout=10)
     return {"wall_s": time.time() - t0, "exit": p.returncode, "timed_out": timed_out,
             "peak_rss_bytes": ru.ru_maxrss * 1024}
 
@@ -230,9 +247,6 @@ def markdown(result: dict, png: str | None) -> str:
            "call(s) that return dense + lexical weights + ColBERT vectors; load and warm-up are excluded. "
            "Peak RSS is the whole process's high-water mark (load included), each run in its own process. "
            f"Ratios: tokens/s over the best non-m3embed engine, and over {REFERENCE}.", ""]
-    head = "| engine | " + " | ".join(workloads) + " |"
-    sep = "| --- |" + " ---: |" * len(workloads)
-
     def na(e, w):
         s = status.get(e, {})
         if s.get("status") != "ok":
@@ -245,12 +259,8 @@ def markdown(result: dict, png: str | None) -> str:
         return None
 
     def table(title: str, format_cell) -> list[str]:
-        lines = [title, "", head, sep]
-        for e in engines:
-            vals = [na(e, w) for w in workloads]
-            vals = [format_cell(cell[(e, w)]) if v is None else v for v, w in zip(vals, workloads)]
-            lines.append(f"| {e} | " + " | ".join(vals) + " |")
-        return lines
+        return rc.grid_table(title, engines, workloads,
+                             lambda e, w: format_cell(cell[(e, w)]) if na(e, w) is None else na(e, w))
 
     out += table("### Tokens/s (x best peer, x FlagEmbedding fp32)",
                  lambda r: f"{r['tokens_per_second']:,.0f} ({fmt_ratio(r.get('ratio_best_peer'))}, "
@@ -390,19 +400,12 @@ def main(argv=None) -> int:
                 if result["engine_status"][e]["status"] != "ok":
                     continue
                 k += 1
-                before = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s, what=f"peers: {e} x {w}")
-                print(f"[{k}/{total}] {e} x {w} ...", end=" ", flush=True)
-                row = run_one(pe.ENGINES[e], w, files, args, env, logs)
-                row["load_before"], row["load_after"] = before, rc.load_snapshot()
+                row = rc.run_when_quiet(
+                    "peers", f"[{k}/{total}] {e} x {w}", lambda: run_one(pe.ENGINES[e], w, files, args, env, logs),
+                    lambda r: f"{r['tokens_per_second']:,.0f} tokens/s, peak RSS {rc.mib(r['peak_rss_bytes'])} MiB, "
+                              f"load {r.get('load_seconds') or 0:.1f} s, {r['wall_s']:.0f} s in all", args)
                 result["runs"].append(row)
                 save()
-                flag = " (LOADED)" if rc.is_loaded(before, args.max_load_per_core) else ""
-                loads = f"1-min load {before['load1']:.2f} before{flag}, {row['load_after']['load1']:.2f} after"
-                if row["status"] == "ok":
-                    print(f"{row['tokens_per_second']:,.0f} tokens/s, peak RSS {rc.mib(row['peak_rss_bytes'])} MiB, "
-                          f"load {row.get('load_seconds') or 0:.1f} s ({row['wall_s']:.0f} s; {loads})", flush=True)
-                else:
-                    print(f"{row['status']}: {row.get('reason', '')} ({loads})", flush=True)
 
     result["load_at_end"] = rc.load_snapshot()
     save()

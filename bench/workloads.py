@@ -15,6 +15,17 @@ empty text, 8192 the model's maximum).
 
 W1..W4 and mix are one request each (all texts in one call); a soak is many small requests.
 
+Reranker workloads (query/passage pairs, bench/rerank_peers.py): lengths there count the pieces
+of a text alone, without special tokens, so a pair `<s> q </s></s> p </s>` is q + p + 4 ids.
+
+| name | what |
+| --- | --- |
+| R1 | 1 query of 16 pieces x 100 passages of 256 pieces (27,600 ids in pairs of 276) |
+| R2 | 32 queries of 16..32 pieces x 20 passages of 128..256 pieces each (640 pairs, 140,515 ids in pairs of 150..292) |
+
+`pair_texts(w, seed)`: [(query, [passages])] whose pieces are exactly those lengths, and whose
+pairs every engine tokenizes to the same ids (`pair_problems`).
+
 Two renderings of the same lengths:
 - `token_ids(w, seed)`: `[0, random ids in 4..1200, 2]`, for engines that take ids. 4..1200
   are the fixture tokenizer's ordinary pieces (1201 would be `<mask>`).
@@ -183,6 +194,41 @@ def _word_table() -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(ws) for ws in table)
 
 
+def _tied_segmentation(piece_str: str, scores: dict[str, float], tol: float = 1e-4) -> bool:
+    """Whether the Unigram model has two best segmentations of piece_str (within tol): a tie
+    that tokenizers may break differently (m3embed's tokenizer does, depending on the text
+    before the word: "+1-555-0123" is '5' '55' or '55' '5')."""
+    n = len(piece_str)
+    best = [0.0] + [-math.inf] * n     # best[i]: best score of piece_str[:i]
+    ways = [1] + [0] * n               # segmentations within tol of best[i]
+    longest = max(map(len, scores))
+    for i in range(1, n + 1):
+        cands = [(best[j] + scores[piece_str[j:i]], ways[j]) for j in range(max(0, i - longest), i)
+                 if ways[j] and piece_str[j:i] in scores]
+        if cands:
+            best[i] = max(c for c, _ in cands)
+            ways[i] = sum(w for c, w in cands if c >= best[i] - tol)
+    return ways[n] > 1
+
+
+@functools.lru_cache(maxsize=1)
+def _pair_word_table() -> tuple[tuple[str, ...], ...]:
+    """_word_table without the words whose best segmentation is tied (_tied_segmentation), so
+    that every engine's tokenizer gives the reranker pairs the same ids."""
+    import json
+
+    vocab = json.loads((TOKENIZER_DIR / "tokenizer.json").read_text(encoding="utf-8"))["model"]["vocab"]
+    scores = {piece: score for piece, score in vocab[4:]}  # not <s> <pad> </s> <unk>
+    tok = tokenizer()
+    table = _word_table()
+    out = []
+    for words in table:
+        ids = tok(list(words), add_special_tokens=False)["input_ids"] if words else []
+        pieces = [tok.convert_ids_to_tokens(x) for x in ids]
+        out.append(tuple(w for w, ps in zip(words, pieces) if not _tied_segmentation("".join(ps), scores)))
+    return tuple(out)
+
+
 def _text_of_length(rng: random.Random, n: int, table) -> str:
     budget = n - 2
     words = []
@@ -200,6 +246,100 @@ def texts(workload, seed: int = 0) -> list[str]:
     table = _word_table()
     rng = random.Random(f"texts-{w.name}-{seed}")
     return [_text_of_length(rng, n, table) for n in w.lengths]
+
+
+# ---------------------------------------------------------------------------------------
+# Reranker workloads: query/passage pairs
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PairWorkload:
+    name: str
+    query_lengths: tuple[int, ...]                 # pieces per query, no special tokens
+    passage_lengths: tuple[tuple[int, ...], ...]   # per query: pieces per passage
+
+    @property
+    def pairs(self) -> int:
+        return sum(len(p) for p in self.passage_lengths)
+
+    def pair_lengths(self) -> list[int]:
+        """Ids per pair, `<s> q </s></s> p </s>`, in order (query by query)."""
+        return [q + p + 4 for q, ps in zip(self.query_lengths, self.passage_lengths) for p in ps]
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.pair_lengths())
+
+    def describe(self) -> str:
+        def span(xs) -> str:
+            s = sorted(xs)
+            return f"{s[0]}" if s[0] == s[-1] else f"{s[0]}..{s[-1]}"
+
+        n = len(self.query_lengths)
+        return (f"{n} quer{'y' if n == 1 else 'ies'} of {span(self.query_lengths)} pieces x "
+                f"{span(map(len, self.passage_lengths))} passages of "
+                f"{span(x for ps in self.passage_lengths for x in ps)} pieces: {self.pairs} pairs, "
+                f"{self.total_tokens:,} ids (pairs of {span(self.pair_lengths())})")
+
+
+def _r2() -> PairWorkload:
+    rng = random.Random("R2-lengths")
+    queries = tuple(rng.randint(16, 32) for _ in range(32))
+    passages = tuple(tuple(rng.randint(128, 256) for _ in range(20)) for _ in queries)
+    return PairWorkload("R2", queries, passages)
+
+
+PAIR_WORKLOADS = {
+    "R1": PairWorkload("R1", (16,), ((256,) * 100,)),
+    "R2": _r2(),
+}
+
+
+def resolve_pairs(workload) -> PairWorkload:
+    if isinstance(workload, PairWorkload):
+        return workload
+    if workload in PAIR_WORKLOADS:
+        return PAIR_WORKLOADS[workload]
+    raise ValueError(f"unknown pair workload {workload!r}: {', '.join(PAIR_WORKLOADS)}")
+
+
+def pair_texts(workload, seed: int = 0) -> list[tuple[str, list[str]]]:
+    """[(query, [passage, ...])]: texts whose fixture-tokenizer pieces are exactly the lengths."""
+    w = resolve_pairs(workload)
+    table = _pair_word_table()
+    rng = random.Random(f"pairs-{w.name}-{seed}")
+    return [(_text_of_length(rng, q + 2, table), [_text_of_length(rng, p + 2, table) for p in ps])
+            for q, ps in zip(w.query_lengths, w.passage_lengths)]
+
+
+def pair_problems(groups: list[tuple[str, list[str]]], max_length: int = 512) -> list[str]:
+    """Why the engines might not feed the same ids for these pairs (empty: they all do).
+
+    m3embed and FlagReranker's id-level rule build `<s> q </s></s> p </s>` from the two texts'
+    pieces, FlagReranker on transformers 5 decodes those pieces and tokenizes the two strings
+    again as a pair, and CrossEncoder tokenizes the pair once (tests/fixtures/README.md,
+    "Reranker goldens"). They agree when nothing is cut (the pair within max_length, the query
+    within 3/4 of it) and decoding round-trips, which this checks pair by pair."""
+    tok = tokenizer()
+    out: list[str] = []
+    for qi, (q, passages) in enumerate(groups):
+        q_ids = tok(q, add_special_tokens=False)["input_ids"]
+        if len(q_ids) > max_length * 3 // 4:
+            out.append(f"query {qi}: {len(q_ids)} pieces, over FlagReranker's query_max_length")
+        for pi, p in enumerate(passages):
+            p_ids = tok(p, add_special_tokens=False)["input_ids"]
+            want = [CLS] + q_ids + [EOS, EOS] + p_ids + [EOS]
+            where = f"query {qi} passage {pi}"
+            if len(want) > max_length:
+                out.append(f"{where}: {len(want)} ids, over max_length {max_length}")
+            if tok(q, p)["input_ids"] != want:
+                out.append(f"{where}: the pair tokenizes differently from its two texts")
+            dq = tok.decode(q_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            dp = tok.decode(p_ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if tok(dq, dp)["input_ids"] != want:
+                out.append(f"{where}: decoding and tokenizing again (FlagReranker on transformers 5) changes the ids")
+    return out
 
 
 def text_lengths(strings: list[str]) -> list[int]:
@@ -234,6 +374,17 @@ def self_check(soak_n: int = 2000, verbose: bool = True) -> None:
         if verbose:
             print(f"ok {w.name}: {len(w.lengths)} texts, {w.total_tokens} tokens, "
                   f"{len(w.request_sizes)} requests")
+    for w in PAIR_WORKLOADS.values():
+        groups = pair_texts(w, seed=0)
+        tok = tokenizer()
+        got_q = [len(tok(q, add_special_tokens=False)["input_ids"]) for q, _ in groups]
+        got_p = [tuple(len(x) for x in tok(ps, add_special_tokens=False)["input_ids"]) for _, ps in groups]
+        assert got_q == list(w.query_lengths) and got_p == list(w.passage_lengths), f"{w.name}: piece counts"
+        assert groups == pair_texts(w, seed=0) and groups != pair_texts(w, seed=1), f"{w.name}: determinism"
+        bad = pair_problems(groups)
+        assert not bad, f"{w.name}: {len(bad)} pairs the engines would not all feed alike, e.g. {bad[:3]}"
+        if verbose:
+            print(f"ok {w.name}: {w.describe()}; the same ids for every engine")
     assert soak(50, 3) == soak(50, 3) and soak(50, 3) != soak(50, 4)
     big = soak(soak_n, 0).lengths
     assert soak_n < 1000 or (min(big) == MIN_LEN and max(big) > MAX_LEN // 2), "soak does not span the range"
@@ -258,6 +409,8 @@ def main(argv=None) -> int:
         return 0
     for w in [*FIXED.values(), soak(args.soak_n, 0)]:
         print(summary(w))
+    for w in PAIR_WORKLOADS.values():
+        print(f"{w.name:>14}: {w.describe()}")
     return 0
 
 
