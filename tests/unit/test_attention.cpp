@@ -19,7 +19,15 @@ namespace {
 struct Shape {
   int64_t heads, head_dim;
   DType precision = DType::F32;
+  // max_len a multiple of 16, so the kernels' K layout fits the scratch (as for BGE-M3); or
+  // below one key block and no multiple of 16 (--max-seq-len 198), with a sequence that long.
+  int64_t max_len = 704;
+  std::vector<int32_t> lengths = {1, 17, 300, 2, 700, 513};
 };
+
+void PrintTo(const Shape& s, std::ostream* os) {
+  *os << s.heads << " heads of " << s.head_dim << ", " << precision_name(s.precision) << ", max " << s.max_len;
+}
 
 void round_to_bf16(std::vector<float>& x) {
   std::vector<uint16_t> b(x.size());
@@ -33,12 +41,10 @@ void round_to_bf16(std::vector<float>& x) {
 class AttentionTest : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
-  const auto [heads, head_dim, precision] = GetParam();
+  const auto [heads, head_dim, precision, max_len, lengths] = GetParam();
   const bool bf16 = precision == DType::BF16;
   if (bf16 && !bf16_attention_kernels_supported(head_dim)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  // max_len a multiple of 16, so the kernels' K layout fits the scratch (as for BGE-M3).
-  const int64_t hidden = heads * head_dim, max_len = 704;
-  const std::vector<int32_t> lengths = {1, 17, 300, 2, 700, 513};
+  const int64_t hidden = heads * head_dim;
   PackedBatch batch;
   for (int32_t len : lengths) batch.add(std::vector<int32_t>(len, 5), 1);
   const int64_t t = batch.tokens();
@@ -110,10 +116,14 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
 
 INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest,
                          ::testing::Values(Shape{2, 64}, Shape{3, 16}, Shape{2, 24}, Shape{2, 64, DType::BF16},
-                                           Shape{3, 16, DType::BF16}, Shape{2, 32, DType::BF16}),
+                                           Shape{3, 16, DType::BF16}, Shape{2, 32, DType::BF16},
+                                           Shape{3, 32, DType::F32, 198, {198, 100, 7, 197}},
+                                           Shape{3, 32, DType::BF16, 198, {198, 100, 7, 197}},
+                                           Shape{2, 16, DType::F32, 100, {100, 99, 1}}),
                          [](const auto& info) {
                            return "d" + std::to_string(info.param.head_dim) + "_" +
-                                  std::string(precision_name(info.param.precision));
+                                  std::string(precision_name(info.param.precision)) + "_max" +
+                                  std::to_string(info.param.max_len);
                          });
 
 TEST(AttentionKernels, TakeTheHeadDimsTheyAreWrittenFor) {

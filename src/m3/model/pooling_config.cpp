@@ -90,12 +90,19 @@ PoolingConfig load_pooling_config(const fs::path& model_dir) {
 const char* pooling_name(Pooling pooling) { return pooling == Pooling::kMean ? "mean" : "cls"; }
 
 int64_t default_max_seq_len(const fs::path& model_dir, const ModelConfig& config) {
-  const fs::path file = model_dir / "sentence_bert_config.json";
-  if (!fs::exists(file)) return config.max_tokens();
+  // sentence-transformers up to 5 keeps max_seq_length in sentence_bert_config.json;
+  // version 6 drops it there and truncates at the tokenizer's model_max_length.
   simdjson::dom::parser parser;
   int64_t limit = 0;
-  if (load_json(parser, file)["max_seq_length"].get_int64().get(limit) != simdjson::SUCCESS) return config.max_tokens();
-  if (limit < 2) fail("{}: max_seq_length {} leaves no room for <s> and </s>", file.string(), limit);
+  const fs::path sbert = model_dir / "sentence_bert_config.json", tokenizer = model_dir / "tokenizer_config.json";
+  if (fs::exists(sbert) && load_json(parser, sbert)["max_seq_length"].get_int64().get(limit) == simdjson::SUCCESS) {
+    if (limit < 2) fail("{}: max_seq_length {} leaves no room for <s> and </s>", sbert.string(), limit);
+  } else if (fs::exists(model_dir / "modules.json") && fs::exists(tokenizer) &&
+             load_json(parser, tokenizer)["model_max_length"].get_int64().get(limit) == simdjson::SUCCESS) {
+    if (limit < 2) fail("{}: model_max_length {} leaves no room for <s> and </s>", tokenizer.string(), limit);
+  } else {
+    return config.max_tokens();
+  }
   return std::min(limit, config.max_tokens());
 }
 

@@ -27,9 +27,9 @@ PoolingConfig load_pooling_config(const std::filesystem::path& model_dir);
 
 const char* pooling_name(Pooling pooling);  // "cls", "mean"
 
-// The tokens a text is cut to by default: the model's positions, or sentence-transformers'
-// max_seq_length (sentence_bert_config.json) when that is lower, as the reference
-// library truncates there (multilingual-e5: 512).
+// The tokens a text is cut to by default: the model's positions, or, lower, where
+// sentence-transformers truncates: sentence_bert_config.json's max_seq_length, or (version
+// 6 files, which drop it there) tokenizer_config.json's model_max_length (multilingual-e5: 512).
 int64_t default_max_seq_len(const std::filesystem::path& model_dir, const ModelConfig& config);
 
 }  // namespace m3

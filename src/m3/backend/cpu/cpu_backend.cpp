@@ -434,6 +434,10 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
                                 ? Kernels::kBf16
                                 : Kernels::kFp32;
   const int64_t block = std::min(kKeyBlock, max_len);
+  // The kernels compute and store scores 16 keys at a time, so their score rows (and a full
+  // block's transposed keys) are padded to 16: a block of max_len < 256 keys that is no
+  // multiple of 16 would otherwise write each row's last vector over the next row's start.
+  const int64_t block16 = (block + 15) / 16 * 16;
   const int64_t p_ld = (block + 1) / 2 * 2;
 
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
@@ -457,9 +461,10 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     alignas(64) uint16_t block_p[kMaxQueryTile * kKeyBlock];
     alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
     float* scores = kernels == Kernels::kSgemm ? thread_scratch : block_scores;
+    const int64_t ld = kernels == Kernels::kSgemm ? block : block16;  // score rows
     auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
     uint16_t* vt2 = kt2 + head_dim * ((len + 15) / 16 * 16);
-    auto kt_ld = [&](int64_t keys) { return keys == block ? block : (keys + 15) / 16 * 16; };
+    auto kt_ld = [&](int64_t keys) { return (keys + 15) / 16 * 16; };
     for (int64_t k0 = 0; k0 < len; k0 += block) {
       const int64_t keys = std::min<int64_t>(block, len - k0);
       if (kernels == Kernels::kFp32) {
@@ -481,18 +486,18 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
         const int64_t keys = std::min<int64_t>(block, len - k0);
         switch (kernels) {
           case Kernels::kBf16:
-            attention_scores_bf16(tile_q, head_dim, kt2 + k0 * head_dim, rows, keys, head_dim, scale, scores, block);
+            attention_scores_bf16(tile_q, head_dim, kt2 + k0 * head_dim, rows, keys, head_dim, scale, scores, ld);
             break;
           case Kernels::kFp32:
             attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale,
-                             scores, block);
+                             scores, ld);
             break;
           case Kernels::kSgemm:
             dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
             break;
         }
         for (int64_t r = 0; r < rows; ++r) {
-          float* row = scores + r * block;
+          float* row = scores + r * ld;
           const float block_max = row_max(row, keys);
           if (k0 == 0) {
             running_max[r] = block_max;
@@ -517,7 +522,7 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
             attention_values_bf16(block_p, p_ld, rows, keys, vt2 + k0 * head_dim, head_dim, o, hidden, k0 > 0);
             break;
           case Kernels::kFp32:
-            attention_values(scores, block, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
+            attention_values(scores, ld, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
             break;
           case Kernels::kSgemm:
             dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride,
