@@ -40,22 +40,38 @@ void run_rerank(const RerankOptions& o) {
   for (const auto& line : lines) pairs += line.passages.size();
   LineWriter writer(o.output);
   ProgressBar bar(pairs, "pairs", !o.quiet);
+  // Lines go through the model together, a few batches' worth of pairs at a time, so short
+  // lines still fill batches; their scores are written in input order.
+  const int64_t chunk_tokens = 4 * reranker->max_batch_tokens();
   size_t done = 0;
-  for (const auto& line : lines) {
+  for (size_t first = 0; first < lines.size();) {
     std::vector<std::vector<int32_t>> sequences;
-    for (const auto& passage : line.passages) {
-      sequences.push_back(reranker->tokenize_pair(line.query, passage, max_length, o.query_max_length));
+    int64_t tokens = 0;
+    size_t last = first;
+    for (; last < lines.size() && (last == first || tokens < chunk_tokens); ++last) {
+      for (const auto& passage : lines[last].passages) {
+        sequences.push_back(reranker->tokenize_pair(lines[last].query, passage, max_length, o.query_max_length));
+        tokens += static_cast<int64_t>(sequences.back().size());
+      }
     }
     const auto outputs = reranker->encode(sequences, OutputRequest{.dense = false, .scores = true});
-    if (line.single) {
-      writer.write("{\"score\":" + score_text(outputs[0].scores[0], o.normalize) + "}");
-    } else {
-      std::string out = "{\"scores\":[";
-      for (size_t i = 0; i < outputs.size(); ++i) out += (i ? "," : "") + score_text(outputs[i].scores[0], o.normalize);
-      writer.write(out + "]}");
+    size_t at = 0;
+    for (size_t i = first; i < last; ++i) {
+      const RerankLine& line = lines[i];
+      if (line.single) {
+        writer.write("{\"score\":" + score_text(outputs[at].scores[0], o.normalize) + "}");
+      } else {
+        std::string out = "{\"scores\":[";
+        for (size_t k = 0; k < line.passages.size(); ++k) {
+          out += (k ? "," : "") + score_text(outputs[at + k].scores[0], o.normalize);
+        }
+        writer.write(out + "]}");
+      }
+      at += line.passages.size();
     }
-    done += line.passages.size();
+    done += sequences.size();
     bar.update(done);
+    first = last;
   }
   writer.close();
   bar.finish();
