@@ -118,6 +118,36 @@ class Engine {
     return result;
   }
 
+  // (query, passage) pairs -> a reranker's logits [n, labels], the pairs cut as
+  // FlagReranker cuts them (Embedder::tokenize_pair).
+  py::array_t<float> score_pairs(const std::vector<std::pair<std::string, std::string>>& pairs, int64_t max_length,
+                                 int64_t query_max_length, int64_t chunk_tokens, const py::object& progress) {
+    const OutputRequest request{.dense = false, .scores = true};
+    embedder_->check(request);
+    const int64_t labels = embedder_->config().num_labels;
+    std::vector<float> logits;
+    logits.reserve(pairs.size() * labels);
+    if (chunk_tokens <= 0) chunk_tokens = 4 * embedder_->max_batch_tokens();
+    for (size_t begin = 0; begin < pairs.size();) {
+      size_t end = begin;
+      {
+        py::gil_scoped_release unlocked;
+        std::vector<std::vector<int32_t>> ids;
+        int64_t chunk = 0;
+        while (end < pairs.size() && (ids.empty() || chunk < chunk_tokens)) {
+          ids.push_back(embedder_->tokenize_pair(pairs[end].first, pairs[end].second, max_length, query_max_length));
+          chunk += static_cast<int64_t>(ids.back().size());
+          ++end;
+        }
+        for (const M3Output& o : embedder_->encode(ids, request)) logits.insert(logits.end(), o.scores.begin(), o.scores.end());
+      }
+      begin = end;
+      if (!progress.is_none()) progress(begin);
+      if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+    }
+    return to_array(std::move(logits), {static_cast<py::ssize_t>(pairs.size()), labels});
+  }
+
   std::vector<int32_t> tokenize(const std::string& text, int64_t max_length) const {
     return embedder_->tokenize(text, max_length);
   }
@@ -191,6 +221,10 @@ PYBIND11_MODULE(_core, m) {
            "(dicts token id -> weight), colbert (arrays [rows, hidden]), tokens and truncated. Work goes in chunks "
            "of about chunk_tokens tokens (0: 4 x max_batch_tokens); after each, progress(texts done) is called "
            "when given, and Ctrl-C is honoured (the engine stays usable).")
+      .def("score_pairs", &Engine::score_pairs, py::arg("pairs"), py::kw_only(), py::arg("max_length") = 512,
+           py::arg("query_max_length") = 0, py::arg("chunk_tokens") = 0, py::arg("progress") = py::none(),
+           "A reranker's logits [n, labels] for (query, passage) pairs, cut as FlagReranker cuts them "
+           "(query_max_length 0: 3/4 of max_length). The GIL is released while computing.")
       .def("tokenize", &Engine::tokenize, py::arg("text"), py::arg("max_length") = 0)
       .def("id_to_piece", &Engine::id_to_piece, py::arg("id"))
       .def_property_readonly("plan", &Engine::plan, "The memory plan: bytes, max_batch_tokens, device, dtype, ...")

@@ -4,11 +4,12 @@
     model = BGEM3FlagModel("BAAI/bge-m3")
     out = model.encode(["What is BGE-M3?"], return_dense=True, return_sparse=True, return_colbert_vecs=True)
 
-`Engine` is the engine itself (memory plan, dtype, device, threads); `BGEM3FlagModel` is
-FlagEmbedding's API over it (docs/python.md).
+`Engine` is the engine itself (memory plan, dtype, device, threads); `BGEM3FlagModel` and
+`FlagReranker` are FlagEmbedding's APIs over it (docs/python.md).
 """
 from ._core import Engine, M3Error, set_log_level
 from .flag_model import BGEM3FlagModel
+from .flag_reranker import FlagReranker
 
-__all__ = ["BGEM3FlagModel", "Engine", "M3Error", "set_log_level"]
+__all__ = ["BGEM3FlagModel", "Engine", "FlagReranker", "M3Error", "set_log_level"]
 __version__ = "0.1.0"

@@ -230,7 +230,8 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
     in.device = target_->device;
     if (in.device == DeviceKind::kCpu) {
       in.library_workspace_bytes = CpuBackend::library_workspace_bytes(
-          xlmr_m3_weight_table(in.config, in.sparse_head, in.colbert_head), in.max_batch_tokens, c.precision);
+          xlmr_m3_weight_table(in.config, in.sparse_head, in.colbert_head), in.max_batch_tokens, c.precision,
+          in.threads);
     }
     plan_ = plan_memory(in);
     ASSERT_EQ(plan_.table.specs.size(), data_->weights.size());

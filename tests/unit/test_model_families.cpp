@@ -115,6 +115,19 @@ TEST(ModelFamilies, AskingAModelForWhatItDoesNotComputeIsAClearError) {
   EXPECT_NE(sparse.find("sparse_linear.pt"), std::string::npos) << sparse;
 }
 
+// Two models in one process: building a one-thread replica leaves this thread's OpenMP
+// setting at 1; the next model's plan must still size oneDNN's scratchpad for its own two
+// threads (it used to ask with 1, and its first GEMM then refused to run).
+TEST(ModelFamilies, EachModelIsPlannedForItsOwnThreads) {
+  EmbedderOptions one_thread;
+  one_thread.threads = 1;
+  one_thread.max_batch_tokens = 512;
+  auto reranker = Embedder::load(test::fixtures() / "tiny-reranker", one_thread);
+  auto embedder = load("tiny-st");  // 2 threads
+  EXPECT_NO_THROW(embedder->encode({embedder->tokenize("hello world", 0)}, OutputRequest{.sparse = true, .colbert = true}));
+  EXPECT_NO_THROW(reranker->encode({reranker->tokenize_pair("q", "p", 0, 0)}, OutputRequest{.dense = false, .scores = true}));
+}
+
 // A query that leaves no room for the passage is refused, not silently dropped.
 TEST(ModelFamilies, PairTokenizationRefusesAQueryThatFillsTheLimit) {
   auto reranker = load("tiny-reranker");

@@ -97,7 +97,7 @@ class PlanCliTest : public ::testing::Test {
   uint64_t workspace(const std::filesystem::path& model, int64_t rows) {
     const bool heads = std::filesystem::exists(model / "colbert_linear.pt");
     return CpuBackend::library_workspace_bytes(xlmr_m3_weight_table(ModelConfig::load(model), heads, heads), rows,
-                                               DType::F32);
+                                               DType::F32, CpuBackend::default_threads());
   }
 
   // Outputs in flight: 2 batches per replica of rows x (hidden + 3) floats (BGE-M3); and the

@@ -414,7 +414,8 @@ Report plan_one(const PlanOptions& o, const std::filesystem::path& dir, int64_t 
     smallest.max_batch_tokens = in.max_seq_len;
     // (CUDA plans have no oneDNN workspace; asking oneDNN for a CUDA-only type would fail.)
     smallest.library_workspace_bytes = in.device == DeviceKind::kCuda ? 0
-                                       : CpuBackend::library_workspace_bytes(plan.table, in.max_seq_len, in.precision);
+                                       : CpuBackend::library_workspace_bytes(plan.table, in.max_seq_len, in.precision,
+                                                                             in.threads);
     limit->minimum_bytes = plan_memory(smallest).total_bytes;
   }
   Report report{dir, options.threads, plan, limit, std::nullopt};

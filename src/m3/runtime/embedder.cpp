@@ -202,7 +202,9 @@ MemoryPlan Embedder::plan_for(const std::filesystem::path& model_dir, const Mode
   in.threads = std::max(1, threads / options.replicas);
   in.precision = cpu_supports(options.precision) ? options.precision : DType::F32;
   const WeightTable table = xlmr_m3_weight_table(config, in.sparse_head, in.colbert_head);
-  auto workspace = [&](int64_t rows) { return CpuBackend::library_workspace_bytes(table, rows, in.precision); };
+  auto workspace = [&](int64_t rows) {
+    return CpuBackend::library_workspace_bytes(table, rows, in.precision, in.threads);
+  };
   if (options.memory_limit > 0) {
     // The GEMM workspace grows with the rows: search with the most a limit could allow; when
     // even one sequence does not fit that way, again with one sequence's (which names the

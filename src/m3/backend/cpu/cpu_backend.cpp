@@ -182,7 +182,17 @@ void CpuBackend::zero_chunk_tail(const TensorView& x, int64_t rows) const {
 
 void CpuBackend::attach_thread() { omp_set_num_threads(threads_); }
 
-uint64_t CpuBackend::library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision) {
+uint64_t CpuBackend::library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision,
+                                             int threads) {
+  // A replica's thread runs its GEMMs with omp_set_num_threads(threads) (attach_thread): ask
+  // with the same, not with whatever this thread was last set to (another model's replica
+  // built in this process, with fewer threads, left its setting here).
+  const int saved = omp_get_max_threads();
+  omp_set_num_threads(threads);
+  struct Restore {
+    int threads;
+    ~Restore() { omp_set_num_threads(threads); }
+  } restore{saved};
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
   std::set<std::tuple<int64_t, int64_t, Epilogue, DType>> gemms;  // every GEMM of the table, once
   for (const WeightSpec& s : table.specs) {

@@ -39,7 +39,9 @@ class CpuBackend final : public Backend {
 
   // The largest oneDNN scratchpad any GEMM of the table's linears needs up to max_rows
   // rows, stored as the CPU stores them at `precision` (cpu_weight_dtype).
-  static uint64_t library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision);
+  // oneDNN sizes its scratchpad by the threads that will run the GEMM: asked with `threads`
+  // (a replica's), whatever the calling thread's OpenMP setting is.
+  static uint64_t library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision, int threads);
   static int default_threads();
 
   void attach_thread() override;
