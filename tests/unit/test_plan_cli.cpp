@@ -94,10 +94,11 @@ class PlanCliTest : public ::testing::Test {
   test::CliResult plan(const std::filesystem::path& model, const std::string& args) {
     return test::run_cli("plan --model " + quoted(model) + " " + args);
   }
-  uint64_t workspace(const std::filesystem::path& model, int64_t rows) {
+  // oneDNN's scratchpad for `rows` rows run by `threads` threads (a replica's).
+  uint64_t workspace(const std::filesystem::path& model, int64_t rows, int threads) {
     const bool heads = std::filesystem::exists(model / "colbert_linear.pt");
     return CpuBackend::library_workspace_bytes(xlmr_m3_weight_table(ModelConfig::load(model), heads, heads), rows,
-                                               DType::F32, CpuBackend::default_threads());
+                                               DType::F32, threads);
   }
 
   // Outputs in flight: 2 batches per replica of rows x (hidden + 3) floats (BGE-M3); and the
@@ -123,7 +124,7 @@ TEST_F(PlanCliTest, BgeM3TotalsMatchTheFormula) {
   EXPECT_EQ(weights, 2271023108u);  // 567,755,777 parameters
   EXPECT_EQ(j["weights"]["total_bytes"].get<uint64_t>(), weights);
 
-  const auto buffers = arena_buffers_by_hand(bge_shapes_, 16384, 8192, 16, workspace(bge_, 16384));
+  const auto buffers = arena_buffers_by_hand(bge_shapes_, 16384, 8192, 16, workspace(bge_, 16384, 16));
   const uint64_t arena = arena_by_hand(buffers);
   // 16384 x (1024 + 3072 + 1024 + 4096) floats + 16 x 64 x 8192 floats of scores = 608 MiB.
   EXPECT_EQ(arena - align64(buffers.back()), 637534208u);
@@ -169,7 +170,7 @@ TEST_F(PlanCliTest, DefaultsAreTheModelLimitAnd16384Tokens) {
 TEST_F(PlanCliTest, ReplicasShareWeightsAndSplitThreads) {
   const auto j = parse_json(plan(bge_, "--max-batch-tokens 8192 --threads 16 --replicas 2 --json"));
   EXPECT_EQ(j["limits"]["threads_per_replica"], 8);
-  const uint64_t arena = arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 8, workspace(bge_, 8192)));
+  const uint64_t arena = arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 8, workspace(bge_, 8192, 8)));
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
   EXPECT_EQ(j["total_bytes"].get<uint64_t>(),
             weights_by_hand(bge_shapes_) + 2 * arena + 16 * 8192 * 4 + outputs(8192, 2) + output_memory(8192, 2));
@@ -180,7 +181,7 @@ TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
   const auto j = parse_json(plan(tiny_, "--max-batch-tokens 1000 --threads 3 --json"));
   EXPECT_EQ(j["limits"]["max_seq_len"], 128);
   EXPECT_EQ(j["weights"]["total_bytes"].get<uint64_t>(), weights_by_hand(tiny));
-  const uint64_t arena = arena_by_hand(arena_buffers_by_hand(tiny, 1000, 128, 3, workspace(tiny_, 1000)));
+  const uint64_t arena = arena_by_hand(arena_buffers_by_hand(tiny, 1000, 128, 3, workspace(tiny_, 1000, 3)));
   EXPECT_EQ(j["arena"]["items"][0]["shape"], "[1024, 64] f32");  // 1000 rows rounded up to 64
   EXPECT_EQ(j["arena"]["total_bytes"].get<uint64_t>(), arena);
   EXPECT_EQ(j["total_bytes"].get<uint64_t>(), weights_by_hand(tiny) + arena + 16 * 1000 * 4 + 2 * 1024 * (64 + 3) * 4 +
@@ -198,7 +199,7 @@ TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
   EXPECT_EQ(b["model"]["heads"], json::array({"dense"}));
   EXPECT_EQ(b["weights"]["total_bytes"].get<uint64_t>(), weights_by_hand(bare_shapes));
   EXPECT_EQ(b["arena"]["total_bytes"].get<uint64_t>(),
-            arena_by_hand(arena_buffers_by_hand(bare_shapes, 128, 128, 1, workspace(bare, 128))));
+            arena_by_hand(arena_buffers_by_hand(bare_shapes, 128, 128, 1, workspace(bare, 128, 1))));
 
   test::write_file(bare / "colbert_linear.pt", "");
   test::write_file(bare / "sparse_linear.pt", "");
@@ -206,7 +207,7 @@ TEST_F(PlanCliTest, TinyFixtureAndMissingHeads) {
   const auto h = parse_json(plan(bare, "--threads 1 --max-batch-tokens 128 --json"));
   EXPECT_EQ(h["arena"]["items"][3]["shape"], "[128, 65] f32");
   EXPECT_EQ(h["arena"]["total_bytes"].get<uint64_t>(),
-            arena_by_hand(arena_buffers_by_hand(heads_shapes, 128, 128, 1, workspace(bare, 128))));
+            arena_by_hand(arena_buffers_by_hand(heads_shapes, 128, 128, 1, workspace(bare, 128, 1))));
 }
 
 TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
@@ -217,7 +218,7 @@ TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
   EXPECT_EQ(t % 64, 0u);
   // The choice is made with the workspace the largest budget could need, as Embedder does.
   const uint64_t weights = weights_by_hand(bge_shapes_);
-  const uint64_t ws_most = workspace(bge_, Embedder::kMaxBatchTokensForLimit);
+  const uint64_t ws_most = workspace(bge_, Embedder::kMaxBatchTokensForLimit, 16);
   auto total = [&](uint64_t tokens) {
     return weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, tokens, 8192, 16, ws_most)) +
            16 * tokens * 4 + outputs(tokens, 1) + output_memory(tokens, 1);  // the queue holds 16 batches of ids
@@ -225,14 +226,14 @@ TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
   EXPECT_LE(total(t), limit);
   EXPECT_GT(total(t + 64), limit);
   const uint64_t used =
-      weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, t, 8192, 16, workspace(bge_, t))) + 16 * t * 4 +
+      weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, t, 8192, 16, workspace(bge_, t, 16))) + 16 * t * 4 +
       outputs(t, 1) + output_memory(t, 1);
   EXPECT_EQ(j["total_bytes"].get<uint64_t>(), used);
   EXPECT_EQ(j["memory_limit"]["used_bytes"].get<uint64_t>(), used);
   EXPECT_EQ(j["memory_limit"]["limit_bytes"].get<uint64_t>(), limit);
   // The minimum is one sequence per pass with that pass's own workspace.
   EXPECT_EQ(j["memory_limit"]["minimum_bytes"].get<uint64_t>(),
-            weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192))) +
+            weights + arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192, 16))) +
                 16 * 8192 * 4 + outputs(8192, 1) + output_memory(8192, 1));
   EXPECT_DOUBLE_EQ(j["memory_limit"]["used_fraction"].get<double>(), double(used) / double(limit));
 
@@ -248,7 +249,7 @@ TEST_F(PlanCliTest, MemoryLimitChoosesTheLargestBudgetThatFits) {
 TEST_F(PlanCliTest, TooSmallLimitFailsNamingTheMinimum) {
   // One sequence per pass, with that pass's own GEMM workspace (not the largest budget's).
   const uint64_t minimum = weights_by_hand(bge_shapes_) +
-                           arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192))) +
+                           arena_by_hand(arena_buffers_by_hand(bge_shapes_, 8192, 8192, 16, workspace(bge_, 8192, 16))) +
                            16 * 8192 * 4 + outputs(8192, 1) + output_memory(8192, 1);
   const auto r = plan(bge_, "--memory-limit 2GiB --threads 16");
   expect_one_line_error(r, "too small");

@@ -113,8 +113,12 @@ void normalize_row(float* x, int64_t n, const float* gamma, const float* beta, f
 
 // OpenMP's count already follows OMP_NUM_THREADS and the CPU affinity mask; a cgroup
 // quota lowers it further.
+// OpenMP's thread count as the process started (OMP_NUM_THREADS, the CPU affinity mask):
+// read before any replica's attach_thread changes the setting of the thread it runs on.
+const int kStartupOmpThreads = omp_get_max_threads();
+
 int CpuBackend::default_threads() {
-  const int visible = omp_get_max_threads();
+  const int visible = kStartupOmpThreads;
   const int quota = cgroup_cpu_limit();
   return quota > 0 ? std::min(visible, quota) : visible;
 }
