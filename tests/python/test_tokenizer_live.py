@@ -147,3 +147,47 @@ def test_offsets_match_tokenizers(tmp_path, pipeline):
     got = offsets_by_cli(model, texts, tmp_path)
     bad = offset_mismatches(texts, got, reference.encode_batch(texts))
     assert not bad, f"{len(bad)} of {len(texts)} texts differ, e.g. " + "; ".join(bad[:5])
+
+
+# Digit runs, phone numbers, dates, punctuation: where paths of equal score meet ('5'+'55'
+# against '55'+'5'). SentencePiece's own Viterbi, summing in float over the whole text,
+# chose differently from tokenizers after some words; m3embed now segments as tokenizers.
+# Full-width special-token strings normalize to "<s>", "<unk>", ... which are pieces too.
+TIE_FRAGMENTS = (
+    list("0123456789") * 4
+    + ["55", "555", "5555", "000", "0123", "+1-555-0123", "(555) 010-9999", "12.50", "3,000", "31/12/2024",
+       "v1.2.3", "x86_64", "2^10", "1e-5"]
+    + list("+-.,:;/()#*%$€@&_=~'\"[]") + [" ", " ", " ", "  ", "\t", "\u3000", "\u00a0"]
+    + ["на", "для", "phrase", "Call", "tel", "ext", "No.", "№", "abc", "é", "中文", "ひらがな", "한국"]
+    + list("１２３４５０") + list("٠١٢٣٥") + list("①②½²³⁵₅")
+    + ["<s>", "</s>", "<mask>", "<unk>", "＜s＞", "＜/s＞", "＜pad＞", "＜unk＞", "＜mask＞", "▁", "\u0378"]
+)
+
+
+def tie_texts(n, seed):
+    rng = random.Random(seed)
+    return ["".join(rng.choice(TIE_FRAGMENTS) for _ in range(rng.choice([1, 2, 3, 5, 8, 13, 21])))
+            for _ in range(n)]
+
+
+@pytest.mark.skipif(not BINARY, reason="M3_BINARY is not set (run through ctest)")
+@pytest.mark.parametrize("pipeline", ["transformers5", "official_tokenizer_json"])
+def test_equal_score_paths_match_tokenizers(tmp_path, pipeline):
+    """Ids and offsets of 2,000 digit- and punctuation-rich strings equal tokenizers' (and,
+    in transformers 5's pipeline, transformers' AutoTokenizer's)."""
+    from tokenizers import Tokenizer
+
+    model = FIXTURES / "tiny-st" if pipeline == "transformers5" else official_style_model(tmp_path)
+    reference = Tokenizer.from_file(str(model / "tokenizer.json"))
+    texts = ["на для phrase +1-555", "Call +1-555-0123 or email"] + tie_texts(2000, 6 if pipeline == "transformers5" else 7)
+    got = offsets_by_cli(model, texts, tmp_path)
+    encodings = reference.encode_batch(texts)
+    if pipeline == "transformers5":
+        from transformers import AutoTokenizer
+
+        want = AutoTokenizer.from_pretrained(str(model))(texts)["input_ids"]
+        mismatches = [(t, g["input_ids"], w) for t, g, w in zip(texts, got, want) if g["input_ids"] != w]
+        assert not mismatches, f"{len(mismatches)} of {len(texts)} differ, e.g. " + "; ".join(
+            f"{t!r}: ours {g} theirs {w}" for t, g, w in mismatches[:5])
+    bad = offset_mismatches(texts, got, encodings)
+    assert not bad, f"{len(bad)} of {len(texts)} texts differ, e.g. " + "; ".join(bad[:5])

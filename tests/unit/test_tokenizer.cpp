@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include "m3/core/error.h"
+#include "m3/tokenizer/unigram_viterbi.h"
 #include "m3/tokenizer/xlmr_tokenizer.h"
 #include "test_support.h"
 
@@ -119,6 +120,88 @@ TEST(XlmrTokenizer, OffsetsKeepIdsOnTheCorpusInBothPipelines) {
       for (const ByteRange& r : offsets) EXPECT_TRUE(r.begin <= r.end && r.end <= text.size()) << text;
     }
   }
+}
+
+// Paths of equal (or, summed in float, nearly equal) score: '5'+'55' against '55'+'5'.
+// tokenizers sums in double from 0 at each word and keeps the path whose last piece
+// starts first; SentencePiece's own Viterbi (float, over the whole text) gave '55','5'
+// after some words ('на для') and not others. Special-token strings that only appear
+// after normalization (full-width '＜s＞') are pieces of the vocabulary with score 0, as
+// in tokenizers. Ids from tokenizers 0.23.3 (transformers 5.24.0), in both pipelines.
+TEST(XlmrTokenizer, EqualScorePathsAsTokenizers) {
+  const auto dir = test::fixtures() / "tiny-st";
+  const auto v5 = XlmrTokenizer::load(dir);
+  const auto v4 = XlmrTokenizer::load(dir, WordSplit::kMetaspace);
+  using Ids = std::vector<int32_t>;
+  const Ids phone = {0, 142, 4, 686, 41, 70, 497, 82, 8, 111, 99, 126, 90, 670, 2};  // ... ▁+ 1 - 5 55
+  const std::vector<std::pair<std::string_view, Ids>> both = {
+      {"на для phrase +1-555", phone},
+      {"phrase +1-555", {0, 70, 497, 82, 8, 111, 99, 126, 90, 670, 2}},
+      {"Call +1-555-0123 or email", {0, 190, 191, 111, 99, 126, 90, 670, 431, 133, 122, 4, 67, 4, 925, 25, 2}},
+      {"555-0123 +1-555-0123", {0, 4, 90, 670, 431, 133, 122, 111, 99, 126, 90, 670, 431, 133, 122, 2}},
+      {"\u0661555", {0, 4, 3, 90, 670, 2}},  // an unknown character first
+      {",на555", {0, 4, 7, 29, 79, 90, 670, 2}},
+      {"5555555", {0, 4, 90, 670, 670, 670, 2}},
+      {"\uff1cs\uff1e", {0, 4, 0, 2}},                            // ＜s＞ -> "<s>", a piece
+      {"a\uff1cunk\uff1eb", {0, 15, 3, 194, 2}},                  // "<unk>" matched
+      {"\uff1cunk\uff1e\uff1cunk\uff1e", {0, 4, 3, 2}},           // and fused with the next
+      {"x\uff1cmask\uff1e", {0, 685, 1201, 2}},
+      {"\uff1cpad\uff1e \uff1c/s\uff1e", {0, 4, 1, 4, 2, 2}},
+  };
+  for (const auto& [text, ids] : both) {
+    EXPECT_EQ(v5.encode(text), ids) << text;
+    EXPECT_EQ(v4.encode(text), ids) << text;
+    std::vector<ByteRange> offsets;
+    EXPECT_EQ(v5.encode(text, 0, nullptr, false, &offsets), ids) << text;
+  }
+  EXPECT_EQ(v5.encode("9 55500 "), (Ids{0, 4, 64, 4, 90, 670, 184, 184, 2}));
+  EXPECT_EQ(v4.encode("9 55500 "), (Ids{0, 4, 64, 4, 90, 670, 184, 184, 4, 2}));
+}
+
+// The segmentation on its own, against tokenizers' Unigram (Metaspace pre-tokenizer) on a
+// vocabulary made of ties: ids from tokenizers 0.23.3.
+TEST(UnigramViterbi, MatchesTokenizersUnigram) {
+  const std::vector<std::pair<std::string_view, double>> vocab = {
+      {"<unk>", 0.0}, {"\u2581", -1.0},  {"a", -1.0},     {"b", -1.0},       {"ab", -2.0},
+      {"bc", -1.5},   {"c", -2.0},       {"\u2581a", -1.0}, {"\u00e9", -3.0},  {"\u00e9a", -3.0},
+      {"日本", -4.0}, {"日", -5.0},      {"本語", -4.0},   {"語", -5.0},       {"x", -0.1},
+      {"y", -0.2},    {"xy", -0.30000000000000004},        {"z", -0.5},       {"ab", -3.5},  // "ab" again: id 18
+  };
+  const UnigramViterbi unigram(vocab, 0, SpmWhitespace{});
+  const auto ids = [&](std::string_view text) {
+    std::vector<int32_t> out;
+    unigram.encode(text, out, nullptr);
+    return out;
+  };
+  using Ids = std::vector<int32_t>;
+  EXPECT_EQ(ids("ab"), (Ids{7, 3}));
+  EXPECT_EQ(ids("abc"), (Ids{7, 5}));
+  EXPECT_EQ(ids("b abc"), (Ids{1, 3, 7, 5}));
+  EXPECT_EQ(ids("cab"), (Ids{1, 6, 2, 3}));             // a repeated piece is its last id and score
+  EXPECT_EQ(ids("qq"), (Ids{1, 0}));                   // unknown characters fused
+  EXPECT_EQ(ids("aqqb"), (Ids{7, 0, 3}));
+  EXPECT_EQ(ids("q<unk>"), (Ids{1, 0}));               // "<unk>" is a piece, fused with the unknown
+  EXPECT_EQ(ids("\u00e9a\u00e9"), (Ids{1, 9, 8}));
+  EXPECT_EQ(ids("日本語"), (Ids{1, 11, 12}));          // a tie: the last piece starting first wins
+  EXPECT_EQ(ids("xy"), (Ids{1, 16}));                  // x + y == xy in double: the first found stays
+  EXPECT_EQ(ids("xyz"), (Ids{1, 16, 17}));
+  EXPECT_EQ(ids("a \u2581b"), (Ids{7, 1, 1, 3}));      // a literal "▁" starts a word
+  EXPECT_EQ(ids("\U0001f980a"), (Ids{1, 0, 2}));
+  EXPECT_EQ(ids(""), Ids{});
+  EXPECT_EQ(ids("   "), Ids{});
+  EXPECT_EQ(unigram.find("ab"), 18);
+  EXPECT_EQ(unigram.find("abc"), -1);
+  // Pieces' bytes of the text, as SentencePiece reports them (a marker: its space).
+  std::vector<int32_t> out;
+  std::vector<SpmPiece> pieces;
+  unigram.encode("  b  abc ", out, &pieces);
+  EXPECT_EQ(out, (Ids{1, 3, 7, 5}));
+  ASSERT_EQ(pieces.size(), 4u);
+  const auto range = [&](size_t k) { return std::tuple{pieces[k].begin, pieces[k].end, pieces[k].word_start}; };
+  EXPECT_EQ(range(0), std::tuple(2u, 2u, true));
+  EXPECT_EQ(range(1), std::tuple(2u, 3u, false));
+  EXPECT_EQ(range(2), std::tuple(3u, 6u, true));
+  EXPECT_EQ(range(3), std::tuple(6u, 8u, false));
 }
 
 TEST(XlmrTokenizer, MissingModelFileIsAClearError) {

@@ -11,6 +11,9 @@ namespace {
 constexpr uint32_t kModelNormalizerSpec = 3;
 constexpr uint32_t kNormalizerName = 1;
 constexpr uint32_t kNormalizerCharsmap = 2;
+constexpr uint32_t kNormalizerAddDummyPrefix = 3;
+constexpr uint32_t kNormalizerRemoveExtraWhitespaces = 4;
+constexpr uint32_t kNormalizerEscapeWhitespaces = 5;
 
 class WireReader {
  public:
@@ -89,6 +92,14 @@ SplitSpmModel split_spm_model(std::string_view serialized, const std::string& so
       const size_t start = normalizer.pos();
       const uint64_t nkey = normalizer.varint();
       const auto nfield = static_cast<uint32_t>(nkey >> 3);
+      if ((nkey & 7) == 0 && nfield >= kNormalizerAddDummyPrefix && nfield <= kNormalizerEscapeWhitespaces) {
+        const bool on = normalizer.varint() != 0;
+        if (nfield == kNormalizerAddDummyPrefix) result.add_dummy_prefix = on;
+        if (nfield == kNormalizerRemoveExtraWhitespaces) result.remove_extra_whitespaces = on;
+        if (nfield == kNormalizerEscapeWhitespaces) result.escape_whitespaces = on;
+        spec += payload.substr(start, normalizer.pos() - start);
+        continue;
+      }
       const std::string_view value = normalizer.value(static_cast<uint32_t>(nkey & 7));
       if (nfield == kNormalizerCharsmap) {
         result.precompiled_charsmap = std::string(value);

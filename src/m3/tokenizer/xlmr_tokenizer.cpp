@@ -141,6 +141,17 @@ XlmrTokenizer XlmrTokenizer::load(const std::filesystem::path& model_dir, WordSp
   const auto status = tokenizer.sp_->LoadFromSerializedProto(parts.identity_model);
   if (!status.ok()) fail("{}: cannot load SentencePiece model ({})", file.string(), status.ToString());
   tokenizer.normalizer_ = std::make_unique<PrecompiledNormalizer>(std::move(parts.precompiled_charsmap), file.string());
+  // The vocabulary as transformers' XLM-R converter writes it into tokenizer.json (and
+  // as tokenizers matches it): the fairseq specials with score 0 in place of
+  // SentencePiece's first three pieces, every other piece at its fairseq id, <mask> last.
+  const int pieces = tokenizer.sp_->GetPieceSize();
+  if (pieces < 3) fail("{}: a SentencePiece model of {} pieces is not an XLM-R vocabulary", file.string(), pieces);
+  std::vector<std::pair<std::string_view, double>> vocab = {{"<s>", 0.0}, {"<pad>", 0.0}, {"</s>", 0.0}, {"<unk>", 0.0}};
+  vocab.reserve(static_cast<size_t>(pieces) + 2);
+  for (int p = 3; p < pieces; ++p) vocab.emplace_back(tokenizer.sp_->IdToPiece(p), tokenizer.sp_->GetScore(p));
+  vocab.emplace_back("<mask>", 0.0);
+  tokenizer.unigram_ = std::make_unique<UnigramViterbi>(
+      vocab, kUnk, SpmWhitespace{parts.add_dummy_prefix, parts.remove_extra_whitespaces, parts.escape_whitespaces});
   // transformers 5 ignores tokenizer.json's pipeline and added-token flags; 4 runs them.
   const auto json_file = model_dir / "tokenizer.json";
   simdjson::dom::parser parser;
@@ -178,23 +189,8 @@ void XlmrTokenizer::append_pieces(std::string_view segment, uint32_t base, std::
   std::vector<ByteRange>* aligned = offsets ? &origin : nullptr;
   std::string normalized = normalizer_->normalize(segment, aligned);
   if (split_ == WordSplit::kWhitespaceSplit) normalized = unify_whitespace(normalized, aligned);
-  const auto to_fairseq = [](int p) { return p == 0 ? kUnk : p + kFairseqOffset; };
   std::vector<SpmPiece> pieces;
-  if (offsets) {
-    sentencepiece::ImmutableSentencePieceText text;
-    const auto status = sp_->Encode(normalized, text.mutable_proto());
-    if (!status.ok()) fail("tokenizer: {}", status.ToString());
-    for (size_t i = 0; i < text.pieces_size(); ++i) {
-      const auto piece = text.pieces(static_cast<int>(i));
-      ids.push_back(to_fairseq(static_cast<int>(piece.id())));
-      pieces.push_back({piece.begin(), piece.end(), piece.piece().rfind(kWordMarker, 0) == 0});
-    }
-  } else {
-    std::vector<int> found;
-    const auto status = sp_->Encode(normalized, &found);
-    if (!status.ok()) fail("tokenizer: {}", status.ToString());
-    for (int p : found) ids.push_back(to_fairseq(p));
-  }
+  unigram_->encode(normalized, ids, offsets ? &pieces : nullptr);
   // Metaspace keeps a trailing space (SentencePiece drops it) as a word of its own, "▁".
   if (split_ == WordSplit::kMetaspace && !normalized.empty() && normalized.back() == ' ') {
     ids.push_back(space_piece_id_ >= 0 ? space_piece_id_ : kUnk);

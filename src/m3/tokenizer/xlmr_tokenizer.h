@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "m3/tokenizer/precompiled_normalizer.h"
+#include "m3/tokenizer/unigram_viterbi.h"
 
 namespace sentencepiece {
 class SentencePieceProcessor;
@@ -78,10 +79,12 @@ class XlmrTokenizer {
   void append_pieces(std::string_view segment, uint32_t base, std::vector<int32_t>& ids,
                      std::vector<ByteRange>* offsets) const;
 
-  // SentencePiece runs with an identity normalizer: normalization is done first, the
-  // way transformers' (tokenizers') XLM-R pipeline does it.
+  // libsentencepiece loads the model (pieces, scores) with an identity normalizer;
+  // normalization and segmentation are done here, the way transformers' (tokenizers')
+  // XLM-R pipeline does them.
   std::unique_ptr<sentencepiece::SentencePieceProcessor> sp_;
   std::unique_ptr<PrecompiledNormalizer> normalizer_;
+  std::unique_ptr<UnigramViterbi> unigram_;  // over fairseq ids
   WordSplit split_ = WordSplit::kMetaspace;
   int32_t space_piece_id_ = -1;  // fairseq id of the bare "▁" piece (-1: none)
   bool mask_lstrip_ = true;      // "<mask>" swallows the whitespace before it
