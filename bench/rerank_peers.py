@@ -83,7 +83,7 @@ class M3Rerank:
         self.dtype = dtype
         self.name = f"m3embed-{dtype}"
         self.describe = (f"build/m3embed rerank --dtype {dtype} --threads T --device cpu -q on a JSONL file (one line "
-                         "per query with its passages; one encode call per line, pairs packed without padding into "
+                         "per query with its passages; the pairs of consecutive lines encoded together, packed without padding into "
                          "passes of --max-batch-tokens 16384); max length 512 as FlagReranker; a fresh process per "
                          "timed run; load (with m3embed's own warm-up) and scoring timed from its log lines")
 
