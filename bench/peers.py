@@ -51,6 +51,7 @@ sys.path.insert(0, str(HERE))
 
 import peer_engines as pe  # noqa: E402
 import report_common as rc  # noqa: E402
+import model_flops as mflops  # noqa: E402
 import workloads as wl  # noqa: E402
 
 REPO = HERE.parent
@@ -228,6 +229,45 @@ def fmt_ratio(x) -> str:
     return "-" if x is None else f"{x:.2f}x"
 
 
+def add_shares(result: dict) -> None:
+    """Each m3embed run's FLOP/s as a share of its dtype's ceiling (bench/model_flops.py)."""
+    ceiling = result.get("ceiling") or {}
+    try:
+        cfg = json.loads((Path(result["model"]["path"]) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    if not any(k.endswith("_gops") and v for k, v in ceiling.items()):
+        return
+    for r in result["runs"]:
+        if r["status"] != "ok" or not r["engine"].startswith("m3embed"):
+            continue
+        lengths = wl.lengths(r["workload"])
+        flops = mflops.encoder_flops(cfg, lengths)
+        dtype = r["engine"].split("-", 1)[1]
+        r["flops_per_token"] = flops / sum(lengths)
+        r["gflops_per_second"] = r["tokens_per_second"] * r["flops_per_token"] / 1e9
+        r["share_of_ceiling"] = mflops.share_of_ceiling(r["tokens_per_second"], flops, sum(lengths), dtype, ceiling)
+
+
+def ceiling_section(result: dict, m3: list[dict]) -> list[str]:
+    ceiling = result.get("ceiling") or {}
+    if not any(r.get("share_of_ceiling") for r in m3):
+        return []
+    out = ["", "### Share of the machine's ceiling", "",
+           f"The ceiling is `build/m3bench-peak` on {ceiling.get('threads')} threads (registers only, best of 3): "
+           + ", ".join(f"{k.replace('_gops', '')} {v:,.0f} G/s" for k, v in ceiling.items() if k.endswith("_gops") and v)
+           + ". A run's FLOP/s = tokens/s x the model's FLOPs per token on that workload (bench/model_flops.py: "
+             "the encoder's GEMMs and attention products, BGE-M3's heads); share = that / the ceiling of its dtype's "
+             "instruction (fp32 FMA, bf16 dot, int8 dot).", "",
+           "| engine | workload | GFLOP per token | GFLOP/s | share of ceiling |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in m3:
+        if r.get("share_of_ceiling") is None:
+            continue
+        out.append(f"| {r['engine']} | {r['workload']} | {r['flops_per_token'] / 1e9:.3f} | "
+                   f"{r['gflops_per_second']:,.0f} | {100 * r['share_of_ceiling']:.0f}% |")
+    return out
+
+
 def markdown(result: dict, png: str | None) -> str:
     rows, engines, workloads = result["runs"], result["engines"], result["workloads"]
     cell = {(r["engine"], r["workload"]): r for r in rows}
@@ -289,6 +329,7 @@ def markdown(result: dict, png: str | None) -> str:
                      f"max {s[-1]})")
     out += ["", "Workloads: " + "; ".join(wdesc) + "."]
     m3 = [r for r in rows if r["status"] == "ok" and r["engine"].startswith("m3embed")]
+    out += ceiling_section(result, m3)
     if m3:
         out += ["", "m3embed's own numbers (load includes its warm-up; plan = its memory plan total):", "",
                 "| engine | workload | backend | load s | RSS after load MiB | plan MiB | peak RSS MiB |",
@@ -374,6 +415,7 @@ def main(argv=None) -> int:
 
     def save():
         add_ratios(result["runs"])
+        add_shares(result)
         Path(str(stem) + ".json").write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"peers: {len(args.engines)} engines x {len(args.workloads)} workloads on {args.model} "
@@ -385,6 +427,15 @@ def main(argv=None) -> int:
         result["engine_status"][e] = st
         msg = "ok" if st["status"] == "ok" else f"unavailable: {st.get('reason')}"
         print(f"peers: prepare {e}: {msg} ({time.time() - t0:.1f} s)", flush=True)
+    save()
+
+    # The machine's own ceiling (bench/peak_flops.cpp), measured quietly like the runs.
+    def ceiling():
+        c = mflops.measure_ceiling(args.threads)
+        return {**c, "status": "ok"} if c else {"status": "unavailable", "reason": f"{mflops.PEAK_BINARY} is not built"}
+    result["ceiling"] = rc.run_when_quiet("peers", "ceiling (m3bench-peak)", ceiling,
+                                          lambda c: ", ".join(f"{k} {v:,.0f}" for k, v in c.items()
+                                                              if k.endswith("_gops") and v), args)
     save()
 
     with tempfile.TemporaryDirectory(prefix="m3-peers-") as tmp:
