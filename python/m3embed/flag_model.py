@@ -42,6 +42,31 @@ def _device_arguments(devices: Optional[Union[str, List[str]]]) -> Dict[str, str
     raise TypeError(f"devices must be a string or a list of strings, not {type(devices).__name__}")
 
 
+def _make_engine(model_name_or_path: str, devices, half: str, cpu_weight_rounding: bool, cache_dir,
+                 kwargs: Dict[str, Any]) -> Engine:
+    """The Engine a FlagEmbedding-style class asks for: m3embed's own options from kwargs
+    (anything else is a TypeError), devices, and use_fp16/use_bf16 as `half`: the compute
+    type on CUDA; on the CPU float32, with the weights rounded to `half` when FlagEmbedding
+    does that there (cpu_weight_rounding)."""
+    if not isinstance(model_name_or_path, str):
+        raise TypeError(f"model_name_or_path must be a string, not {type(model_name_or_path).__name__}")
+    unknown = set(kwargs) - set(_ENGINE_KWARGS)
+    if unknown:
+        raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))} "
+                        f"(m3embed's own options: {', '.join(_ENGINE_KWARGS)})")
+    engine_args = dict(kwargs)
+    engine_args.update(_device_arguments(devices))
+    on_cuda = "devices" in engine_args or engine_args["device"].startswith("cuda")
+    if "dtype" not in engine_args:
+        engine_args["dtype"] = half if on_cuda else "fp32"
+        if not on_cuda and cpu_weight_rounding:
+            engine_args["weight_rounding"] = half
+    if cache_dir is not None:
+        import os
+        os.environ.setdefault("HF_HUB_CACHE", cache_dir)
+    return Engine(model_name_or_path, **engine_args)
+
+
 class BGEM3FlagModel:
     """BGE-M3 with FlagEmbedding's interface, computed by m3embed's engine."""
 
@@ -67,8 +92,6 @@ class BGEM3FlagModel:
         truncate_dim: Optional[int] = None,
         **kwargs: Any,
     ):
-        if not isinstance(model_name_or_path, str):
-            raise TypeError(f"model_name_or_path must be a string, not {type(model_name_or_path).__name__}")
         if not normalize_embeddings:
             raise ValueError("normalize_embeddings=False is not supported: m3embed returns L2-normalized dense vectors")
         if pooling_method != "cls":
@@ -77,24 +100,10 @@ class BGEM3FlagModel:
             raise ValueError("colbert_dim is not supported: m3embed's ColBERT vectors have the model's hidden size")
         if truncate_dim is not None:
             raise ValueError("truncate_dim is not supported here; the server's `dimensions` option truncates")
-        unknown = set(kwargs) - set(_ENGINE_KWARGS)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))} "
-                            f"(m3embed's own options: {', '.join(_ENGINE_KWARGS)})")
-        engine_args = dict(kwargs)
-        engine_args.update(_device_arguments(devices))
+        # On the CPU FlagEmbedding loads BGE-M3's weights in fp16/bf16 and casts the model
+        # back to float32: the same here.
         half = "bf16" if use_bf16 else "fp16" if use_fp16 else "fp32"
-        on_cuda = "devices" in engine_args or engine_args["device"].startswith("cuda")
-        if "dtype" not in engine_args:
-            # On CUDA, use_fp16/use_bf16 pick the compute type. On the CPU FlagEmbedding loads
-            # the weights in that type and casts the model back to float32: the same here.
-            engine_args["dtype"] = half if on_cuda else "fp32"
-            if not on_cuda:
-                engine_args["weight_rounding"] = half
-        if cache_dir is not None:
-            import os
-            os.environ.setdefault("HF_HUB_CACHE", cache_dir)
-        self.engine = Engine(model_name_or_path, **engine_args)
+        self.engine = _make_engine(model_name_or_path, devices, half, True, cache_dir, kwargs)
         self.model_name_or_path = model_name_or_path
         self.query_instruction_for_retrieval = query_instruction_for_retrieval
         self.query_instruction_format = query_instruction_format

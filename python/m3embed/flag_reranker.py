@@ -15,8 +15,7 @@ from __future__ import annotations
 import math
 from typing import Any, List, Optional, Tuple, Union
 
-from ._core import Engine
-from .flag_model import _ENGINE_KWARGS, _device_arguments
+from .flag_model import _make_engine
 
 
 class FlagReranker:
@@ -40,21 +39,9 @@ class FlagReranker:
         normalize: bool = False,
         **kwargs: Any,
     ):
-        if not isinstance(model_name_or_path, str):
-            raise TypeError(f"model_name_or_path must be a string, not {type(model_name_or_path).__name__}")
-        unknown = set(kwargs) - set(_ENGINE_KWARGS)
-        if unknown:
-            raise TypeError(f"unexpected keyword arguments: {', '.join(sorted(unknown))} "
-                            f"(m3embed's own options: {', '.join(_ENGINE_KWARGS)})")
-        engine_args = dict(kwargs)
-        engine_args.update(_device_arguments(devices))
-        on_cuda = "devices" in engine_args or engine_args["device"].startswith("cuda")
-        if "dtype" not in engine_args:
-            engine_args["dtype"] = ("bf16" if use_bf16 else "fp16" if use_fp16 else "fp32") if on_cuda else "fp32"
-        if cache_dir is not None:
-            import os
-            os.environ.setdefault("HF_HUB_CACHE", cache_dir)
-        self.engine = Engine(model_name_or_path, **engine_args)
+        # FlagEmbedding's reranker ignores use_fp16 on the CPU: float32, weights as stored.
+        half = "bf16" if use_bf16 else "fp16" if use_fp16 else "fp32"
+        self.engine = _make_engine(model_name_or_path, devices, half, False, cache_dir, kwargs)
         self.model_name_or_path = model_name_or_path
         self.query_instruction_for_rerank = query_instruction_for_rerank
         self.query_instruction_format = query_instruction_format
