@@ -1,8 +1,9 @@
 // Runs m3embed's CUDA kernels on the CPU, for tests on machines without a GPU: the .cu
-// files compile as C++ with this header first. Each block runs as blockDim fibers
-// (ucontext) on the calling thread; __syncthreads and warp shuffles switch between them,
-// so barriers and shuffles keep their CUDA meaning. Slow, and exact: it checks the
-// kernels' indexing, masking and arithmetic, not their speed.
+// files compile as C++ with this header first. A launch is queued on its stream like any
+// other operation (fake_cuda_runtime.cpp decides when it runs); each block then runs as
+// blockDim fibers on the thread that made it run; __syncthreads and warp shuffles switch
+// between them, so barriers and shuffles keep their CUDA meaning. Slow, and exact: it
+// checks the kernels' indexing, masking and arithmetic, not their speed.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -43,6 +44,8 @@ void cp_async(void* shared, const void* global, int bytes, int src_bytes);
 void cp_async_commit();
 void cp_async_wait(int pending);
 void run_grid(dim3 grid, dim3 block, size_t shared_bytes, const std::function<void()>& body);
+// Queues a kernel (or a GEMM) on `stream` (fake_cuda_runtime.cpp).
+void queue_kernel(cudaStream_t stream, std::function<void()> kernel);
 
 template <typename T>
 T shuffle(T value, int source_lane) {
@@ -58,18 +61,22 @@ template <typename... Params>
 struct Launch {
   dim3 grid, block;
   size_t shared_bytes;
+  cudaStream_t stream;
   void (*kernel)(Params...);
+  // The arguments are bound by value now, as a launch takes them; the kernel runs later.
   template <typename... Args>
   void operator()(Args&&... args) const {
     auto k = kernel;
     std::tuple<Params...> bound(static_cast<Params>(args)...);
-    run_grid(grid, block, shared_bytes, [&] { std::apply(k, bound); });
+    queue_kernel(stream, [k, bound, g = grid, b = block, s = shared_bytes] {
+      run_grid(g, b, s, [&] { std::apply(k, bound); });
+    });
   }
 };
 
 template <typename... Params>
-Launch<Params...> launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kernel)(Params...)) {
-  return {grid, block, shared_bytes, kernel};
+Launch<Params...> launch(dim3 grid, dim3 block, size_t shared_bytes, cudaStream_t stream, void (*kernel)(Params...)) {
+  return {grid, block, shared_bytes, stream, kernel};
 }
 
 }  // namespace m3emu
@@ -84,7 +91,7 @@ Launch<Params...> launch(dim3 grid, dim3 block, size_t shared_bytes, void (*kern
 #undef __shared__
 #define __shared__ static thread_local
 #define M3_LAUNCH(grid, block, shared_bytes, stream, ...) \
-  ::m3emu::launch(dim3(grid), dim3(block), shared_bytes, &__VA_ARGS__)
+  ::m3emu::launch(dim3(grid), dim3(block), shared_bytes, stream, &__VA_ARGS__)
 #define M3_DYNAMIC_SHARED(type, name) type* name = static_cast<type*>(::m3emu::dynamic_shared())
 
 inline void __syncthreads() { ::m3emu::sync_threads(); }

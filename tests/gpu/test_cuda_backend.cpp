@@ -15,9 +15,20 @@
 
 #include "m3/backend/cuda_devices.h"
 #include "m3/checkpoint/checkpoint.h"
+#include "m3/core/error.h"
+#include "m3/model/pooling_config.h"
 #include "m3/runtime/embedder.h"
+#include "m3/runtime/model_replica.h"
 #include "family_checks.h"
 #include "test_support.h"
+
+#ifdef M3_CUDA_EMULATED_TEST
+// tests/cuda_emulation/fake_cuda_runtime.cpp: the order in which queued work runs, and a
+// device-to-host copy that fails with a sticky error.
+extern "C" void m3_fake_cuda_stream_order(int order);
+extern "C" void m3_fake_cuda_fault_next_copy();
+extern "C" void m3_fake_cuda_clear_fault();
+#endif
 
 namespace m3 {
 namespace {
@@ -251,6 +262,141 @@ TEST(CudaLongInput, AMaxLengthSequenceMatchesTheCpuWithinThePlan) {
   ASSERT_EQ(got[0].token_weights.size(), static_cast<size_t>(kLongTokens));
   for (int64_t k = 0; k < kLongTokens; ++k) EXPECT_NEAR(got[0].token_weights[k], want[0].token_weights[k], 1e-4) << k;
 }
+
+// A replica of its own (no scheduler thread beside it) on cuda:0, as Embedder builds one.
+struct ReplicaOnGpu {
+  SharedModel model;
+  std::unique_ptr<ModelReplica> replica;
+  ReplicaOnGpu(const std::filesystem::path& dir, int64_t max_seq_len, int64_t max_batch_tokens) {
+    model.model_dir = dir;
+    model.config = ModelConfig::load(dir);
+    model.pooling = load_pooling_config(dir);
+    EmbedderOptions options;
+    options.devices = {Device{DeviceKind::kCuda, 0}};
+    options.max_seq_len = max_seq_len;
+    options.max_batch_tokens = max_batch_tokens;
+    const MemoryPlan plan = Embedder::plan_for(dir, model.config, options);
+    model.weights = load_weights(dir, model.config, plan.table);
+    replica = std::make_unique<ModelReplica>(0, model, plan, make_cuda_backend(plan, options.devices[0]));
+  }
+};
+
+// Batches of sequences of these lengths, random ids (different in each batch).
+std::vector<PackedBatch> random_batches(const std::vector<std::vector<int64_t>>& lengths, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<PackedBatch> batches(lengths.size());
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    for (int64_t len : lengths[b]) {
+      std::vector<int32_t> ids(static_cast<size_t>(len));
+      for (auto& id : ids) id = 5 + static_cast<int32_t>(rng() % 1000);
+      ids.front() = 0;
+      ids.back() = 2;
+      batches[b].add(ids, 1);
+    }
+  }
+  return batches;
+}
+
+void expect_near_outputs(const M3Output& got, const M3Output& want, const std::string& where) {
+  ASSERT_EQ(got.dense.size(), want.dense.size()) << where;
+  for (size_t k = 0; k < want.dense.size(); ++k) ASSERT_NEAR(got.dense[k], want.dense[k], 1e-4) << where << " dense " << k;
+  ASSERT_EQ(got.colbert.size(), want.colbert.size()) << where;
+  for (size_t k = 0; k < want.colbert.size(); ++k) {
+    ASSERT_NEAR(got.colbert[k], want.colbert[k], 1e-4) << where << " ColBERT value " << k;
+  }
+  ASSERT_EQ(got.lexical.size(), want.lexical.size()) << where;
+  for (size_t i = 0; i < want.lexical.size(); ++i) {
+    ASSERT_EQ(got.lexical[i].first, want.lexical[i].first) << where << " lexical " << i;
+    ASSERT_NEAR(got.lexical[i].second, want.lexical[i].second, 1e-4) << where << " lexical " << i;
+  }
+  ASSERT_EQ(got.token_weights.size(), want.token_weights.size()) << where;
+  for (size_t k = 0; k < want.token_weights.size(); ++k) {
+    ASSERT_NEAR(got.token_weights[k], want.token_weights[k], 1e-4) << where << " token weight " << k;
+  }
+}
+
+// Two batches in flight, in both slots, begun and ended in Replica's order (as
+// serve_batches pipelines them): every batch gets its own outputs, those of m3embed's
+// float32 CPU path. Under the emulation this runs in both of its stream orders
+// (fake_cuda_runtime.cpp): copies as late as allowed (a copy reading memory that the next
+// batch's kernels write gets their values) and as early as allowed (a copy that does not
+// wait for its batch's ops gets stale values).
+TEST(CudaPipeline, BatchesInBothSlotsGetTheirOwnOutputs) {
+  SKIP_WITHOUT_GPU();
+  const auto dir = test::fixtures() / "tiny-st";
+  const std::vector<PackedBatch> batches =
+      random_batches({{40, 7}, {90}, {3, 60, 12, 5}, {128, 100}, {20}, {64, 64, 9}, {2, 33}}, 5);
+  const OutputRequest all{true, true, true, true};
+  EmbedderOptions cpu_options;
+  cpu_options.max_seq_len = 128;
+  cpu_options.max_batch_tokens = 256;
+  auto cpu = Embedder::load(dir, cpu_options);
+  std::vector<std::vector<M3Output>> want;
+  for (const PackedBatch& batch : batches) {
+    std::vector<std::vector<int32_t>> sequences;
+    for (int32_t s = 0; s < batch.sequences(); ++s) {
+      sequences.emplace_back(batch.token_ids.begin() + batch.seq_begin(s),
+                             batch.token_ids.begin() + batch.seq_begin(s) + batch.seq_len(s));
+    }
+    want.push_back(cpu->encode(sequences, all));
+  }
+
+  ReplicaOnGpu gpu(dir, 128, 256);
+  ModelReplica& replica = *gpu.replica;
+  replica.attach_thread();
+  replica.warm_up();
+#ifdef M3_CUDA_EMULATED_TEST
+  for (int order : {0, 1}) {
+    m3_fake_cuda_stream_order(order);
+    const std::string run = "stream order " + std::to_string(order) + ", ";
+#else
+  {
+    const std::string run;
+#endif
+    const size_t n = batches.size();
+    std::vector<std::vector<M3Output>> got(n);
+    replica.begin(batches[0], all, 0);
+    for (size_t i = 1; i < n; ++i) {
+      replica.begin(batches[i], all, static_cast<int>(i % 2));  // while batch i - 1 is in flight
+      replica.end(batches[i - 1], all, got[i - 1], static_cast<int>((i - 1) % 2));
+    }
+    replica.end(batches[n - 1], all, got[n - 1], static_cast<int>((n - 1) % 2));
+    for (size_t i = 0; i < n; ++i) {
+      ASSERT_EQ(got[i].size(), want[i].size());
+      for (size_t s = 0; s < got[i].size(); ++s) {
+        expect_near_outputs(got[i][s], want[i][s], run + "batch " + std::to_string(i) + ", sequence " + std::to_string(s));
+      }
+    }
+  }
+#ifdef M3_CUDA_EMULATED_TEST
+  m3_fake_cuda_stream_order(0);
+#endif
+}
+
+#ifdef M3_CUDA_EMULATED_TEST
+// A device fault while a batch's outputs are copied down (a sticky error on the copy
+// stream) ends the batch with DeviceFault, which takes a replica out of service; the batch
+// in the other slot fails the same way (the context is gone), and the replica still tears
+// down (both streams drained, everything freed) without hanging.
+TEST(CudaPipeline, AFaultOnTheCopyStreamIsADeviceFault) {
+  const std::vector<PackedBatch> batches = random_batches({{40, 7}, {90}}, 9);
+  const OutputRequest all{true, true, true, true};
+  const uint64_t free_before = cuda_memory_info(0).free;
+  {
+    ReplicaOnGpu gpu(test::fixtures() / "tiny-st", 128, 256);
+    ModelReplica& replica = *gpu.replica;
+    replica.attach_thread();
+    std::vector<M3Output> outputs;
+    replica.begin(batches[0], all, 0);
+    replica.begin(batches[1], all, 1);
+    m3_fake_cuda_fault_next_copy();
+    EXPECT_THROW(replica.end(batches[0], all, outputs, 0), DeviceFault);
+    EXPECT_THROW(replica.end(batches[1], all, outputs, 1), DeviceFault);
+  }
+  m3_fake_cuda_clear_fault();
+  EXPECT_EQ(cuda_memory_info(0).free, free_before);
+}
+#endif
 
 // Two devices when there are two: both replicas serve one scheduler, same results.
 TEST(CudaReplicas, EveryListedDeviceGetsAReplica) {

@@ -40,7 +40,7 @@ TEST(CudaPlan, WeightsCountEveryTensorInTheGemmType) {
   EXPECT_EQ(plan_memory(cuda_inputs(DType::BF16)).weight_bytes, fp16.weight_bytes);
 }
 
-TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
+TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndTheOutputsHaveACopyPerSlot) {
   for (DType p : {DType::F32, DType::F16}) {
     const MemoryPlan plan = plan_memory(cuda_inputs(p, 4096));
     EXPECT_EQ(plan.device_bytes, plan.weight_bytes + plan.arena_bytes);
@@ -53,23 +53,39 @@ TEST(CudaPlan, ArenaBuffersAreAlignedDisjointAndHoldTheHeads) {
     }
     EXPECT_LE(items.back().offset + items.back().bytes, plan.arena_bytes);
     const CudaLayout& l = plan.cuda;
-      const uint64_t rows = 4096, h = 1024;
+    const uint64_t rows = 4096, h = 1024;
     auto item_at = [&](uint64_t offset) {
       const auto it = std::find_if(plan.arena.begin(), plan.arena.end(), [&](const auto& a) { return a.offset == offset; });
       EXPECT_NE(it, plan.arena.end());
       return *it;
     };
-    // The head outputs reuse dead encoder buffers: ColBERT rows and sparse weights in FFN,
-    // the per-id maxima in qkv, the dense vectors (one per sequence, at most rows / 2) in
-    // the attention output.
-    EXPECT_EQ(plan.buffer("colbert"), plan.buffer("ffn"));
-    EXPECT_GE(plan.buffer("sparse"), plan.buffer("colbert") + rows * h * 4);
-    EXPECT_LE(plan.buffer("sparse") + rows * 4, plan.buffer("ffn") + item_at(plan.buffer("ffn")).bytes);
-    EXPECT_EQ(plan.buffer("lexical"), plan.buffer("qkv"));
-    EXPECT_LE(rows * 4, item_at(plan.buffer("qkv")).bytes);
+    // The outputs have memory of their own, one copy per pipeline slot, outside every
+    // encoder buffer: the copy stream reads a slot's while the next batch's layers compute.
+    // Buffers the plan keeps once serve every slot.
     EXPECT_EQ(l.max_sequences, 2048);
-    EXPECT_EQ(plan.buffer("dense"), plan.buffer("context"));
-    EXPECT_LE(2048 * h * 4, item_at(plan.buffer("context")).bytes);
+    const std::pair<const char*, uint64_t> outputs[] = {
+        {"colbert", rows * h * 4}, {"sparse", rows * 4}, {"lexical", rows * 4}, {"dense", 2048 * h * 4},
+        {"dense_norms", 2048 * 4}};
+    uint64_t per_slot = 0;
+    for (const auto& [name, bytes] : outputs) {
+      const PlanItem item = item_at(plan.buffer(name, 0));
+      EXPECT_EQ(plan.buffers.at(name).copies, kCudaPipelineSlots) << name;
+      EXPECT_GE(plan.buffer(name, 1), plan.buffer(name, 0) + bytes) << name;
+      EXPECT_EQ(plan.buffer(name, 1) % 256, 0u) << name;
+      EXPECT_EQ(plan.buffer(name, 1) + bytes, item.offset + item.bytes) << name;
+      EXPECT_NE(item.name.find("one per pipeline slot"), std::string::npos) << item.name;
+      EXPECT_THROW(plan.buffer(name, 2), Error) << name;
+      per_slot += bytes;
+    }
+    uint64_t in_slots = 0;
+    for (const PlanItem& item : plan.arena) {
+      if (item.name.find("one per pipeline slot") != std::string::npos) in_slots += item.bytes;
+    }
+    EXPECT_EQ(in_slots, kCudaPipelineSlots * per_slot);  // every size here is a multiple of 256
+    EXPECT_EQ(plan.buffer("ffn", 1), plan.buffer("ffn"));
+    // With the outputs gone, no encoder buffer grows for them.
+    EXPECT_EQ(item_at(plan.buffer("context")).bytes, rows * h * dtype_size(p));
+    EXPECT_EQ(item_at(plan.buffer("context")).name, p == DType::F32 ? "attention output" : "attention output (fp16)");
     EXPECT_EQ(l.workspace_bytes, 32u << 20);
     EXPECT_GE(plan.pinned_bytes, rows * h * 4 + 2048 * h * 4 + rows * 4 * 3);
     EXPECT_EQ(plan.host_bytes,

@@ -2,7 +2,7 @@
 // against, on typed tensor views, plus the few hooks in which devices differ (where the
 // weights and the arena live, how a batch's inputs get to the device and its outputs
 // back). A backend knows no layer count and no head semantics: the graph calls its ops
-// in order; the CPU runs each at once, CUDA queues it on the replica's stream.
+// in order; the CPU runs each at once, CUDA queues it on the replica's compute stream.
 // After set-up a backend computes only in memory it was planned (memory_plan.h).
 #pragma once
 
@@ -83,10 +83,14 @@ class Backend {
   // shares the host tensors; CUDA uploads them into its planned weight region.
   virtual std::vector<WeightView> place_weights(const HostWeights& weights) = 0;
   // Puts the batch's inputs where the ops read them, in `slot`; checks it fits the plan.
+  // The slot's previous batch must be finished (its staging memory is reused).
   virtual BatchView stage(const PackedBatch& batch, int slot) = 0;
-  // Queues a copy of `tensor` to host memory of `slot`; the pointer is readable after finish(slot).
+  // A copy of `tensor` in host memory of `slot`, readable after finish(slot). CUDA copies it
+  // after submit(slot), on a copy stream, while the next batch may already compute: so
+  // `tensor` must be memory only this slot's batches write (a graph output at the slot's
+  // offset, MemoryPlan::buffer(name, slot)).
   virtual const void* fetch(const TensorView& tensor, int slot) = 0;
-  // Marks the end of the slot's work (nothing more is queued for it).
+  // Marks the end of the slot's work (nothing more is queued for it); its copies follow.
   virtual void submit(int slot) = 0;
   // Waits until the slot's work and copies are done; throws m3::Error on a device fault.
   virtual void finish(int slot) = 0;

@@ -10,7 +10,9 @@ ClassifierHead::ClassifierHead(const ModelConfig& config, const MemoryPlan& plan
   const int64_t rows = plan.rows, h = config.hidden_size;
   input_ = arena_view(arena, plan.buffer("classifier_in"), DType::F32, rows, h);
   hidden_ = arena_view(arena, plan.buffer("classifier_hidden"), DType::F32, rows, h);
-  logits_ = arena_view(arena, plan.buffer("logits"), DType::F32, rows, labels_);
+  for (int s = 0; s < backend.traits().slots; ++s) {
+    logits_.push_back(arena_view(arena, plan.buffer("logits", s), DType::F32, rows, labels_));
+  }
   const WeightTable& t = plan.table;
   dense_op_ = backend.prepare_linear(linear_ref(t, weights, "classifier.dense"), Epilogue::kTanh, DType::F32);
   out_op_ = backend.prepare_linear(linear_ref(t, weights, "classifier.out_proj"), Epilogue::kStore, DType::F32);
@@ -20,8 +22,9 @@ const float* ClassifierHead::forward(const BatchView& batch, const XlmrEncoder::
   const int32_t s = batch.sequences();
   backend_.pool(batch, hidden.f32, Pooling::kCls, input_, TensorView{});  // the <s> rows as they are
   backend_.linear(*dense_op_, input_, s, hidden_);
-  backend_.linear(*out_op_, hidden_, s, logits_);
-  return static_cast<const float*>(backend_.fetch(logits_.slice_rows(0, s), batch.slot));
+  const TensorView& logits = logits_.at(static_cast<size_t>(batch.slot));
+  backend_.linear(*out_op_, hidden_, s, logits);
+  return static_cast<const float*>(backend_.fetch(logits.slice_rows(0, s), batch.slot));
 }
 
 void ClassifierHead::extract(const PackedBatch& batch, const float* logits, std::vector<M3Output>& outputs) const {
@@ -34,7 +37,7 @@ void ClassifierHead::extract(const PackedBatch& batch, const float* logits, std:
 
 void ClassifierHead::warm_up() {
   backend_.warm_up(*dense_op_, input_, hidden_);
-  backend_.warm_up(*out_op_, hidden_, logits_);
+  backend_.warm_up(*out_op_, hidden_, logits_[0]);
 }
 
 }  // namespace m3

@@ -16,7 +16,8 @@ namespace m3 {
 class ClassifierHead {
  public:
   // `weights`, `backend` and the arena must outlive the head; its buffers live in encoder
-  // buffers dead after the last layer (graph_buffers.h).
+  // buffers dead after the last layer, its logits where the plan put each pipeline slot's
+  // (graph_buffers.h).
   ClassifierHead(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights,
                  Backend& backend, const TensorView& arena);
 
@@ -31,7 +32,8 @@ class ClassifierHead {
   int64_t labels_;
   Backend& backend_;
   std::unique_ptr<PreparedLinear> dense_op_, out_op_;
-  TensorView input_, hidden_, logits_;
+  TensorView input_, hidden_;
+  std::vector<TensorView> logits_;  // per pipeline slot
 };
 
 }  // namespace m3

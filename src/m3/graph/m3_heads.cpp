@@ -17,17 +17,22 @@ M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::v
                  Backend& backend, const TensorView& arena, std::filesystem::path model_dir, Pooling pooling)
     : hidden_size_(config.hidden_size), backend_(backend), model_dir_(std::move(model_dir)), pooling_(pooling) {
   const int64_t rows = plan.rows, h = config.hidden_size;
-  dense_ = arena_view(arena, plan.buffer("dense"), DType::F32, rows / 2, h);
-  dense_norms_ = arena_view(arena, plan.buffer("dense_norms"), DType::F32, rows / 2, 1);
-  lexical_ = arena_view(arena, plan.buffer("lexical"), DType::F32, rows, 1);
   const WeightTable& t = plan.table;
-  if (t.has("colbert_linear.weight")) {
-    colbert_ = arena_view(arena, plan.buffer("colbert"), DType::F32, rows, h);
+  const bool colbert = t.has("colbert_linear.weight"), sparse = t.has("sparse_linear.weight");
+  slots_.resize(static_cast<size_t>(backend.traits().slots));
+  for (int s = 0; s < backend.traits().slots; ++s) {
+    Outputs& o = slots_[static_cast<size_t>(s)];
+    o.dense = arena_view(arena, plan.buffer("dense", s), DType::F32, rows / 2, h);
+    o.dense_norms = arena_view(arena, plan.buffer("dense_norms", s), DType::F32, rows / 2, 1);
+    o.lexical = arena_view(arena, plan.buffer("lexical", s), DType::F32, rows, 1);
+    if (colbert) o.colbert = arena_view(arena, plan.buffer("colbert", s), DType::F32, rows, h);
+    if (sparse) o.sparse = arena_view(arena, plan.buffer("sparse", s), DType::F32, rows, 1);
+  }
+  if (colbert) {
     colbert_op_ = backend.prepare_linear(linear_ref(t, weights, "colbert_linear"),
                                          t.specs[t.index("colbert_linear.weight")].epilogue, DType::F32);
   }
-  if (t.has("sparse_linear.weight")) {
-    sparse_ = arena_view(arena, plan.buffer("sparse"), DType::F32, rows, 1);
+  if (sparse) {
     sparse_op_ = backend.prepare_linear(linear_ref(t, weights, "sparse_linear"),
                                         t.specs[t.index("sparse_linear.weight")].epilogue, DType::F32);
   }
@@ -47,28 +52,29 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
   check(request);
   const int64_t t = batch.tokens();
   const int32_t s = batch.sequences();
+  const Outputs& o = slots_.at(static_cast<size_t>(batch.slot));
   Fetched f;
   if (request.dense) {
-    const TensorView dense = dense_.slice_rows(0, s), norms = dense_norms_.slice_rows(0, s);
+    const TensorView dense = o.dense.slice_rows(0, s), norms = o.dense_norms.slice_rows(0, s);
     backend_.pool(batch, hidden.f32, pooling_, dense, norms);
     f.dense = static_cast<const float*>(backend_.fetch(dense, batch.slot));
     f.dense_norms = static_cast<const float*>(backend_.fetch(norms, batch.slot));
   }
   if (request.sparse || request.token_weights) {
     // The sparse head reads the float32 hidden state: one dot product per token.
-    backend_.linear(*sparse_op_, hidden.f32, t, sparse_);
+    backend_.linear(*sparse_op_, hidden.f32, t, o.sparse);
     if (request.sparse) {
-      backend_.max_per_token_id(batch, sparse_, kNotLexical, lexical_);
-      f.lexical = static_cast<const float*>(backend_.fetch(lexical_.slice_rows(0, t), batch.slot));
+      backend_.max_per_token_id(batch, o.sparse, kNotLexical, o.lexical);
+      f.lexical = static_cast<const float*>(backend_.fetch(o.lexical.slice_rows(0, t), batch.slot));
     }
     if (request.token_weights) {
-      f.token_weights = static_cast<const float*>(backend_.fetch(sparse_.slice_rows(0, t), batch.slot));
+      f.token_weights = static_cast<const float*>(backend_.fetch(o.sparse.slice_rows(0, t), batch.slot));
     }
   }
   if (request.colbert) {
-    backend_.linear(*colbert_op_, hidden.in, t, colbert_);
-    backend_.normalize_rows(colbert_, t);
-    f.colbert = static_cast<const float*>(backend_.fetch(colbert_.slice_rows(0, t), batch.slot));
+    backend_.linear(*colbert_op_, hidden.in, t, o.colbert);
+    backend_.normalize_rows(o.colbert, t);
+    f.colbert = static_cast<const float*>(backend_.fetch(o.colbert.slice_rows(0, t), batch.slot));
   }
   return f;
 }
@@ -101,8 +107,8 @@ void M3Heads::extract(const PackedBatch& batch, const Fetched& f, const OutputRe
 }
 
 void M3Heads::warm_up(const XlmrEncoder::Hidden& hidden) {
-  if (sparse_op_) backend_.warm_up(*sparse_op_, hidden.f32, sparse_);
-  if (colbert_op_) backend_.warm_up(*colbert_op_, hidden.in, colbert_);
+  if (sparse_op_) backend_.warm_up(*sparse_op_, hidden.f32, slots_[0].sparse);
+  if (colbert_op_) backend_.warm_up(*colbert_op_, hidden.in, slots_[0].colbert);
 }
 
 }  // namespace m3

@@ -29,7 +29,8 @@ class M3Heads {
   };
 
   // `weights`, `backend` and the arena must outlive the heads; `model_dir` names missing
-  // head files in errors. The head buffers reuse encoder buffers dead after the last layer.
+  // head files in errors. The outputs live where the plan put them for each of the
+  // backend's pipeline slots (in encoder buffers dead after the last layer, or per slot).
   // `pooling` makes the dense vector from the last hidden state (BGE-M3: the <s> row).
   M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::vector<WeightView>& weights, Backend& backend,
           const TensorView& arena, std::filesystem::path model_dir, Pooling pooling = Pooling::kCls);
@@ -53,7 +54,10 @@ class M3Heads {
   std::filesystem::path model_dir_;
   Pooling pooling_;
   std::unique_ptr<PreparedLinear> colbert_op_, sparse_op_;
-  TensorView dense_, dense_norms_, sparse_, lexical_, colbert_;
+  struct Outputs {
+    TensorView dense, dense_norms, sparse, lexical, colbert;
+  };
+  std::vector<Outputs> slots_;  // the output buffers of each pipeline slot
 };
 
 }  // namespace m3

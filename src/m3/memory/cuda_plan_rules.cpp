@@ -1,8 +1,10 @@
 // CUDA's rules: everything a device holds is one allocation (weights, each tensor 256-byte
 // aligned as cudaMalloc returns, then the arena); activations between GEMMs are stored in
-// the GEMM type; the arena also holds the batch inputs, the attention tiles and the
-// cuBLASLt workspace; a pinned host block in two slots stages each batch's inputs up and
-// its outputs down. A limit bounds each device's allocation; host memory is reported apart.
+// the GEMM type; the graph's outputs have one copy per pipeline slot (a copy stream reads
+// a slot's while the next batch computes); the arena also holds the batch inputs, the
+// attention tiles and the cuBLASLt workspace; a pinned host block in two slots stages each
+// batch's inputs up and its outputs down. A limit bounds each device's allocation; host
+// memory is reported apart.
 #include <fmt/format.h>
 
 #include "m3/core/error.h"
@@ -36,6 +38,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
   r.weight_alignment = 256;
   r.activation = in.precision;
   r.gemm_row_chunks = false;  // cuBLASLt takes any row count
+  r.output_copies = kCudaPipelineSlots;
   const DType p = in.precision;
   r.weight_type = [p](const WeightSpec& s) { return cuda_weight_dtype(s, p); };
   r.weight_extra_bytes = [](const WeightSpec&) { return uint64_t{0}; };
@@ -62,7 +65,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
     const auto S = static_cast<uint64_t>(l.max_sequences);
     l.weights_offset = 0;
     l.weight_bytes = plan.weight_bytes;
-    // Pinned host staging of one replica (inputs up, outputs down), two slots.
+    // Pinned host staging of one replica (inputs up, outputs down), one block per slot.
     ArenaLayout slot(plan, 256);
     uint64_t pinned = 0;
     auto stage = [&](uint64_t bytes) {
@@ -81,7 +84,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
     stage(R * kF32);      // per-position sparse weights (vLLM's token_classify)
     stage(R * H * kF32);  // ColBERT rows
     l.staging_slot_bytes = pinned;
-    plan.pinned_bytes = 2 * pinned;
+    plan.pinned_bytes = kCudaPipelineSlots * pinned;
     plan.device_bytes = plan.weight_bytes + plan.arena_bytes;  // the arena includes the workspace
     plan.host_bytes = plan.queue_bytes + plan.output_bytes + plan.result_buffer_bytes +
                       static_cast<uint64_t>(in.replicas) * plan.pinned_bytes;

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <algorithm>
 #include <map>
+#include <set>
 
 #include <fmt/format.h>
 
@@ -44,7 +45,8 @@ void add_weights(MemoryPlan& plan, const PlanRules& rules) {
 }
 
 // The graph's buffers: each at its own offset, or inside one that is dead by then (which
-// grows to hold them), or the same memory as another of the same element type.
+// grows to hold them), or the same memory as another of the same element type. Outputs
+// get their own memory, one copy per pipeline slot, where the rules ask for it.
 void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& arena,
                        const std::vector<BufferSpec>& specs) {
   const int64_t t = plan.rows;
@@ -53,6 +55,11 @@ void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& ar
   auto bytes_of = [&](const BufferSpec& b) {
     return static_cast<uint64_t>(rows_of(b)) * static_cast<uint64_t>(b.cols) * dtype_size(type_of(b));
   };
+  auto shape_of = [&](const BufferSpec& b, int64_t cols) {
+    return fmt::format("[{}, {}] {}", rows_of(b), cols, type_label(type_of(b)));
+  };
+  auto per_slot = [&](const BufferSpec& b) { return b.output && rules.output_copies > 0; };
+  auto lives_inside = [&](const BufferSpec& b) { return !b.inside.empty() && !per_slot(b); };
   auto find = [&](const std::string& name) {
     for (const auto& b : specs) {
       if (b.name == name) return &b;
@@ -61,29 +68,40 @@ void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& ar
   };
   // First the room each host buffer needs: its own, or what lives inside it, whichever is more.
   std::map<std::string, uint64_t> size, used;
+  std::set<std::string> vacated;  // hosts whose every tenant got memory of its own
   for (const auto& b : specs) {
-    if (b.inside.empty()) size[b.name] = std::max(size[b.name], bytes_of(b));
+    if (!lives_inside(b)) size[b.name] = std::max(size[b.name], bytes_of(b));
+    if (!b.inside.empty()) vacated.insert(b.inside);
   }
   for (const auto& b : specs) {
-    if (b.inside.empty()) continue;
+    if (!lives_inside(b)) continue;
+    vacated.erase(b.inside);
     used[b.inside] += arena.align(bytes_of(b));
     size[b.inside] = std::max(size[b.inside], used[b.inside]);
   }
   used.clear();
   for (const auto& b : specs) {
     if (!b.alias_of.empty() && type_of(b) == type_of(*find(b.alias_of))) {
-      plan.buffers[b.name] = plan.buffer(b.alias_of);
+      plan.buffers[b.name] = plan.buffers.at(b.alias_of);
+    } else if (per_slot(b)) {
+      const int copies = rules.output_copies;
+      const uint64_t stride = arena.align(bytes_of(b));
+      const uint64_t offset = arena.add(fmt::format("{}, one per pipeline slot", b.label),
+                                        fmt::format("{} x {}", copies, shape_of(b, b.cols)),
+                                        stride * static_cast<uint64_t>(copies - 1) + bytes_of(b));
+      plan.buffers[b.name] = {offset, stride, copies};
+      plan.bytes_per_batch_token += static_cast<uint64_t>(copies) * bytes_of(b) / static_cast<uint64_t>(t);
     } else if (!b.inside.empty()) {
-      plan.buffers[b.name] = plan.buffer(b.inside) + used[b.inside];
+      plan.buffers[b.name] = {plan.buffer(b.inside) + used[b.inside]};
       used[b.inside] += arena.align(bytes_of(b));
     } else {
-      const std::string label =
-          type_of(b) == DType::F32 ? b.label : fmt::format("{} ({})", b.label, type_label(type_of(b)));
+      // Its label names what was declared inside it only when that still lives there.
+      const std::string own = vacated.count(b.name) ? b.label.substr(0, b.label.find(" / ")) : b.label;
+      const std::string label = type_of(b) == DType::F32 ? own : fmt::format("{} ({})", own, type_label(type_of(b)));
       // A buffer grown for what lives inside it shows its grown width.
       const uint64_t row_bytes = static_cast<uint64_t>(rows_of(b)) * dtype_size(type_of(b));
       const int64_t cols = size[b.name] % row_bytes == 0 ? static_cast<int64_t>(size[b.name] / row_bytes) : b.cols;
-      plan.buffers[b.name] =
-          arena.add(label, fmt::format("[{}, {}] {}", rows_of(b), cols, type_label(type_of(b))), size[b.name]);
+      plan.buffers[b.name] = {arena.add(label, shape_of(b, cols), size[b.name])};
       if (b.rows == BufferRows::kTokens) plan.bytes_per_batch_token += size[b.name] / static_cast<uint64_t>(t);
     }
   }
@@ -91,10 +109,13 @@ void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& ar
 
 }  // namespace
 
-uint64_t MemoryPlan::buffer(std::string_view name) const {
+uint64_t MemoryPlan::buffer(std::string_view name, int slot) const {
   const auto it = buffers.find(name);
   if (it == buffers.end()) fail("internal: the memory plan has no buffer \"{}\"", name);
-  return it->second;
+  const PlacedBuffer& b = it->second;
+  if (b.copies == 1) return b.offset;  // every slot shares it
+  if (slot < 0 || slot >= b.copies) fail("internal: buffer \"{}\" has no copy for pipeline slot {}", name, slot);
+  return b.offset + static_cast<uint64_t>(slot) * b.slot_stride;
 }
 
 void check_plan_inputs(const PlanInputs& in) {

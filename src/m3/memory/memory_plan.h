@@ -44,6 +44,10 @@ struct PlanInputs {
   uint64_t cublas_workspace_bytes = 32ull << 20;  // cuBLASLt workspace per replica (CUDA)
 };
 
+// Batches a CUDA replica has in flight: one is staged (and its outputs copied out) while
+// the other computes. Its pinned staging and the graph's outputs have one copy per slot.
+inline constexpr int kCudaPipelineSlots = 2;
+
 // Byte offsets inside a CUDA replica's single device allocation (weights first, then the
 // arena, then the cuBLASLt workspace) and inside its pinned host staging block.
 struct CudaLayout {
@@ -53,8 +57,9 @@ struct CudaLayout {
   uint64_t workspace = 0, workspace_bytes = 0;
   int64_t max_sequences = 0;        // a batch holds at most rows / 2 sequences (>= 2 tokens each)
   int64_t max_attention_tiles = 0;  // (query tile, sequence) pairs of one batch, at most
-  // Pinned host staging: batch inputs up, outputs down. Two slots of staging_slot_bytes
-  // (offsets below are within a slot), so one batch is staged while the other computes.
+  // Pinned host staging: batch inputs up, outputs down. kCudaPipelineSlots slots of
+  // staging_slot_bytes (offsets below are within a slot), so one batch is staged while the
+  // other computes.
   uint64_t staging_slot_bytes = 0;
   uint64_t staging_ids = 0, staging_positions = 0, staging_cu_seqlens = 0, staging_tiles = 0;
   uint64_t staging_outputs = 0;  // the batch's fetched outputs from here to the slot's end
@@ -71,10 +76,18 @@ struct MemoryPlan {
   PlanInputs inputs;
   WeightTable table;              // every weight tensor (the loader and the backends iterate it too)
   DType activation = DType::F32;  // the type of the graph's activation buffers (the backend's rule)
-  // Byte offsets in the arena of the buffers the graph declares (model/graph_buffers.h).
-  std::map<std::string, uint64_t, std::less<>> buffers;
-  // The offset of graph buffer `name`; throws m3::Error when the plan has none.
-  uint64_t buffer(std::string_view name) const;
+  // Where a buffer the graph declares (model/graph_buffers.h) lies in the arena: one copy
+  // every pipeline slot shares, or (outputs under CUDA's rules) `copies` of them, slot s's
+  // at offset + s * slot_stride.
+  struct PlacedBuffer {
+    uint64_t offset = 0;
+    uint64_t slot_stride = 0;
+    int copies = 1;
+  };
+  std::map<std::string, PlacedBuffer, std::less<>> buffers;
+  // The offset of graph buffer `name` for pipeline slot `slot`; throws m3::Error when the
+  // plan has no such buffer or copy.
+  uint64_t buffer(std::string_view name, int slot = 0) const;
   std::vector<PlanItem> weights;  // shared by all replicas
   std::vector<PlanItem> arena;    // per replica: activations, head outputs, attention scratch
   uint64_t weight_bytes = 0;
@@ -104,7 +117,7 @@ struct MemoryPlan {
   // and host memory (queue, outputs, pinned staging) is counted in host_bytes.
   CudaLayout cuda;
   uint64_t device_bytes = 0;  // one replica's single cudaMalloc: weights + arena + workspace
-  uint64_t pinned_bytes = 0;  // one replica's pinned host staging (two slots)
+  uint64_t pinned_bytes = 0;  // one replica's pinned host staging (kCudaPipelineSlots slots)
   uint64_t host_bytes = 0;    // queue + outputs + result buffer + replicas x pinned staging
 };
 

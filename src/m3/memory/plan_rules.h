@@ -38,6 +38,11 @@ struct PlanRules {
   uint64_t weight_alignment = 1;   // of every weight tensor (a device upload aligns each)
   DType activation = DType::F32;   // the graph's activation buffers
   bool gemm_row_chunks = false;    // GEMMs compute whole row chunks (gemm_row_blocks.h): pad rows
+  // The graph's outputs (BufferSpec::output). 0: where the graph declares them, inside
+  // buffers dead after the last layer (the CPU reads them there once the batch is done).
+  // n > 0: each in memory of its own, n copies, one per pipeline slot (CUDA copies a
+  // slot's outputs to the host while the next batch's layers compute).
+  int output_copies = 0;
   std::function<DType(const WeightSpec&)> weight_type;
   std::function<uint64_t(const WeightSpec&)> weight_extra_bytes;  // beside the elements (int8 scales)
   // The backend's own arena buffers, after the graph's; adds their bytes per batch token.

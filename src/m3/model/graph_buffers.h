@@ -1,6 +1,6 @@
 // The buffers the XLM-R graph with BGE-M3's heads computes in, declared once: the memory
 // plan lays them out (with each backend's element types and alignment) and the graph
-// (graph/xlmr_encoder.h, graph/m3_heads.h) finds them there by name.
+// (graph/xlmr_encoder.h, graph/m3_heads.h) finds them there by name (and pipeline slot).
 #pragma once
 
 #include <cstdint>
@@ -23,7 +23,9 @@ enum class BufferRows {
 
 struct BufferSpec {
   std::string name;   // what the graph looks it up by: "hidden", "qkv", ...
-  std::string label;  // its line in `m3embed plan`
+  // Its line in `m3embed plan`. A buffer others are declared inside names them after " / "
+  // ("qkv / per-id sparse maxima"); the plan drops that part when none of them lives there.
+  std::string label;
   int64_t cols = 0;
   BufferType type = BufferType::kF32;
   BufferRows rows = BufferRows::kTokens;
@@ -33,6 +35,10 @@ struct BufferSpec {
   // Lives inside this buffer, which is dead by the time it is written (the heads run
   // after the last layer): placed after the earlier ones inside it, which grows to fit.
   std::string inside;
+  // The host copies it out after the batch (Backend::fetch: the heads' outputs). Where the
+  // backend's plan rules ask for it (CUDA, PlanRules::output_copies), such a buffer gets
+  // memory of its own, one copy per pipeline slot, instead of living `inside` another.
+  bool output = false;
 };
 
 std::vector<BufferSpec> xlmr_m3_buffers(const ModelConfig& config, bool sparse_head, bool colbert_head);

@@ -1,9 +1,12 @@
 // CudaBackend: the ops on one GPU. One cudaMalloc holds the weights (converted to their
 // CUDA storage type at upload), the arena and the cuBLASLt workspace at the MemoryPlan's
 // offsets; one pinned host block, in two slots, stages batch inputs up and outputs down.
-// Everything is queued on the backend's stream: a slot's inputs, the graph's ops, its
-// output copies, then an event that finish() waits on, so the host stages the next batch
-// in the other slot while this one computes.
+// Two streams. The compute stream runs a slot's input uploads and the graph's ops; the
+// copy stream, once the compute stream has passed the slot's last op, copies the slot's
+// outputs down and records the event finish() waits on. So the host stages the next batch
+// in the other slot while this one computes, and the next batch's layers run while this
+// one's outputs come down: the outputs live in memory of their own per slot (the plan
+// gives each slot a copy, MemoryPlan::buffer(name, slot)), which no other batch writes.
 #include "m3/backend/cuda_devices.h"
 
 #include <immintrin.h>
@@ -77,7 +80,7 @@ class CudaBackend final : public Backend {
 
   std::string name() const override { return "cuda-cublaslt"; }
   std::string device_name() const override { return device_.name(); }
-  BackendTraits traits() const override { return {DeviceKind::kCuda, plan_.activation, true, 2}; }
+  BackendTraits traits() const override { return {DeviceKind::kCuda, plan_.activation, true, kCudaPipelineSlots}; }
   void attach_thread() override { cuda::check(cudaSetDevice(device_.index), "cudaSetDevice"); }
 
   TensorView arena() override { return device_view(arena_, DType::I8, static_cast<int64_t>(plan_.arena_bytes), 1); }
@@ -109,6 +112,7 @@ class CudaBackend final : public Backend {
 
   // Ids, positions, sequence starts and attention tiles into the slot's pinned block and
   // up (queued after the previous batch's kernels, which read the same device buffers).
+  // The slot's pinned block is free again: the caller finished its previous batch.
   BatchView stage(const PackedBatch& batch, int slot) override {
     const auto& l = plan_.cuda;
     const ModelConfig& c = plan_.inputs.config;
@@ -140,6 +144,12 @@ class CudaBackend final : public Backend {
     up(l.attention_tiles, slot, l.staging_tiles, count * 2 * 4);
     tile_count_ = count;
     fetch_cursor_[slot] = l.staging_outputs;  // the slot's outputs follow its inputs
+    copies_[slot].clear();
+    // This batch's ops write the slot's output buffers again: not before the copy stream
+    // has read them for the slot's previous batch. (A caller that finished that batch
+    // before staging this one, as Replica's order has it, already waited for those copies;
+    // the device keeps the order on its own all the same.)
+    cuda::check(cudaStreamWaitEvent(stream_, done_[slot], 0), "cudaStreamWaitEvent (the slot's last copies)");
     BatchView v;
     v.host = &batch;
     v.slot = slot;
@@ -149,23 +159,33 @@ class CudaBackend final : public Backend {
     return v;
   }
 
+  // The copy is queued at submit(), on the copy stream, after the slot's last op.
   const void* fetch(const TensorView& tensor, int slot) override {
     uint64_t& cursor = fetch_cursor_[slot];
     if (cursor + tensor.bytes() > plan_.cuda.staging_slot_bytes) {
       fail("internal: outputs of {} bytes exceed the planned pinned staging", tensor.bytes());
     }
     std::byte* host = staging(slot, cursor);
-    cuda::check(cudaMemcpyAsync(host, tensor.data, tensor.bytes(), cudaMemcpyDeviceToHost, stream_),
-                "cudaMemcpyAsync (outputs)");
+    copies_[slot].add({host, tensor.data, tensor.bytes()});
     cursor += align_device(tensor.bytes());
     return host;
   }
 
+  // The compute stream marks the end of the slot's ops; the copy stream waits for that
+  // mark, copies the slot's outputs down and records done_[slot].
   void submit(int slot) override {
     cuda::check(cudaGetLastError(), "a kernel launch");
-    cuda::check(cudaEventRecord(done_[slot], stream_), "cudaEventRecord");
+    cuda::check(cudaEventRecord(computed_, stream_), "cudaEventRecord (the batch's ops)");
+    cuda::check(cudaStreamWaitEvent(copy_stream_, computed_, 0), "cudaStreamWaitEvent (the batch's ops)");
+    for (const Copy& c : copies_[slot]) {
+      cuda::check(cudaMemcpyAsync(c.host, c.device, c.bytes, cudaMemcpyDeviceToHost, copy_stream_),
+                  "cudaMemcpyAsync (outputs)");
+    }
+    copies_[slot].clear();
+    cuda::check(cudaEventRecord(done_[slot], copy_stream_), "cudaEventRecord (the batch's outputs)");
   }
 
+  // A sticky error on either stream (the context's) is returned here: DeviceFault.
   void finish(int slot) override {
     cuda::check(cudaEventSynchronize(done_[slot]), "the batch");
     cuda::check(cudaGetLastError(), "a kernel launch");
@@ -276,12 +296,14 @@ class CudaBackend final : public Backend {
  private:
   void acquire() {
     cuda::check(cudaFree(nullptr), "creating the CUDA context");
-    cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate");
+    cuda::check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreate (compute)");
+    cuda::check(cudaStreamCreateWithFlags(&copy_stream_, cudaStreamNonBlocking), "cudaStreamCreate (copies)");
     // Blocking sync: a replica thread waiting for its batch sleeps instead of spinning a core
     // that the tokenizer and the HTTP threads need.
     for (cudaEvent_t& event : done_) {
       cuda::check(cudaEventCreateWithFlags(&event, cudaEventDisableTiming | cudaEventBlockingSync), "cudaEventCreate");
     }
+    cuda::check(cudaEventCreateWithFlags(&computed_, cudaEventDisableTiming), "cudaEventCreate");
     cuda::check(cublasLtCreate(&handle_), "cublasLtCreate");
     memory_before_ = cuda_memory_info(device_.index);
     if (plan_.device_bytes + kDeviceHeadroom > memory_before_.free) {
@@ -303,9 +325,13 @@ class CudaBackend final : public Backend {
                  format_bytes(plan_.weight_bytes), format_bytes(plan_.arena_bytes), format_bytes(plan_.pinned_bytes));
   }
 
+  // Both streams are drained before the memory they use goes (errors are ignored: after a
+  // device fault every call returns it).
   void release() noexcept {
     cudaSetDevice(device_.index);
-    if (stream_) cudaStreamSynchronize(stream_);
+    for (cudaStream_t stream : {stream_, copy_stream_}) {
+      if (stream) cudaStreamSynchronize(stream);
+    }
     if (handle_) cublasLtDestroy(handle_);
     if (pinned_) cudaFreeHost(pinned_);
     if (base_) cudaFree(base_);
@@ -313,10 +339,14 @@ class CudaBackend final : public Backend {
       if (event) cudaEventDestroy(event);
       event = nullptr;
     }
-    if (stream_) cudaStreamDestroy(stream_);
+    if (computed_) cudaEventDestroy(computed_);
+    computed_ = nullptr;
+    for (cudaStream_t* stream : {&stream_, &copy_stream_}) {
+      if (*stream) cudaStreamDestroy(*stream);
+      *stream = nullptr;
+    }
     handle_ = nullptr;
     pinned_ = base_ = nullptr;
-    stream_ = nullptr;
   }
 
   // The pinned block has two slots: one batch staged while the other computes.
@@ -353,15 +383,41 @@ class CudaBackend final : public Backend {
     }
   }
 
+  // A slot's fetched tensors, copied down at submit(): a fixed few per batch, held without
+  // allocating (the forward pass allocates nothing).
+  struct Copy {
+    void* host;
+    const void* device;
+    uint64_t bytes;
+  };
+  class Copies {
+   public:
+    void add(const Copy& c) {
+      if (count_ == kMax) fail("internal: more than {} tensors fetched in one batch", kMax);
+      items_[count_++] = c;
+    }
+    void clear() { count_ = 0; }
+    const Copy* begin() const { return items_; }
+    const Copy* end() const { return items_ + count_; }
+
+   private:
+    static constexpr size_t kMax = 16;
+    Copy items_[kMax] = {};
+    size_t count_ = 0;
+  };
+
   MemoryPlan plan_;
   Device device_;
-  cudaStream_t stream_ = nullptr;
+  cudaStream_t stream_ = nullptr;       // compute: uploads and the graph's ops
+  cudaStream_t copy_stream_ = nullptr;  // outputs down, after the compute stream's `computed_`
   cublasLtHandle_t handle_ = nullptr;
   std::byte* base_ = nullptr;
   std::byte* arena_ = nullptr;
   std::byte* pinned_ = nullptr;
-  cudaEvent_t done_[2] = {nullptr, nullptr};  // recorded after each slot's output copies
-  uint64_t fetch_cursor_[2] = {0, 0};
+  cudaEvent_t computed_ = nullptr;  // on the compute stream: the submitted batch's last op
+  cudaEvent_t done_[kCudaPipelineSlots] = {};  // on the copy stream: after each slot's output copies
+  Copies copies_[kCudaPipelineSlots];
+  uint64_t fetch_cursor_[kCudaPipelineSlots] = {};
   int64_t tile_count_ = 0;  // attention tiles of the batch staged last
   DeviceMemoryInfo memory_before_;
 };
