@@ -5,9 +5,10 @@ any rounding grows from layer to layer and their float32 goldens cannot tell a c
 bf16 path from a subtly wrong one. Here the oracle is FlagEmbedding's BGEM3FlagModel with
 every encoder Linear replaced by the rounding m3embed documents:
 
-  bf16: y = bf16(x) bf16(W)^T + b, float32 accumulation; attention on bf16 Q, K, V with
-        the softmax numerators e^(s - max) rounded to bf16 before P V and the float32 sum
-        divided out after (exact for the fixtures: their sequences fit one 256-key block)
+  bf16: y = bf16(x) bf16(W)^T + b, float32 accumulation; attention on bf16 Q, K, V, flash-
+        style over blocks of 128 keys as the CPU kernels run it: each block's numerators
+        e^(s - running max) rounded to bf16 before P V, the rows so far rescaled when the
+        max grows, and the float32 sum divided out at the end
   int8: y = s_row * s_channel * (q(x) q(W)^T) + b, q(x) = round(x / s_row), s_row = max|x_row| / 127,
         q(W) = round(W / s_channel), s_channel = max|W_channel| / 127 (round half to even)
 
@@ -66,8 +67,11 @@ def emulate(linear, dtype: str, attention_input: bool = False) -> None:
         linear.forward = forward
 
 
+KEY_BLOCK = 128  # kBf16KeyBlock in src/m3/backend/cpu/cpu_backend.h
+
+
 def bf16_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' eager attention with m3embed's bf16 rounding of the numerators."""
+    """transformers' eager attention with m3embed's blocked online softmax and bf16 numerators."""
     import torch
 
     if scaling is None:
@@ -75,8 +79,21 @@ def bf16_attention(module, query, key, value, attention_mask, scaling=None, drop
     scores = torch.matmul(query, key.transpose(2, 3)) * scaling
     if attention_mask is not None:
         scores = scores + attention_mask
-    numerators = torch.exp(scores - scores.amax(dim=-1, keepdim=True))
-    out = torch.matmul(_bf16(numerators), value) / numerators.sum(dim=-1, keepdim=True)
+    out = running_max = running_sum = None
+    for k0 in range(0, scores.size(-1), KEY_BLOCK):  # padding is on the right: block 0 has real keys
+        block = scores[..., k0:k0 + KEY_BLOCK]
+        block_max = block.amax(dim=-1, keepdim=True)
+        new_max = block_max if out is None else torch.maximum(running_max, block_max)
+        numerators = torch.exp(block - new_max)
+        pv = torch.matmul(_bf16(numerators), value[..., k0:k0 + KEY_BLOCK, :])
+        if out is None:
+            out, running_sum = pv, numerators.sum(dim=-1, keepdim=True)
+        else:
+            rescale = torch.exp(running_max - new_max)
+            out = out * rescale + pv
+            running_sum = running_sum * rescale + numerators.sum(dim=-1, keepdim=True)
+        running_max = new_max
+    out = out / running_sum
     return out.transpose(1, 2).contiguous(), None
 
 

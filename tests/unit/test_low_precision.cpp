@@ -8,9 +8,13 @@
 // BGE-M3-sized model is in the benchmark's fidelity report (bench/fidelity.py).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <map>
+#include <vector>
 
+#include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/backend/cpu/gemm_inputs.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
@@ -162,6 +166,22 @@ TEST(GemmInputs, GeluMatchesTheErfDefinition) {
   EXPECT_LT(worst, 1e-6);
 }
 
+TEST(GemmInputs, Int8EpilogueGeluMatchesTheErfDefinitionOnEveryLane) {
+  // 16,001 columns: every full vector and a masked tail, with scales and a bias applied first.
+  const int64_t cols = 16001;
+  std::vector<float> acc(cols), channel(cols, 0.5f), bias(cols, 0.25f), y(cols);
+  for (int64_t c = 0; c < cols; ++c) acc[c] = float(c - 8000) / 1000.f * 4.f - 1.f;  // 2 * 0.5 * acc + 0.25
+  const float row_scale = 2.f;
+  int8_epilogue(acc.data(), 1, cols, &row_scale, channel.data(), bias.data(), Epilogue::kGelu, y.data());
+  double worst = 0;
+  for (int64_t c = 0; c < cols; ++c) {
+    const double x = double(row_scale) * 0.5 * acc[c] + 0.25;
+    const double want = 0.5 * x * (1 + std::erf(x / std::sqrt(2.0)));
+    worst = std::max(worst, std::fabs(y[c] - want) / std::max(1.0, std::fabs(want)));
+  }
+  EXPECT_LT(worst, 1e-6);
+}
+
 }  // namespace
 }  // namespace m3
 
@@ -181,8 +201,34 @@ TEST(AttentionSoftmax, ExpShiftedRowMatchesLibm) {
     EXPECT_NEAR(sum, want_sum, 1e-6 * want_sum) << n;
     for (int64_t j = 0; j < n; ++j) EXPECT_NEAR(row[j], want[j], 3e-7 * want[j] + 1e-37) << n << " " << j;
   }
-  EXPECT_NEAR(exp_nonpositive(-1.f), std::exp(-1.f), 2e-7f * std::exp(-1.f));
+  for (float x : {-1.f, -0.3466f, -10.f, -60.5f, -86.9f}) {
+    EXPECT_NEAR(exp_nonpositive(x), std::exp(x), 2e-7f * std::exp(x)) << x;
+  }
   EXPECT_EQ(exp_nonpositive(0.f), 1.f);
+  EXPECT_GT(exp_nonpositive(-1000.f), 0.f);  // clamped at e^-87, a normal float
+}
+
+TEST(AttentionSoftmax, ExpRowToBf16RoundsTheExpsAndPadsWithZeros) {
+  if (!bf16_attention_kernels_supported(64)) GTEST_SKIP() << "this CPU has no AVX512-BF16";
+  for (int64_t n : {1, 15, 16, 17, 40, 128}) {
+    std::vector<float> row(n);
+    for (int64_t j = 0; j < n; ++j) row[j] = std::cos(0.41f * float(j)) * 12.f - (j == 5 ? 300.f : 0.f);
+    const float max = *std::max_element(row.begin(), row.end());
+    std::vector<uint16_t> p((n + 15) / 16 * 16, 0xffff);
+    double want_sum = 0;
+    // exp clamps its argument at -87 (e^-87, a normal float, instead of a denormal or 0)
+    auto exp_of = [&](int64_t j) { return std::exp(std::max(double(row[j] - max), -87.0)); };
+    for (int64_t j = 0; j < n; ++j) want_sum += exp_of(j);
+    EXPECT_NEAR(exp_row_to_bf16(row.data(), n, max, p.data()), want_sum, 1e-6 * want_sum) << n;
+    for (int64_t j = 0; j < n; ++j) {
+      const float exact = static_cast<float>(exp_of(j));
+      uint16_t want;
+      round_rows_to_bf16(&exact, 1, 1, &want);
+      // bf16 has 8 bits: an exp within 2e-7 of the exact one rounds to it or to a neighbour
+      EXPECT_LE(std::abs(int(p[j]) - int(want)), 1) << n << " " << j;
+    }
+    for (size_t j = n; j < p.size(); ++j) EXPECT_EQ(p[j], 0) << n << " " << j;
+  }
 }
 
 }  // namespace

@@ -2,7 +2,11 @@
 
 #include <immintrin.h>
 
+#include <algorithm>
 #include <cstring>
+
+#include "m3/backend/cpu/attention_softmax.h"
+#include "m3/core/error.h"
 
 namespace m3 {
 namespace {
@@ -175,13 +179,17 @@ void scores_rows_bf16(const uint16_t* q, int64_t q_ld, const uint16_t* kt2, int6
   for (; j < keys16; j += 16) scores_block_bf16<R, 1>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, ld);
 }
 
+// o[r, :] = rescale[r] o[r, :] + sum_j p[r, j] v[j, :] (rescale null: o[r, :] = sum ...): the
+// online softmax's correction of the rows so far is applied as the accumulators load.
 template <int R, int DV>
 __attribute__((target("avx512f,avx512bf16"))) void values_rows_bf16(const uint16_t* p, int64_t p_ld, int64_t pairs,
                                                                     const uint16_t* vt2, int64_t head_dim, float* o,
-                                                                    int64_t o_stride, bool accumulate) {
+                                                                    int64_t o_stride, const float* rescale) {
   __m512 acc[R][DV];
   for (int r = 0; r < R; ++r)
-    for (int d = 0; d < DV; ++d) acc[r][d] = accumulate ? _mm512_loadu_ps(o + r * o_stride + 16 * d) : _mm512_setzero_ps();
+    for (int d = 0; d < DV; ++d)
+      acc[r][d] = rescale ? _mm512_mul_ps(_mm512_loadu_ps(o + r * o_stride + 16 * d), _mm512_set1_ps(rescale[r]))
+                          : _mm512_setzero_ps();
   for (int64_t jp = 0; jp < pairs; ++jp) {
     __m512bh vv[DV];
     for (int d = 0; d < DV; ++d) vv[d] = (__m512bh)_mm512_loadu_si512(vt2 + (jp * head_dim + 16 * d) * 2);
@@ -194,22 +202,68 @@ __attribute__((target("avx512f,avx512bf16"))) void values_rows_bf16(const uint16
     for (int d = 0; d < DV; ++d) _mm512_storeu_ps(o + r * o_stride + 16 * d, acc[r][d]);
 }
 
-template <int DV>
-void values_all_rows_bf16(const uint16_t* p, int64_t p_ld, int64_t rows, int64_t pairs, const uint16_t* vt2,
-                          int64_t head_dim, float* o, int64_t o_stride, bool accumulate) {
-  int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) {
-    values_rows_bf16<kRows, DV>(p + i * p_ld, p_ld, pairs, vt2, head_dim, o + i * o_stride, o_stride, accumulate);
+// The running softmax state of a query tile's rows across key blocks.
+struct OnlineSoftmax {
+  float max[kMaxTileRows];
+  float sum[kMaxTileRows];
+};
+
+// R query rows against one key block, start to end in L1: scores, the online softmax into
+// bf16 P, then P V into the output rows.
+template <int R, int DV>
+void row_group_block_bf16(const uint16_t* q, int64_t keys, const uint16_t* kt2, const uint16_t* vt2,
+                          int64_t head_dim, float scale, bool first, float* o, int64_t o_stride, float* row_max_io,
+                          float* row_sum_io) {
+  const int64_t keys16 = (keys + 15) / 16 * 16;
+  alignas(64) float scores[R * kMaxBlockKeys];
+  alignas(64) uint16_t p[R * kMaxBlockKeys];
+  scores_rows_bf16<R>(q, head_dim, kt2, keys16, head_dim, scale, scores, keys16);
+  float rescale[R];
+  for (int r = 0; r < R; ++r) {
+    float* row = scores + r * keys16;
+    const float block_max = row_max(row, keys);
+    const float new_max = first ? block_max : std::max(row_max_io[r], block_max);
+    // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
+    rescale[r] = first ? 0.f : new_max == row_max_io[r] ? 1.f : exp_nonpositive(row_max_io[r] - new_max);
+    const float block_sum = exp_row_to_bf16(row, keys, new_max, p + r * keys16);
+    row_sum_io[r] = first ? block_sum : row_sum_io[r] * rescale[r] + block_sum;
+    row_max_io[r] = new_max;
   }
-  const uint16_t* pt = p + i * p_ld;
-  float* ot = o + i * o_stride;
-  switch (rows - i) {
-    case 5: values_rows_bf16<5, DV>(pt, p_ld, pairs, vt2, head_dim, ot, o_stride, accumulate); break;
-    case 4: values_rows_bf16<4, DV>(pt, p_ld, pairs, vt2, head_dim, ot, o_stride, accumulate); break;
-    case 3: values_rows_bf16<3, DV>(pt, p_ld, pairs, vt2, head_dim, ot, o_stride, accumulate); break;
-    case 2: values_rows_bf16<2, DV>(pt, p_ld, pairs, vt2, head_dim, ot, o_stride, accumulate); break;
-    case 1: values_rows_bf16<1, DV>(pt, p_ld, pairs, vt2, head_dim, ot, o_stride, accumulate); break;
-    default: break;
+  values_rows_bf16<R, DV>(p, keys16, (keys + 1) / 2, vt2, head_dim, o, o_stride, first ? nullptr : rescale);
+}
+
+template <int DV>
+void tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len, int64_t block,
+               int64_t head_dim, float scale, float* o, int64_t o_stride) {
+  OnlineSoftmax state;
+  // Key blocks outside, row groups inside: a block's K and V (2 x block x head_dim bf16)
+  // stay in L1 while every row group of the tile meets them.
+  for (int64_t k0 = 0; k0 < len; k0 += block) {
+    const int64_t keys = std::min(block, len - k0);
+    const uint16_t* kb = kt2 + k0 * head_dim;
+    const uint16_t* vb = vt2 + k0 * head_dim;
+    const bool first = k0 == 0;
+    int64_t i = 0;
+    for (; i + kRows <= rows; i += kRows) {
+      row_group_block_bf16<kRows, DV>(q + i * head_dim, keys, kb, vb, head_dim, scale, first, o + i * o_stride,
+                                      o_stride, state.max + i, state.sum + i);
+    }
+    const uint16_t* qt = q + i * head_dim;
+    float* ot = o + i * o_stride;
+    float* m = state.max + i;
+    float* s = state.sum + i;
+    switch (rows - i) {
+      case 5: row_group_block_bf16<5, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      case 4: row_group_block_bf16<4, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      case 3: row_group_block_bf16<3, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      case 2: row_group_block_bf16<2, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      case 1: row_group_block_bf16<1, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      default: break;
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float inverse = 1.0f / state.sum[r];
+    for (int64_t d = 0; d < head_dim; ++d) o[r * o_stride + d] *= inverse;
   }
 }
 
@@ -249,33 +303,15 @@ void pack_values_bf16(const float* v, int64_t v_stride, int64_t keys, int64_t he
   }
 }
 
-void attention_scores_bf16(const uint16_t* q, int64_t q_ld, const uint16_t* kt2, int64_t rows, int64_t keys,
-                           int64_t head_dim, float scale, float* scores, int64_t ld) {
-  const int64_t keys16 = (keys + 15) / 16 * 16;
-  int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) {
-    scores_rows_bf16<kRows>(q + i * q_ld, q_ld, kt2, keys16, head_dim, scale, scores + i * ld, ld);
-  }
-  const uint16_t* qt = q + i * q_ld;
-  float* st = scores + i * ld;
-  switch (rows - i) {
-    case 5: scores_rows_bf16<5>(qt, q_ld, kt2, keys16, head_dim, scale, st, ld); break;
-    case 4: scores_rows_bf16<4>(qt, q_ld, kt2, keys16, head_dim, scale, st, ld); break;
-    case 3: scores_rows_bf16<3>(qt, q_ld, kt2, keys16, head_dim, scale, st, ld); break;
-    case 2: scores_rows_bf16<2>(qt, q_ld, kt2, keys16, head_dim, scale, st, ld); break;
-    case 1: scores_rows_bf16<1>(qt, q_ld, kt2, keys16, head_dim, scale, st, ld); break;
-    default: break;
-  }
-}
-
-void attention_values_bf16(const uint16_t* p, int64_t p_ld, int64_t rows, int64_t keys, const uint16_t* vt2,
-                           int64_t head_dim, float* o, int64_t o_stride, bool accumulate) {
-  const int64_t pairs = (keys + 1) / 2;
+void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
+                         int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
+  if (rows < 1 || rows > kMaxTileRows) fail("attention tile of {} rows: 1..{} are supported", rows, kMaxTileRows);
+  if (block < 16 || block > kMaxBlockKeys || block % 16 != 0) fail("attention key block of {} keys", block);
   switch (head_dim / 16) {
-    case 1: values_all_rows_bf16<1>(p, p_ld, rows, pairs, vt2, head_dim, o, o_stride, accumulate); break;
-    case 2: values_all_rows_bf16<2>(p, p_ld, rows, pairs, vt2, head_dim, o, o_stride, accumulate); break;
-    case 3: values_all_rows_bf16<3>(p, p_ld, rows, pairs, vt2, head_dim, o, o_stride, accumulate); break;
-    case 4: values_all_rows_bf16<4>(p, p_ld, rows, pairs, vt2, head_dim, o, o_stride, accumulate); break;
+    case 1: tile_bf16<1>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
+    case 2: tile_bf16<2>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
+    case 3: tile_bf16<3>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
+    case 4: tile_bf16<4>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
     default: break;
   }
 }

@@ -34,15 +34,22 @@ namespace m3 {
 // of each pair next to each other:
 //   K block: kt2[d / 2][j][d % 2] (keys rounded up to 16, zero-padded)
 //   V block: vt2[j / 2][d][j % 2] (keys rounded up to 2, zero-padded)
-//   Q and P rows: plain bf16 rows (head_dim and keys rounded up to 2, zero-padded).
+//   Q rows: plain bf16 rows of head_dim.
 bool bf16_attention_kernels_supported(int64_t head_dim);
 // y = bf16(x), round to nearest even, on the calling thread (inside a parallel region).
 void round_row_to_bf16(const float* x, int64_t n, uint16_t* y);
 void pack_keys_bf16(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, uint16_t* kt2);
 void pack_values_bf16(const float* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2);
-void attention_scores_bf16(const uint16_t* q, int64_t q_ld, const uint16_t* kt2, int64_t rows, int64_t keys,
-                           int64_t head_dim, float scale, float* scores, int64_t ld);
-void attention_values_bf16(const uint16_t* p, int64_t p_ld, int64_t rows, int64_t keys, const uint16_t* vt2,
-                           int64_t head_dim, float* o, int64_t o_stride, bool accumulate);
+// One tile of `rows` query rows (bf16 rows of head_dim) of one head against `len` keys and
+// values packed block by block (pack_keys_bf16 / pack_values_bf16 at k0 * head_dim for each
+// k0, a multiple of `block`): o = softmax(scale q k^T) v, flash-style. Each row group of 6
+// meets a key block start to end while both are in L1: scores, the running max and sum,
+// e^(s - max) straight into bf16 P, then P V with the correction of the earlier blocks
+// applied as the output rows load. Rows <= kMaxTileRows; block a multiple of 16 up to
+// kMaxBlockKeys; head_dim as bf16_attention_kernels_supported.
+inline constexpr int64_t kMaxTileRows = 64;
+inline constexpr int64_t kMaxBlockKeys = 256;
+void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
+                         int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride);
 
 }  // namespace m3

@@ -12,6 +12,11 @@ namespace m3 {
 float row_max(const float* row, int64_t n);
 // row[j] = exp(row[j] - shift) for j < n (shift >= every row[j]); returns their sum.
 float exp_row_minus(float* row, int64_t n, float shift);
+// p[j] = bfloat16(exp(row[j] - shift)) (round to nearest even) for j < n and 0 up to n rounded
+// up to 16, in one pass that never stores the float32 exps; returns their float32 sum. The
+// exps are exp_row_minus's, so P is what rounding its output would give. Only on a CPU with
+// AVX512-BF16 (bf16_attention_kernels_supported).
+float exp_row_to_bf16(const float* row, int64_t n, float shift, uint16_t* p);
 // exp_row_minus(row, n, row_max(row, n)).
 float exp_shifted_row(float* row, int64_t n);
 

@@ -440,7 +440,8 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   // sequence, transposed block by block (head_dim x block each: rows 1 KB apart, not a
   // multiple of 4 KB, which thrashed L1) for the float32 AVX-512 kernels; or its K and V
   // in bf16 pair layouts for the bf16 kernels; or, with neither, the score block of
-  // oneDNN's sgemm. The kernels keep their 64 x 256 score block on the stack.
+  // oneDNN's sgemm. The float32 kernels keep their 64 x 256 score block on the stack, the
+  // bf16 ones a row group's 6 x 128.
   const int64_t max_len = max_seq_len_;
   const int64_t per_thread = tile * max_len;
   const Kernels preferred = !attention_kernels_supported(head_dim) ? Kernels::kSgemm
@@ -452,7 +453,6 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   // block's transposed keys) are padded to 16: a block of max_len < 256 keys that is no
   // multiple of 16 would otherwise write each row's last vector over the next row's start.
   const int64_t block16 = (block + 15) / 16 * 16;
-  const int64_t p_ld = (block + 1) / 2 * 2;
 
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
   // block by block with a running max and sum per query (flash-style online softmax),
@@ -472,20 +472,31 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     const bool fits = head_dim * ((len + 15) / 16 * 16) <= per_thread;
     const Kernels kernels = fits ? preferred : Kernels::kSgemm;
     alignas(64) float block_scores[kMaxQueryTile * kKeyBlock];
-    alignas(64) uint16_t block_p[kMaxQueryTile * kKeyBlock];
     alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
     float* scores = kernels == Kernels::kSgemm ? thread_scratch : block_scores;
     const int64_t ld = kernels == Kernels::kSgemm ? block : block16;  // score rows
     auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
     uint16_t* vt2 = kt2 + head_dim * ((len + 15) / 16 * 16);
     auto kt_ld = [&](int64_t keys) { return (keys + 15) / 16 * 16; };
-    for (int64_t k0 = 0; k0 < len; k0 += block) {
-      const int64_t keys = std::min<int64_t>(block, len - k0);
-      if (kernels == Kernels::kFp32) {
-        transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, kt_ld(keys));
-      } else if (kernels == Kernels::kBf16) {
+    if (kernels == Kernels::kBf16) {
+      for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
+        const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
         pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
         pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
+      }
+      for (int64_t q0 = 0; q0 < len; q0 += tile) {
+        const int64_t rows = std::min<int64_t>(tile, len - q0);
+        const float* q = qkv + (begin + q0) * stride + head * head_dim;
+        for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + r * stride, head_dim, tile_q + r * head_dim);
+        attention_tile_bf16(tile_q, rows, kt2, vt2, len, kBf16KeyBlock, head_dim, scale,
+                            out + (begin + q0) * hidden + head * head_dim, hidden);
+      }
+      continue;
+    }
+    if (kernels == Kernels::kFp32) {
+      for (int64_t k0 = 0; k0 < len; k0 += block) {
+        const int64_t keys = std::min<int64_t>(block, len - k0);
+        transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, kt_ld(keys));
       }
     }
     float running_max[kMaxQueryTile], running_sum[kMaxQueryTile];
@@ -493,22 +504,13 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
       const int64_t rows = std::min<int64_t>(tile, len - q0);
       const float* q = qkv + (begin + q0) * stride + head * head_dim;
       float* o = out + (begin + q0) * hidden + head * head_dim;
-      if (kernels == Kernels::kBf16) {
-        for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + r * stride, head_dim, tile_q + r * head_dim);
-      }
       for (int64_t k0 = 0; k0 < len; k0 += block) {
         const int64_t keys = std::min<int64_t>(block, len - k0);
-        switch (kernels) {
-          case Kernels::kBf16:
-            attention_scores_bf16(tile_q, head_dim, kt2 + k0 * head_dim, rows, keys, head_dim, scale, scores, ld);
-            break;
-          case Kernels::kFp32:
-            attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale,
-                             scores, ld);
-            break;
-          case Kernels::kSgemm:
-            dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
-            break;
+        if (kernels == Kernels::kFp32) {
+          attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale, scores,
+                           ld);
+        } else {
+          dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
         }
         for (int64_t r = 0; r < rows; ++r) {
           float* row = scores + r * ld;
@@ -525,23 +527,12 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
               for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= rescale;
             }
           }
-          if (kernels == Kernels::kBf16) {
-            uint16_t* p = block_p + r * p_ld;
-            round_row_to_bf16(row, keys, p);
-            if (keys % 2 != 0) p[keys] = 0;
-          }
         }
-        switch (kernels) {
-          case Kernels::kBf16:
-            attention_values_bf16(block_p, p_ld, rows, keys, vt2 + k0 * head_dim, head_dim, o, hidden, k0 > 0);
-            break;
-          case Kernels::kFp32:
-            attention_values(scores, ld, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
-            break;
-          case Kernels::kSgemm:
-            dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride,
-                       k0 == 0 ? 0.f : 1.f, o, hidden);
-            break;
+        if (kernels == Kernels::kFp32) {
+          attention_values(scores, ld, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
+        } else {
+          dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride, k0 == 0 ? 0.f : 1.f, o,
+                     hidden);
         }
       }
       for (int64_t r = 0; r < rows; ++r) {
