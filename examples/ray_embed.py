@@ -293,7 +293,11 @@ def embed(ds, args, plan: dict, pool: dict, udf=M3Embedder, udf_args: dict | Non
 
     if __name__ != "__main__":  # imported (the tests, the benchmark): ship this module to the actors
         ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    # Rows come out in input order. A Dataset keeps the DataContext it was created with, so
+    # the flag goes on this one's (setting only the current context missed datasets read
+    # before: under load, rows of different actors came out interleaved).
     ray.data.DataContext.get_current().execution_options.preserve_order = True
+    ds.context.execution_options.preserve_order = True
     if udf_args is None:
         udf_args = {"model": plan["model_dir"], "engine_args": engine_args(args),
                     "planned_bytes": plan["total_bytes"], "text_column": args.text_column,

@@ -24,8 +24,8 @@
 namespace m3 {
 
 inline constexpr int64_t kMaxQueryTile = 64;
-// Keys per attention block: a 64 x 256 score block and the K and V rows it uses stay
-// in L2 between the score GEMM, the softmax and the value GEMM.
+// Keys per attention block of the float32 kernels and oneDNN sgemm: a 64 x 256 score block
+// and the K and V rows it uses stay in L2 between the score GEMM, the softmax and the value GEMM.
 inline constexpr int64_t kKeyBlock = 256;
 // Keys per block of the bf16 kernels: the block's K and V in bf16 (32 KiB at head_dim 64)
 // and a row group's scores stay in L1 from the scores through the softmax to P V.
