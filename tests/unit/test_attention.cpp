@@ -1,10 +1,12 @@
 // CpuBackend::attention against a direct double-precision softmax(Q K^T / sqrt(d)) V,
 // on packed batches whose sequences span several key blocks (the online softmax and
 // output rescaling), for the AVX-512 kernels (head_dim 16 and 64, BGE-M3's) and for
-// the oneDNN sgemm path (head_dim 24, which the kernels do not take); and the bf16
-// kernels of --dtype bf16.
+// the oneDNN sgemm path (head_dim 24, which the kernels do not take); the bf16 kernels
+// of --dtype bf16 and the float32-score, bf16-value kernels of --dtype int8; and the
+// packing of K and V into the kernels' layouts against plain loops.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -43,7 +45,10 @@ class AttentionTest : public ::testing::TestWithParam<Shape> {};
 TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   const auto [heads, head_dim, precision, max_len, lengths] = GetParam();
   const bool bf16 = precision == DType::BF16;
-  if (bf16 && !bf16_attention_kernels_supported(head_dim)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  const bool bf16_values = precision == DType::I8;  // int8 mode: float32 Q K^T, bf16 P and V
+  if ((bf16 || bf16_values) && !bf16_attention_kernels_supported(head_dim)) {
+    GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  }
   const int64_t hidden = heads * head_dim;
   PackedBatch batch;
   for (int32_t len : lengths) batch.add(std::vector<int32_t>(len, 5), 1);
@@ -79,10 +84,17 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   backend.attention(backend.stage(batch, 0), view(qkv.data(), t, 3 * hidden), {}, heads, head_dim,
                     view(out.data(), t, hidden));
 
-  // The bf16 kernels round Q, K and V to bfloat16: so does the reference. They also
-  // round the softmax numerators, which the reference does not: hence the looser bound.
+  // The bf16 kernels round Q, K and V to bfloat16 (int8's, V only): so does the reference.
+  // They also round the softmax numerators, which the reference does not: hence the
+  // looser bound.
   std::vector<float> reference_qkv = qkv;
   if (bf16) round_to_bf16(reference_qkv);
+  if (bf16_values) {
+    std::vector<float> vs(t * hidden);
+    for (int64_t r = 0; r < t; ++r) std::copy_n(&qkv[r * 3 * hidden + 2 * hidden], hidden, &vs[r * hidden]);
+    round_to_bf16(vs);
+    for (int64_t r = 0; r < t; ++r) std::copy_n(&vs[r * hidden], hidden, &reference_qkv[r * 3 * hidden + 2 * hidden]);
+  }
   const float* ref = reference_qkv.data();
   double worst = 0;
   const double scale = 1.0 / std::sqrt(double(head_dim));
@@ -110,8 +122,8 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
       }
     }
   }
-  EXPECT_LT(worst, bf16 ? 2e-2 : 2e-5) << "heads " << heads << ", head_dim " << head_dim;
-  if (bf16) EXPECT_GT(worst, 1e-5) << "the bf16 kernels did not run";
+  EXPECT_LT(worst, bf16 ? 2e-2 : bf16_values ? 1e-2 : 2e-5) << "heads " << heads << ", head_dim " << head_dim;
+  if (bf16 || bf16_values) EXPECT_GT(worst, 1e-5) << "the bf16 kernels did not run";
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest,
@@ -119,7 +131,9 @@ INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest,
                                            Shape{3, 16, DType::BF16}, Shape{2, 32, DType::BF16},
                                            Shape{3, 32, DType::F32, 198, {198, 100, 7, 197}},
                                            Shape{3, 32, DType::BF16, 198, {198, 100, 7, 197}},
-                                           Shape{2, 16, DType::F32, 100, {100, 99, 1}}),
+                                           Shape{2, 16, DType::F32, 100, {100, 99, 1}}, Shape{2, 64, DType::I8},
+                                           Shape{3, 48, DType::I8}, Shape{3, 48, DType::BF16},
+                                           Shape{3, 32, DType::I8, 198, {198, 100, 7, 197}}),
                          [](const auto& info) {
                            return "d" + std::to_string(info.param.head_dim) + "_" +
                                   std::string(precision_name(info.param.precision)) + "_max" +
@@ -130,6 +144,45 @@ TEST(AttentionKernels, TakeTheHeadDimsTheyAreWrittenFor) {
   if (!__builtin_cpu_supports("avx512f")) GTEST_SKIP() << "no AVX-512 on this CPU: the sgemm path runs instead";
   for (int64_t d : {16, 32, 48, 64}) EXPECT_TRUE(attention_kernels_supported(d)) << d;
   for (int64_t d : {8, 24, 80, 128}) EXPECT_FALSE(attention_kernels_supported(d)) << d;
+}
+
+// The packing into the kernels' layouts (attention_kernels.h), for whole and partial
+// 16-key groups and every head size, against plain loops over the layouts' definitions.
+uint16_t bf16_bits(float x) {
+  std::vector<float> one{x};
+  uint16_t b;
+  round_rows_to_bf16(one.data(), 1, 1, &b);
+  return b;
+}
+
+TEST(AttentionKernels, PackKeysAndValuesIntoTheirLayouts) {
+  if (!bf16_attention_kernels_supported(64)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  std::mt19937 rng(3);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t stride = 200;
+  for (int64_t head_dim : {16, 32, 48, 64}) {
+    for (int64_t keys : {1, 2, 15, 16, 17, 33, 128}) {
+      std::vector<float> k(keys * stride);
+      for (float& x : k) x = normal(rng);
+      const int64_t keys16 = (keys + 15) / 16 * 16;
+      std::vector<float> kt(head_dim * keys16, -1.f);
+      transpose_keys(k.data(), stride, keys, head_dim, kt.data(), keys16);
+      std::vector<uint16_t> kt2(head_dim * keys16, 0xffff), vt2(head_dim * keys16, 0xffff);
+      pack_keys_bf16(k.data(), stride, keys, head_dim, kt2.data());
+      pack_values_bf16(k.data(), stride, keys, head_dim, vt2.data());
+      for (int64_t d = 0; d < head_dim; ++d) {
+        for (int64_t j = 0; j < keys16; ++j) {
+          const float x = j < keys ? k[j * stride + d] : 0.f;
+          ASSERT_EQ(kt[d * keys16 + j], x) << "K float32, head_dim " << head_dim << ", keys " << keys;
+          ASSERT_EQ(kt2[((d / 2) * keys16 + j) * 2 + d % 2], bf16_bits(x)) << "K bf16, " << head_dim << ", " << keys;
+        }
+        for (int64_t j = 0; j < (keys + 1) / 2 * 2; ++j) {
+          const float x = j < keys ? k[j * stride + d] : 0.f;
+          ASSERT_EQ(vt2[((j / 2) * head_dim + d) * 2 + j % 2], bf16_bits(x)) << "V bf16, " << head_dim << ", " << keys;
+        }
+      }
+    }
+  }
 }
 
 }  // namespace

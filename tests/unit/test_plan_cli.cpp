@@ -364,7 +364,7 @@ TEST_F(PlanCliTest, TextReportListsEveryPart) {
   const auto r = plan(bge_, "--threads 16");
   ASSERT_EQ(r.exit_code, 0) << r.output;
   for (const char* part : {"Inputs", "Weights", "embeddings.word_embeddings", "Arena", "qkv",
-                           "FFN intermediate / head outputs", "attention scores (16 threads x 64 query rows)",
+                           "FFN intermediate / head outputs", "attention scratch (16 threads x 64 query rows)",
                            "total per replica", "Total", "2271023108"}) {
     EXPECT_THAT(r.output, HasSubstr(part));
   }

@@ -13,6 +13,11 @@ DType cpu_weight_dtype(const WeightSpec& spec, DType precision) {
   return spec.role == WeightRole::kEncoderLinear ? precision : DType::F32;
 }
 
+int64_t cpu_attention_scratch_floats(const PlanInputs& in) {
+  const int64_t rows = in.precision == DType::I8 ? in.query_tile * 3 / 2 : in.query_tile;
+  return rows * in.max_seq_len;
+}
+
 PlanRules cpu_plan_rules(const PlanInputs& in) {
   constexpr uint64_t kF32 = 4;
   PlanRules r;
@@ -26,11 +31,12 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
   };
   r.workspaces = [in](MemoryPlan& plan, ArenaLayout& arena) {
     const int64_t t = plan.rows, ffn = in.config.intermediate_size;
-    const int64_t scratch_rows = static_cast<int64_t>(in.threads) * in.query_tile;
+    const int64_t per_thread = cpu_attention_scratch_floats(in);
     plan.attention_scratch_offset =
-        arena.add(fmt::format("attention scores ({} threads x {} query rows)", in.threads, in.query_tile),
-                  fmt::format("[{}, {}] f32", scratch_rows, in.max_seq_len),
-                  static_cast<uint64_t>(scratch_rows) * static_cast<uint64_t>(in.max_seq_len) * kF32);
+        arena.add(fmt::format("attention scratch ({} threads x {} query rows)", in.threads, in.query_tile),
+                  fmt::format("[{}, {}] f32", static_cast<int64_t>(in.threads) * per_thread / in.max_seq_len,
+                              in.max_seq_len),
+                  static_cast<uint64_t>(in.threads) * static_cast<uint64_t>(per_thread) * kF32);
     plan.library_workspace_offset =
         arena.add("GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
     const DType p = in.precision;

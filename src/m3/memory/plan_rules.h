@@ -54,6 +54,12 @@ struct PlanRules {
 PlanRules cpu_plan_rules(const PlanInputs& inputs);
 PlanRules cuda_plan_rules(const PlanInputs& inputs);
 
+// Floats of attention scratch per CPU thread: its K (and V) of one head of the longest
+// sequence, in the kernels' layouts (attention_kernels.h). query_tile x max_seq_len floats
+// hold K transposed in float32, or K and V in bf16; int8 keeps K in float32 beside V in
+// bf16, half as much again.
+int64_t cpu_attention_scratch_floats(const PlanInputs& inputs);
+
 // How each stores a weight tensor at --dtype `precision`.
 DType cpu_weight_dtype(const WeightSpec& spec, DType precision);
 DType cuda_weight_dtype(const WeightSpec& spec, DType precision);

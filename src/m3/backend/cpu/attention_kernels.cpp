@@ -2,8 +2,13 @@
 
 #include <immintrin.h>
 
+// gcc 12 warns about the undefined registers inside its own AVX-512 intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/core/error.h"
@@ -12,6 +17,8 @@ namespace m3 {
 namespace {
 
 constexpr int kRows = 6;  // 6 rows x 4 vectors = 24 accumulators + 4 loads + 1 broadcast <= 32 zmm
+
+// ---- float32 dot kernels --------------------------------------------------------------
 
 template <int R, int J>
 __attribute__((target("avx512f"))) inline void scores_block(const float* q, int64_t q_stride, const float* kt,
@@ -33,26 +40,31 @@ __attribute__((target("avx512f"))) inline void scores_block(const float* q, int6
     for (int j = 0; j < J; ++j) _mm512_storeu_ps(out + r * ld + 16 * j, _mm512_mul_ps(acc[r][j], s));
 }
 
+// out[r, j] = scale q[r, :] . kt[:, j] for j < keys16 (kt: head_dim rows of keys16 keys).
 template <int R>
-__attribute__((target("avx512f"))) void scores_rows(const float* q, int64_t q_stride, const float* kt, int64_t kt_ld,
-                                                    int64_t ld, int64_t keys16, int64_t head_dim, float scale,
-                                                    float* out) {
+__attribute__((target("avx512f"))) void scores_rows(const float* q, int64_t q_stride, const float* kt, int64_t keys16,
+                                                    int64_t head_dim, float scale, float* out) {
   int64_t j = 0;
-  for (; j + 64 <= keys16; j += 64) scores_block<R, 4>(q, q_stride, kt + j, kt_ld, ld, head_dim, scale, out + j);
-  for (; j < keys16; j += 16) scores_block<R, 1>(q, q_stride, kt + j, kt_ld, ld, head_dim, scale, out + j);
+  for (; j + 64 <= keys16; j += 64) scores_block<R, 4>(q, q_stride, kt + j, keys16, keys16, head_dim, scale, out + j);
+  for (; j < keys16; j += 16) scores_block<R, 1>(q, q_stride, kt + j, keys16, keys16, head_dim, scale, out + j);
 }
 
+// o[r, :] = rescale[r] o[r, :] + sum_j p[r, j] v[j, :] (rescale null: o[r, :] = sum ...): the
+// online softmax's correction of the rows so far is applied as the accumulators load.
 template <int R, int DV>
-__attribute__((target("avx512f"))) void values_rows(const float* p, int64_t ld, int64_t keys, const float* v,
-                                                    int64_t v_stride, float* o, int64_t o_stride, bool accumulate) {
+__attribute__((target("avx512f"))) void values_rows(const float* p, int64_t p_ld, int64_t keys, const float* v,
+                                                    int64_t v_stride, float* o, int64_t o_stride,
+                                                    const float* rescale) {
   __m512 acc[R][DV];
   for (int r = 0; r < R; ++r)
-    for (int d = 0; d < DV; ++d) acc[r][d] = accumulate ? _mm512_loadu_ps(o + r * o_stride + 16 * d) : _mm512_setzero_ps();
+    for (int d = 0; d < DV; ++d)
+      acc[r][d] = rescale ? _mm512_mul_ps(_mm512_loadu_ps(o + r * o_stride + 16 * d), _mm512_set1_ps(rescale[r]))
+                          : _mm512_setzero_ps();
   for (int64_t j = 0; j < keys; ++j) {
     __m512 vv[DV];
     for (int d = 0; d < DV; ++d) vv[d] = _mm512_loadu_ps(v + j * v_stride + 16 * d);
     for (int r = 0; r < R; ++r) {
-      const __m512 b = _mm512_set1_ps(p[r * ld + j]);
+      const __m512 b = _mm512_set1_ps(p[r * p_ld + j]);
       for (int d = 0; d < DV; ++d) acc[r][d] = _mm512_fmadd_ps(b, vv[d], acc[r][d]);
     }
   }
@@ -60,89 +72,7 @@ __attribute__((target("avx512f"))) void values_rows(const float* p, int64_t ld, 
     for (int d = 0; d < DV; ++d) _mm512_storeu_ps(o + r * o_stride + 16 * d, acc[r][d]);
 }
 
-template <int DV>
-void values_all_rows(const float* p, int64_t ld, int64_t rows, int64_t keys, const float* v, int64_t v_stride,
-                     float* o, int64_t o_stride, bool accumulate) {
-  int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) {
-    values_rows<kRows, DV>(p + i * ld, ld, keys, v, v_stride, o + i * o_stride, o_stride, accumulate);
-  }
-  const float* pt = p + i * ld;
-  float* ot = o + i * o_stride;
-  switch (rows - i) {
-    case 5: values_rows<5, DV>(pt, ld, keys, v, v_stride, ot, o_stride, accumulate); break;
-    case 4: values_rows<4, DV>(pt, ld, keys, v, v_stride, ot, o_stride, accumulate); break;
-    case 3: values_rows<3, DV>(pt, ld, keys, v, v_stride, ot, o_stride, accumulate); break;
-    case 2: values_rows<2, DV>(pt, ld, keys, v, v_stride, ot, o_stride, accumulate); break;
-    case 1: values_rows<1, DV>(pt, ld, keys, v, v_stride, ot, o_stride, accumulate); break;
-    default: break;
-  }
-}
-
-const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
-
-}  // namespace
-
-bool attention_kernels_supported(int64_t head_dim) {
-  return kHaveAvx512 && head_dim > 0 && head_dim <= 64 && head_dim % 16 == 0;
-}
-
-void transpose_keys(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, float* kt, int64_t ld) {
-  const int64_t keys16 = (keys + 15) / 16 * 16;
-  for (int64_t d = 0; d < head_dim; ++d) {
-    float* row = kt + d * ld;
-    for (int64_t j = 0; j < keys; ++j) row[j] = k[j * k_stride + d];
-    for (int64_t j = keys; j < keys16; ++j) row[j] = 0.f;
-  }
-}
-
-void attention_scores(const float* q, int64_t q_stride, const float* kt, int64_t kt_ld, int64_t rows, int64_t keys,
-                      int64_t head_dim, float scale, float* scores, int64_t ld) {
-  const int64_t keys16 = (keys + 15) / 16 * 16;
-  int64_t i = 0;
-  for (; i + kRows <= rows; i += kRows) {
-    scores_rows<kRows>(q + i * q_stride, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, scores + i * ld);
-  }
-  const float* qt = q + i * q_stride;
-  float* st = scores + i * ld;
-  switch (rows - i) {
-    case 5: scores_rows<5>(qt, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, st); break;
-    case 4: scores_rows<4>(qt, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, st); break;
-    case 3: scores_rows<3>(qt, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, st); break;
-    case 2: scores_rows<2>(qt, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, st); break;
-    case 1: scores_rows<1>(qt, q_stride, kt, kt_ld, ld, keys16, head_dim, scale, st); break;
-    default: break;
-  }
-}
-
-void attention_values(const float* p, int64_t ld, int64_t rows, int64_t keys, const float* v, int64_t v_stride,
-                      int64_t head_dim, float* o, int64_t o_stride, bool accumulate) {
-  switch (head_dim / 16) {
-    case 1: values_all_rows<1>(p, ld, rows, keys, v, v_stride, o, o_stride, accumulate); break;
-    case 2: values_all_rows<2>(p, ld, rows, keys, v, v_stride, o, o_stride, accumulate); break;
-    case 3: values_all_rows<3>(p, ld, rows, keys, v, v_stride, o, o_stride, accumulate); break;
-    case 4: values_all_rows<4>(p, ld, rows, keys, v, v_stride, o, o_stride, accumulate); break;
-    default: break;
-  }
-}
-
-}  // namespace m3
-
-namespace m3 {
-namespace {
-
-}  // namespace
-
-void round_row_to_bf16(const float* x, int64_t n, uint16_t* y);
-
-namespace {
-
-inline uint16_t bf16_of(float f) {
-  uint32_t bits;
-  std::memcpy(&bits, &f, 4);
-  bits += 0x7fffu + ((bits >> 16) & 1u);
-  return static_cast<uint16_t>(bits >> 16);
-}
+// ---- bfloat16 dot kernels (vdpbf16ps: pairs of bf16, float32 accumulators) ---------------
 
 inline __attribute__((target("avx512f,avx512bf16"))) __m512bh pair_broadcast(const uint16_t* pair) {
   uint32_t bits;
@@ -173,14 +103,13 @@ __attribute__((target("avx512f,avx512bf16"))) inline void scores_block_bf16(cons
 
 template <int R>
 void scores_rows_bf16(const uint16_t* q, int64_t q_ld, const uint16_t* kt2, int64_t keys16, int64_t head_dim,
-                      float scale, float* out, int64_t ld) {
+                      float scale, float* out) {
   int64_t j = 0;
-  for (; j + 64 <= keys16; j += 64) scores_block_bf16<R, 4>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, ld);
-  for (; j < keys16; j += 16) scores_block_bf16<R, 1>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, ld);
+  for (; j + 64 <= keys16; j += 64) scores_block_bf16<R, 4>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, keys16);
+  for (; j < keys16; j += 16) scores_block_bf16<R, 1>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, keys16);
 }
 
-// o[r, :] = rescale[r] o[r, :] + sum_j p[r, j] v[j, :] (rescale null: o[r, :] = sum ...): the
-// online softmax's correction of the rows so far is applied as the accumulators load.
+// As values_rows, from P and V in bf16 pairs (`pairs` key pairs).
 template <int R, int DV>
 __attribute__((target("avx512f,avx512bf16"))) void values_rows_bf16(const uint16_t* p, int64_t p_ld, int64_t pairs,
                                                                     const uint16_t* vt2, int64_t head_dim, float* o,
@@ -202,62 +131,118 @@ __attribute__((target("avx512f,avx512bf16"))) void values_rows_bf16(const uint16
     for (int d = 0; d < DV; ++d) _mm512_storeu_ps(o + r * o_stride + 16 * d, acc[r][d]);
 }
 
+// ---- the tile: row groups of 6 against key blocks, flash-style --------------------------
+
+// Where a tile's scores come from: its R rows from row i against the key block at k0.
+struct Fp32Scores {  // Q rows in float32, K transposed block by block (transpose_keys)
+  const float* q;
+  int64_t q_stride;
+  const float* kt;
+  int64_t head_dim;
+  float scale;
+  template <int R>
+  void rows(int64_t i, int64_t k0, int64_t keys16, float* out) const {
+    scores_rows<R>(q + i * q_stride, q_stride, kt + k0 * head_dim, keys16, head_dim, scale, out);
+  }
+};
+
+struct Bf16Scores {  // Q rows and K blocks in bf16 (pack_keys_bf16)
+  const uint16_t* q;
+  const uint16_t* kt2;
+  int64_t head_dim;
+  float scale;
+  template <int R>
+  void rows(int64_t i, int64_t k0, int64_t keys16, float* out) const {
+    scores_rows_bf16<R>(q + i * head_dim, head_dim, kt2 + k0 * head_dim, keys16, head_dim, scale, out);
+  }
+};
+
+// What P V multiplies: float32 V rows with P the exps written over the scores, or V
+// blocks in bf16 pairs (pack_values_bf16) with P rounded to bf16 as the exps are taken.
+struct Fp32Values {
+  const float* v;
+  int64_t v_stride;
+  using P = float;
+  static float exponentiate(float* row, int64_t keys, float max, float*) { return exp_row_minus(row, keys, max); }
+  template <int R, int DV>
+  void rows(const float* p, int64_t p_ld, int64_t k0, int64_t keys, float* o, int64_t o_stride,
+            const float* rescale) const {
+    values_rows<R, DV>(p, p_ld, keys, v + k0 * v_stride, v_stride, o, o_stride, rescale);
+  }
+};
+
+struct Bf16Values {
+  const uint16_t* vt2;
+  int64_t head_dim;
+  using P = uint16_t;
+  static float exponentiate(const float* row, int64_t keys, float max, uint16_t* p) {
+    return exp_row_to_bf16(row, keys, max, p);
+  }
+  template <int R, int DV>
+  void rows(const uint16_t* p, int64_t p_ld, int64_t k0, int64_t keys, float* o, int64_t o_stride,
+            const float* rescale) const {
+    values_rows_bf16<R, DV>(p, p_ld, (keys + 1) / 2, vt2 + k0 * head_dim, head_dim, o, o_stride, rescale);
+  }
+};
+
 // The running softmax state of a query tile's rows across key blocks.
 struct OnlineSoftmax {
   float max[kMaxTileRows];
   float sum[kMaxTileRows];
 };
 
-// R query rows against one key block, start to end in L1: scores, the online softmax into
-// bf16 P, then P V into the output rows.
-template <int R, int DV>
-void row_group_block_bf16(const uint16_t* q, int64_t keys, const uint16_t* kt2, const uint16_t* vt2,
-                          int64_t head_dim, float scale, bool first, float* o, int64_t o_stride, float* row_max_io,
-                          float* row_sum_io) {
+// Rows i..i+R of the tile against one key block, start to end in L1: scores, the online
+// softmax into P, then P V into the output rows.
+template <int R, int DV, class Scores, class Values>
+void row_group_block(const Scores& scores_of, const Values& values, int64_t i, int64_t k0, int64_t keys, bool first,
+                     float* o, int64_t o_stride, OnlineSoftmax& state) {
+  using P = typename Values::P;
   const int64_t keys16 = (keys + 15) / 16 * 16;
   alignas(64) float scores[R * kMaxBlockKeys];
-  alignas(64) uint16_t p[R * kMaxBlockKeys];
-  scores_rows_bf16<R>(q, head_dim, kt2, keys16, head_dim, scale, scores, keys16);
+  alignas(64) P packed[std::is_same_v<P, float> ? 1 : R * kMaxBlockKeys];
+  P* p;
+  if constexpr (std::is_same_v<P, float>) {
+    p = scores;
+  } else {
+    p = packed;
+  }
+  scores_of.template rows<R>(i, k0, keys16, scores);
   float rescale[R];
   for (int r = 0; r < R; ++r) {
     float* row = scores + r * keys16;
+    float& max = state.max[i + r];
+    float& sum = state.sum[i + r];
     const float block_max = row_max(row, keys);
-    const float new_max = first ? block_max : std::max(row_max_io[r], block_max);
+    const float new_max = first ? block_max : std::max(max, block_max);
     // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
-    rescale[r] = first ? 0.f : new_max == row_max_io[r] ? 1.f : exp_nonpositive(row_max_io[r] - new_max);
-    const float block_sum = exp_row_to_bf16(row, keys, new_max, p + r * keys16);
-    row_sum_io[r] = first ? block_sum : row_sum_io[r] * rescale[r] + block_sum;
-    row_max_io[r] = new_max;
+    rescale[r] = first ? 0.f : new_max == max ? 1.f : exp_nonpositive(max - new_max);
+    const float block_sum = Values::exponentiate(row, keys, new_max, p + r * keys16);
+    sum = first ? block_sum : sum * rescale[r] + block_sum;
+    max = new_max;
   }
-  values_rows_bf16<R, DV>(p, keys16, (keys + 1) / 2, vt2, head_dim, o, o_stride, first ? nullptr : rescale);
+  values.template rows<R, DV>(p, keys16, k0, keys, o, o_stride, first ? nullptr : rescale);
 }
 
-template <int DV>
-void tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len, int64_t block,
-               int64_t head_dim, float scale, float* o, int64_t o_stride) {
+template <int DV, class Scores, class Values>
+void tile(const Scores& scores_of, const Values& values, int64_t rows, int64_t len, int64_t block, int64_t head_dim,
+          float* o, int64_t o_stride) {
   OnlineSoftmax state;
-  // Key blocks outside, row groups inside: a block's K and V (2 x block x head_dim bf16)
-  // stay in L1 while every row group of the tile meets them.
+  // Key blocks outside, row groups inside: a block's K and V stay in cache while every row
+  // group of the tile meets them.
   for (int64_t k0 = 0; k0 < len; k0 += block) {
     const int64_t keys = std::min(block, len - k0);
-    const uint16_t* kb = kt2 + k0 * head_dim;
-    const uint16_t* vb = vt2 + k0 * head_dim;
     const bool first = k0 == 0;
     int64_t i = 0;
     for (; i + kRows <= rows; i += kRows) {
-      row_group_block_bf16<kRows, DV>(q + i * head_dim, keys, kb, vb, head_dim, scale, first, o + i * o_stride,
-                                      o_stride, state.max + i, state.sum + i);
+      row_group_block<kRows, DV>(scores_of, values, i, k0, keys, first, o + i * o_stride, o_stride, state);
     }
-    const uint16_t* qt = q + i * head_dim;
     float* ot = o + i * o_stride;
-    float* m = state.max + i;
-    float* s = state.sum + i;
     switch (rows - i) {
-      case 5: row_group_block_bf16<5, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
-      case 4: row_group_block_bf16<4, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
-      case 3: row_group_block_bf16<3, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
-      case 2: row_group_block_bf16<2, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
-      case 1: row_group_block_bf16<1, DV>(qt, keys, kb, vb, head_dim, scale, first, ot, o_stride, m, s); break;
+      case 5: row_group_block<5, DV>(scores_of, values, i, k0, keys, first, ot, o_stride, state); break;
+      case 4: row_group_block<4, DV>(scores_of, values, i, k0, keys, first, ot, o_stride, state); break;
+      case 3: row_group_block<3, DV>(scores_of, values, i, k0, keys, first, ot, o_stride, state); break;
+      case 2: row_group_block<2, DV>(scores_of, values, i, k0, keys, first, ot, o_stride, state); break;
+      case 1: row_group_block<1, DV>(scores_of, values, i, k0, keys, first, ot, o_stride, state); break;
       default: break;
     }
   }
@@ -267,53 +252,162 @@ void tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint1
   }
 }
 
+template <class Scores, class Values>
+void run_tile(const Scores& scores_of, const Values& values, int64_t rows, int64_t len, int64_t block,
+              int64_t head_dim, float* o, int64_t o_stride) {
+  if (rows < 1 || rows > kMaxTileRows) fail("attention tile of {} rows: 1..{} are supported", rows, kMaxTileRows);
+  if (block < 16 || block > kMaxBlockKeys || block % 16 != 0) fail("attention key block of {} keys", block);
+  switch (head_dim / 16) {
+    case 1: tile<1>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
+    case 2: tile<2>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
+    case 3: tile<3>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
+    case 4: tile<4>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
+    default: fail("attention kernels take head_dim 16, 32, 48 or 64, not {}", head_dim);
+  }
+}
+
+// ---- packing: 16 x 16 transposes of 32-bit words ----------------------------------------
+
+// x[i][j] -> x[j][i]: 32-bit unpacks, 64-bit unpacks, then two rounds of 128-bit lane shuffles.
+__attribute__((target("avx512f"))) inline void transpose_16x16(__m512i x[16]) {
+  __m512i t[16], u[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_epi32(x[i], x[i + 1]);
+    t[i + 1] = _mm512_unpackhi_epi32(x[i], x[i + 1]);
+  }
+  // u[4g + c], lane l: column 4l + c of rows 4g..4g+3.
+  for (int g = 0; g < 16; g += 4) {
+    u[g] = _mm512_unpacklo_epi64(t[g], t[g + 2]);
+    u[g + 1] = _mm512_unpackhi_epi64(t[g], t[g + 2]);
+    u[g + 2] = _mm512_unpacklo_epi64(t[g + 1], t[g + 3]);
+    u[g + 3] = _mm512_unpackhi_epi64(t[g + 1], t[g + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i v0 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0x44);
+    const __m512i v1 = _mm512_shuffle_i32x4(u[c], u[4 + c], 0xEE);
+    const __m512i v2 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0x44);
+    const __m512i v3 = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], 0xEE);
+    x[c] = _mm512_shuffle_i32x4(v0, v2, 0x88);
+    x[4 + c] = _mm512_shuffle_i32x4(v0, v2, 0xDD);
+    x[8 + c] = _mm512_shuffle_i32x4(v1, v3, 0x88);
+    x[12 + c] = _mm512_shuffle_i32x4(v1, v3, 0xDD);
+  }
+}
+
+__attribute__((target("avx512f"))) void transpose_keys_avx512(const float* k, int64_t k_stride, int64_t keys,
+                                                              int64_t head_dim, float* kt, int64_t ld) {
+  for (int64_t j0 = 0; j0 < keys; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, keys - j0);
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 16) {
+      __m512i x[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        x[i] = i < n ? _mm512_loadu_si512(k + (j0 + i) * k_stride + d0) : _mm512_setzero_si512();
+      }
+      transpose_16x16(x);
+      for (int64_t d = 0; d < 16; ++d) _mm512_storeu_si512(kt + (d0 + d) * ld + j0, x[d]);
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) void pack_keys_bf16_avx512(const float* k, int64_t k_stride,
+                                                                         int64_t keys, int64_t head_dim,
+                                                                         uint16_t* kt2) {
+  const int64_t keys16 = (keys + 15) / 16 * 16;
+  auto* words = reinterpret_cast<uint32_t*>(kt2);  // words[dp][j]: the bf16 pair (k[j][2dp], k[j][2dp + 1])
+  for (int64_t j0 = 0; j0 < keys; j0 += 16) {
+    const int64_t n = std::min<int64_t>(16, keys - j0);
+    // 32 dims (16 pairs) at a time; head_dim 16 or 48 ends on a half chunk of 8 pairs.
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 32) {
+      const bool half = head_dim - d0 == 16;
+      __m512i x[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        if (i >= n) {
+          x[i] = _mm512_setzero_si512();
+          continue;
+        }
+        const float* row = k + (j0 + i) * k_stride + d0;
+        const __m512 high = half ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
+        x[i] = (__m512i)_mm512_cvtne2ps_pbh(high, _mm512_loadu_ps(row));
+      }
+      transpose_16x16(x);
+      for (int64_t dp = 0; dp < (half ? 8 : 16); ++dp) {
+        _mm512_storeu_si512(words + (d0 / 2 + dp) * keys16 + j0, x[dp]);
+      }
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bf16"))) void pack_values_bf16_avx512(const float* v, int64_t v_stride,
+                                                                           int64_t keys, int64_t head_dim,
+                                                                           uint16_t* vt2) {
+  auto* words = reinterpret_cast<uint32_t*>(vt2);  // words[jp][d]: the bf16 pair (v[2jp][d], v[2jp + 1][d])
+  for (int64_t jp = 0; jp < (keys + 1) / 2; ++jp) {
+    const float* even = v + 2 * jp * v_stride;
+    const bool odd_exists = 2 * jp + 1 < keys;
+    for (int64_t d0 = 0; d0 < head_dim; d0 += 16) {
+      const __m512i low = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(even + d0)));
+      const __m512i high =
+          odd_exists ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(even + v_stride + d0)))
+                     : _mm512_setzero_si512();
+      _mm512_storeu_si512(words + jp * head_dim + d0, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
+    }
+  }
+}
+
+const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
 const bool kHaveAvx512Bf16 = __builtin_cpu_supports("avx512bf16");
+
+inline uint16_t bf16_of(float f) {
+  uint32_t bits;
+  std::memcpy(&bits, &f, 4);
+  bits += 0x7fffu + ((bits >> 16) & 1u);
+  return static_cast<uint16_t>(bits >> 16);
+}
 
 }  // namespace
 
-void round_row_to_bf16(const float* x, int64_t n, uint16_t* y) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_of(x[i]);
+bool attention_kernels_supported(int64_t head_dim) {
+  return kHaveAvx512 && head_dim > 0 && head_dim <= 64 && head_dim % 16 == 0;
 }
 
 bool bf16_attention_kernels_supported(int64_t head_dim) {
   return kHaveAvx512Bf16 && attention_kernels_supported(head_dim);
 }
 
+void transpose_keys(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, float* kt, int64_t ld) {
+  transpose_keys_avx512(k, k_stride, keys, head_dim, kt, ld);
+}
+
+void round_row_to_bf16(const float* x, int64_t n, uint16_t* y) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_of(x[i]);
+}
+
 void pack_keys_bf16(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, uint16_t* kt2) {
-  const int64_t keys16 = (keys + 15) / 16 * 16;
-  for (int64_t dp = 0; dp < head_dim / 2; ++dp) {
-    uint16_t* row = kt2 + dp * keys16 * 2;
-    for (int64_t j = 0; j < keys; ++j) {
-      row[2 * j] = bf16_of(k[j * k_stride + 2 * dp]);
-      row[2 * j + 1] = bf16_of(k[j * k_stride + 2 * dp + 1]);
-    }
-    for (int64_t j = keys; j < keys16; ++j) row[2 * j] = row[2 * j + 1] = 0;
-  }
+  pack_keys_bf16_avx512(k, k_stride, keys, head_dim, kt2);
 }
 
 void pack_values_bf16(const float* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2) {
-  for (int64_t j = 0; j < keys; ++j) {
-    uint16_t* pair = vt2 + (j / 2) * head_dim * 2 + (j % 2);
-    for (int64_t d = 0; d < head_dim; ++d) pair[2 * d] = bf16_of(v[j * v_stride + d]);
-  }
-  if (keys % 2 != 0) {
-    uint16_t* pair = vt2 + (keys / 2) * head_dim * 2 + 1;
-    for (int64_t d = 0; d < head_dim; ++d) pair[2 * d] = 0;
-  }
+  pack_values_bf16_avx512(v, v_stride, keys, head_dim, vt2);
+}
+
+void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const float* kt, const float* v,
+                        int64_t v_stride, int64_t len, int64_t block, int64_t head_dim, float scale, float* o,
+                        int64_t o_stride) {
+  run_tile(Fp32Scores{q, q_stride, kt, head_dim, scale}, Fp32Values{v, v_stride}, rows, len, block, head_dim, o,
+           o_stride);
+}
+
+void attention_tile_f32_bf16_values(const float* q, int64_t q_stride, int64_t rows, const float* kt,
+                                    const uint16_t* vt2, int64_t len, int64_t block, int64_t head_dim, float scale,
+                                    float* o, int64_t o_stride) {
+  run_tile(Fp32Scores{q, q_stride, kt, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o,
+           o_stride);
 }
 
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
-  if (rows < 1 || rows > kMaxTileRows) fail("attention tile of {} rows: 1..{} are supported", rows, kMaxTileRows);
-  if (block < 16 || block > kMaxBlockKeys || block % 16 != 0) fail("attention key block of {} keys", block);
-  switch (head_dim / 16) {
-    case 1: tile_bf16<1>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
-    case 2: tile_bf16<2>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
-    case 3: tile_bf16<3>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
-    case 4: tile_bf16<4>(q, rows, kt2, vt2, len, block, head_dim, scale, o, o_stride); break;
-    default: break;
-  }
+  run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
 }
 
 }  // namespace m3

@@ -136,6 +136,7 @@ CpuBackend::CpuBackend(const MemoryPlan& plan, int threads)
     fail("attention query tile {} is outside 1..{}", query_tile_, kMaxQueryTile);
   }
   attention_scratch_ = arena_.at<float>(plan.attention_scratch_offset);
+  scratch_floats_per_thread_ = cpu_attention_scratch_floats(plan.inputs);
   library_ = arena_.at<void>(plan.library_workspace_offset);
   library_bytes_ = plan.inputs.library_workspace_bytes;
   if (plan.gemm_input_bytes > 0) {
@@ -377,13 +378,13 @@ void CpuBackend::max_per_token_id(const BatchView& batch, const TensorView& weig
   float* maxima = out_view.as<float>();
   // Each sequence finds an id's first position through an open-addressing table in its
   // thread's attention scratch (free once the encoder has run): nothing is allocated.
-  const int64_t scratch_bytes = query_tile_ * max_seq_len_ * static_cast<int64_t>(sizeof(float));
+  const int64_t scratch_bytes = scratch_floats_per_thread_ * static_cast<int64_t>(sizeof(float));
   int64_t capacity = 1;
   while (capacity * 2 * 8 <= scratch_bytes) capacity *= 2;
 #pragma omp parallel for schedule(dynamic, 1)
   for (int32_t s = 0; s < b.sequences(); ++s) {
     const int64_t begin = b.seq_begin(s), end = begin + b.seq_len(s);
-    auto* table = reinterpret_cast<int32_t*>(attention_scratch_ + int64_t(omp_get_thread_num()) * query_tile_ * max_seq_len_);
+    auto* table = reinterpret_cast<int32_t*>(attention_scratch_ + int64_t(omp_get_thread_num()) * scratch_floats_per_thread_);
     int64_t size = 1;
     while (size < 2 * (end - begin)) size *= 2;
     const bool hashed = size <= capacity;
@@ -436,24 +437,17 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   const float* qkv = qkv_view.as<const float>();
   float* out = context.as<float>();
   zero_chunk_tail(context, batch.tokens());
-  // Each thread's planned scratch (tile x max_seq_len floats) holds this head's K of the
-  // sequence, transposed block by block (head_dim x block each: rows 1 KB apart, not a
-  // multiple of 4 KB, which thrashed L1) for the float32 AVX-512 kernels; or its K and V
-  // in bf16 pair layouts for the bf16 kernels; or, with neither, the score block of
-  // oneDNN's sgemm. The float32 kernels keep their 64 x 256 score block on the stack, the
-  // bf16 ones a row group's 6 x 128.
-  const int64_t max_len = max_seq_len_;
-  const int64_t per_thread = tile * max_len;
-  const Kernels preferred = !attention_kernels_supported(head_dim) ? Kernels::kSgemm
-                            : precision_ == DType::BF16 && bf16_attention_kernels_supported(head_dim)
-                                ? Kernels::kBf16
-                                : Kernels::kFp32;
-  const int64_t block = std::min(kKeyBlock, max_len);
-  // The kernels compute and store scores 16 keys at a time, so their score rows (and a full
-  // block's transposed keys) are padded to 16: a block of max_len < 256 keys that is no
-  // multiple of 16 would otherwise write each row's last vector over the next row's start.
-  const int64_t block16 = (block + 15) / 16 * 16;
-
+  // Each thread's planned scratch (cpu_attention_scratch_floats) holds one head's K of the
+  // sequence, and for bf16 and int8 its V, in the kernels' layouts (attention_kernels.h);
+  // without the kernels, oneDNN sgemm's score block.
+  const int64_t per_thread = scratch_floats_per_thread_;
+  // --dtype fp32 keeps attention in float32; bf16 computes it in bf16; int8 keeps Q K^T in
+  // float32 and runs P V in bf16 (attention_kernels.h says why).
+  const Kernels preferred = !attention_kernels_supported(head_dim)        ? Kernels::kSgemm
+                            : !bf16_attention_kernels_supported(head_dim) ? Kernels::kFp32
+                            : precision_ == DType::BF16                   ? Kernels::kBf16
+                            : precision_ == DType::I8                     ? Kernels::kFp32Bf16Values
+                                                                          : Kernels::kFp32;
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
   // block by block with a running max and sum per query (flash-style online softmax),
   // its output rows rescaled when the max grows. No score row is ever L long.
@@ -464,81 +458,100 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     const int64_t head = task % heads;
     const int64_t begin = batch.seq_begin(seq);
     const int64_t len = batch.seq_len(seq);
-    const float* k = qkv + begin * stride + hidden + head * head_dim;
-    const float* v = qkv + begin * stride + 2 * hidden + head * head_dim;
+    const float* q = qkv + begin * stride + head * head_dim;
+    const float* k = q + hidden;
+    const float* v = q + 2 * hidden;
+    float* o = out + begin * hidden + head * head_dim;
     float* thread_scratch = attention_scratch_ + int64_t(omp_get_thread_num()) * per_thread;
-    // The kernels' K (and V) layouts take head_dim x len rounded up to 16: that fits
-    // unless len is within 15 of a max_seq_len that is not a multiple of 16.
-    const bool fits = head_dim * ((len + 15) / 16 * 16) <= per_thread;
+    // The layouts take head_dim x len rounded up to 16 (K in float32 is 2 of the bytes per
+    // element counted here, bf16 K and V 1 each): that fits unless len is within 15 of a
+    // max_seq_len that is not a multiple of 16.
+    const int64_t len16 = (len + 15) / 16 * 16;
+    const int64_t halves = preferred == Kernels::kFp32Bf16Values ? 3 : 2;
+    const bool fits = head_dim * len16 * halves <= 2 * per_thread;
     const Kernels kernels = fits ? preferred : Kernels::kSgemm;
-    alignas(64) float block_scores[kMaxQueryTile * kKeyBlock];
-    alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
-    float* scores = kernels == Kernels::kSgemm ? thread_scratch : block_scores;
-    const int64_t ld = kernels == Kernels::kSgemm ? block : block16;  // score rows
     auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
-    uint16_t* vt2 = kt2 + head_dim * ((len + 15) / 16 * 16);
-    auto kt_ld = [&](int64_t keys) { return (keys + 15) / 16 * 16; };
-    if (kernels == Kernels::kBf16) {
-      for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
-        const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
-        pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
-        pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
-      }
-      for (int64_t q0 = 0; q0 < len; q0 += tile) {
-        const int64_t rows = std::min<int64_t>(tile, len - q0);
-        const float* q = qkv + (begin + q0) * stride + head * head_dim;
-        for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + r * stride, head_dim, tile_q + r * head_dim);
-        attention_tile_bf16(tile_q, rows, kt2, vt2, len, kBf16KeyBlock, head_dim, scale,
-                            out + (begin + q0) * hidden + head * head_dim, hidden);
-      }
-      continue;
-    }
-    if (kernels == Kernels::kFp32) {
-      for (int64_t k0 = 0; k0 < len; k0 += block) {
-        const int64_t keys = std::min<int64_t>(block, len - k0);
-        transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, kt_ld(keys));
-      }
-    }
-    float running_max[kMaxQueryTile], running_sum[kMaxQueryTile];
-    for (int64_t q0 = 0; q0 < len; q0 += tile) {
-      const int64_t rows = std::min<int64_t>(tile, len - q0);
-      const float* q = qkv + (begin + q0) * stride + head * head_dim;
-      float* o = out + (begin + q0) * hidden + head * head_dim;
-      for (int64_t k0 = 0; k0 < len; k0 += block) {
-        const int64_t keys = std::min<int64_t>(block, len - k0);
-        if (kernels == Kernels::kFp32) {
-          attention_scores(q, stride, thread_scratch + k0 * head_dim, kt_ld(keys), rows, keys, head_dim, scale, scores,
-                           ld);
-        } else {
-          dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q, stride, k + k0 * stride, stride, 0.f, scores, block);
+    switch (kernels) {
+      case Kernels::kBf16: {
+        uint16_t* vt2 = kt2 + head_dim * len16;
+        for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
+          const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
+          pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
+          pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
         }
-        for (int64_t r = 0; r < rows; ++r) {
-          float* row = scores + r * ld;
-          const float block_max = row_max(row, keys);
-          if (k0 == 0) {
-            running_max[r] = block_max;
-            running_sum[r] = exp_row_minus(row, keys, block_max);
+        alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
+        for (int64_t q0 = 0; q0 < len; q0 += tile) {
+          const int64_t rows = std::min<int64_t>(tile, len - q0);
+          for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + (q0 + r) * stride, head_dim, tile_q + r * head_dim);
+          attention_tile_bf16(tile_q, rows, kt2, vt2, len, kBf16KeyBlock, head_dim, scale, o + q0 * hidden, hidden);
+        }
+        break;
+      }
+      case Kernels::kFp32:
+      case Kernels::kFp32Bf16Values: {
+        const bool bf16_values = kernels == Kernels::kFp32Bf16Values;
+        uint16_t* vt2 = reinterpret_cast<uint16_t*>(thread_scratch + head_dim * len16);
+        for (int64_t k0 = 0; k0 < len; k0 += kFp32KeyBlock) {
+          const int64_t keys = std::min<int64_t>(kFp32KeyBlock, len - k0);
+          transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, (keys + 15) / 16 * 16);
+          if (bf16_values) pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
+        }
+        for (int64_t q0 = 0; q0 < len; q0 += tile) {
+          const int64_t rows = std::min<int64_t>(tile, len - q0);
+          if (bf16_values) {
+            attention_tile_f32_bf16_values(q + q0 * stride, stride, rows, thread_scratch, vt2, len, kFp32KeyBlock,
+                                           head_dim, scale, o + q0 * hidden, hidden);
           } else {
-            const float new_max = std::max(running_max[r], block_max);
-            const float rescale = exp_nonpositive(running_max[r] - new_max);
-            running_sum[r] = running_sum[r] * rescale + exp_row_minus(row, keys, new_max);
-            running_max[r] = new_max;
-            if (rescale != 1.0f) {
-              for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= rescale;
-            }
+            attention_tile_f32(q + q0 * stride, stride, rows, thread_scratch, v, stride, len, kFp32KeyBlock, head_dim,
+                               scale, o + q0 * hidden, hidden);
           }
         }
-        if (kernels == Kernels::kFp32) {
-          attention_values(scores, ld, rows, keys, v + k0 * stride, stride, head_dim, o, hidden, k0 > 0);
+        break;
+      }
+      case Kernels::kSgemm:
+        attention_sgemm(q, k, v, stride, len, head_dim, scale, thread_scratch, o, hidden);
+        break;
+    }
+  }
+}
+
+// One head of one sequence through oneDNN's sgemm, for head sizes the kernels do not take
+// (or a sequence whose kernel layouts would not fit the scratch): 64 x 256 score blocks in
+// the thread's scratch, the same online softmax.
+void CpuBackend::attention_sgemm(const float* q, const float* k, const float* v, int64_t stride, int64_t len,
+                                 int64_t head_dim, float scale, float* scores, float* o, int64_t o_stride) const {
+  const int64_t tile = query_tile_;
+  const int64_t block = std::min(kKeyBlock, max_seq_len_);
+  float running_max[kMaxQueryTile], running_sum[kMaxQueryTile];
+  for (int64_t q0 = 0; q0 < len; q0 += tile) {
+    const int64_t rows = std::min<int64_t>(tile, len - q0);
+    float* ot = o + q0 * o_stride;
+    for (int64_t k0 = 0; k0 < len; k0 += block) {
+      const int64_t keys = std::min<int64_t>(block, len - k0);
+      dnnl_sgemm('N', 'T', rows, keys, head_dim, scale, q + q0 * stride, stride, k + k0 * stride, stride, 0.f, scores,
+                 block);
+      for (int64_t r = 0; r < rows; ++r) {
+        float* row = scores + r * block;
+        const float block_max = row_max(row, keys);
+        if (k0 == 0) {
+          running_max[r] = block_max;
+          running_sum[r] = exp_row_minus(row, keys, block_max);
         } else {
-          dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride, k0 == 0 ? 0.f : 1.f, o,
-                     hidden);
+          const float new_max = std::max(running_max[r], block_max);
+          const float rescale = exp_nonpositive(running_max[r] - new_max);
+          running_sum[r] = running_sum[r] * rescale + exp_row_minus(row, keys, new_max);
+          running_max[r] = new_max;
+          if (rescale != 1.0f) {
+            for (int64_t d = 0; d < head_dim; ++d) ot[r * o_stride + d] *= rescale;
+          }
         }
       }
-      for (int64_t r = 0; r < rows; ++r) {
-        const float inverse = 1.0f / running_sum[r];
-        for (int64_t d = 0; d < head_dim; ++d) o[r * hidden + d] *= inverse;
-      }
+      dnnl_sgemm('N', 'N', rows, head_dim, keys, 1.f, scores, block, v + k0 * stride, stride, k0 == 0 ? 0.f : 1.f, ot,
+                 o_stride);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const float inverse = 1.0f / running_sum[r];
+      for (int64_t d = 0; d < head_dim; ++d) ot[r * o_stride + d] *= inverse;
     }
   }
 }

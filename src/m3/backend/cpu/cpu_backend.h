@@ -24,9 +24,11 @@
 namespace m3 {
 
 inline constexpr int64_t kMaxQueryTile = 64;
-// Keys per attention block of the float32 kernels and oneDNN sgemm: a 64 x 256 score block
-// and the K and V rows it uses stay in L2 between the score GEMM, the softmax and the value GEMM.
+// Keys per attention block of oneDNN's sgemm path: a 64 x 256 score block and the K and V
+// rows it uses stay in L2 between the score GEMM, the softmax and the value GEMM.
 inline constexpr int64_t kKeyBlock = 256;
+// Keys per block of the float32-score kernels (--dtype fp32 and int8).
+inline constexpr int64_t kFp32KeyBlock = 128;
 // Keys per block of the bf16 kernels: the block's K and V in bf16 (32 KiB at head_dim 64)
 // and a row group's scores stay in L1 from the scores through the softmax to P V.
 inline constexpr int64_t kBf16KeyBlock = 128;
@@ -84,7 +86,9 @@ class CpuBackend final : public Backend {
   };
 
  private:
-  enum class Kernels { kBf16, kFp32, kSgemm };  // which attention path runs
+  enum class Kernels { kBf16, kFp32, kFp32Bf16Values, kSgemm };  // which attention path runs (attention_kernels.h)
+  void attention_sgemm(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t head_dim,
+                       float scale, float* scores, float* o, int64_t o_stride) const;
   RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias);
   // Rows past a batch up to its last GEMM chunk start from zeros, so they stay finite.
   void zero_chunk_tail(const TensorView& x, int64_t rows) const;
@@ -97,10 +101,11 @@ class CpuBackend final : public Backend {
   Arena arena_;
   dnnl::engine engine_;
   dnnl::stream stream_;
-  // Carved from the arena: attention scratch (threads x query_tile x max_seq_len floats),
+  // Carved from the arena: attention scratch (threads x cpu_attention_scratch_floats),
   // the oneDNN scratchpad, and for bf16/int8 the rounded or quantized GEMM inputs, the
   // int8 row scales and accumulators.
   float* attention_scratch_ = nullptr;
+  int64_t scratch_floats_per_thread_ = 0;
   void* library_ = nullptr;
   uint64_t library_bytes_ = 0;
   void* gemm_input_ = nullptr;
