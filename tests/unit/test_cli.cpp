@@ -197,6 +197,20 @@ TEST_F(CliTest, BadModelArgument) {
   EXPECT_NE(r.exit_code, 0);
 }
 
+// OpenMP told to spin without end while it waits makes idle teams hold the cores: m3embed
+// says so, and still computes.
+TEST_F(CliTest, WarnsWhenOpenMpIsToldToSpin) {
+  const auto quiet = encode(model_, "hello\n", "--dense");
+  ASSERT_EQ(quiet.exit_code, 0) << quiet.output;
+  EXPECT_EQ(quiet.output.find("OMP_WAIT_POLICY"), std::string::npos) << quiet.output;
+  ::setenv("OMP_WAIT_POLICY", "active", 1);
+  const auto spinning = encode(model_, "hello\n", "--dense");
+  ::unsetenv("OMP_WAIT_POLICY");
+  ASSERT_EQ(spinning.exit_code, 0) << spinning.output;
+  EXPECT_NE(spinning.output.find("OMP_WAIT_POLICY=ACTIVE: idle OpenMP threads will spin"), std::string::npos)
+      << spinning.output;
+}
+
 TEST_F(CliTest, ScoreAndTokenize) {
   test::write_file(tmp_ / "pairs.jsonl",
                    "{\"query\": \"what is a cat\", \"passage\": \"a cat is an animal\"}\n[\"q\", \"p\"]\n");

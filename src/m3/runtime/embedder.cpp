@@ -123,6 +123,9 @@ std::unique_ptr<Embedder> Embedder::load(const std::filesystem::path& model_dir,
                model_dir.string(), config.num_layers, config.hidden_size, config.num_heads,
                std::filesystem::path(e->model_.weights.source).filename().string(), e->describe(),
                precision_name(in.precision), in.replicas, where);
+  if (!on_cuda) {
+    if (const std::string warning = CpuBackend::spin_wait_warning(); !warning.empty()) spdlog::warn(warning);
+  }
   e->load_peak_rss_ = peak_rss_bytes();  // before warm-up resets the mark
   SchedulerOptions scheduling;
   scheduling.max_batch_tokens = in.max_batch_tokens;

@@ -3,8 +3,13 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cctype>
+#include <cstdlib>
 #include <cstring>
 #include <set>
+#include <string>
+
+#include <fmt/format.h>
 
 #include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/attention_softmax.h"
@@ -121,6 +126,25 @@ int CpuBackend::default_threads() {
   const int visible = kStartupOmpThreads;
   const int quota = cgroup_cpu_limit();
   return quota > 0 ? std::min(visible, quota) : visible;
+}
+
+std::string CpuBackend::spin_wait_warning() {
+  auto lower = [](const char* v) {
+    std::string s = v ? v : "";
+    for (char& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return s;
+  };
+  const std::string policy = lower(std::getenv("OMP_WAIT_POLICY"));
+  const std::string spin = lower(std::getenv("GOMP_SPINCOUNT"));
+  const char* setting = policy == "active"                        ? "OMP_WAIT_POLICY=ACTIVE"
+                        : spin == "infinite" || spin == "infinity" ? "GOMP_SPINCOUNT=infinite"
+                                                                   : nullptr;
+  if (!setting) return {};
+  return fmt::format(
+      "{}: idle OpenMP threads will spin instead of sleeping. Every thread that starts parallel work (the "
+      "loader, each replica) has a team of its own, so spinning teams take the cores the working one needs: "
+      "unset it (bench/results/2026-12-07-omp-contention.md: 41% slower on a quiet machine)",
+      setting);
 }
 
 CpuBackend::CpuBackend(const MemoryPlan& plan, int threads)

@@ -48,6 +48,10 @@ class CpuBackend final : public Backend {
   // (a replica's), whatever the calling thread's OpenMP setting is.
   static uint64_t library_workspace_bytes(const WeightTable& table, int64_t max_rows, DType precision, int threads);
   static int default_threads();
+  // A warning when the environment tells OpenMP to spin without end while its threads
+  // wait (OMP_WAIT_POLICY=ACTIVE, GOMP_SPINCOUNT=infinite); empty otherwise. libgomp's
+  // default spins a short while, then sleeps.
+  static std::string spin_wait_warning();
 
   void attach_thread() override;
   TensorView arena() override;
