@@ -208,6 +208,21 @@ TEST(AttentionSoftmax, ExpShiftedRowMatchesLibm) {
   EXPECT_GT(exp_nonpositive(-1000.f), 0.f);  // clamped at e^-87, a normal float
 }
 
+TEST(AttentionSoftmax, ExpForBf16IsWithinAFewMillionthsOfLibm) {
+  for (float shift : {0.f, 7.5f, -20.f}) {
+    for (float d = 0.f; d > -87.f; d -= 0.0137f) {
+      const float x = shift + d;
+      const double want = std::exp(double(x - shift));  // the float32 difference, as in the kernel
+      // The polynomial's 2.7e-6, then errors that grow with |x - shift|: t = x log2e - shift
+      // log2e rounded to float32, log2e itself, and the reference's float32 difference. All
+      // far below bf16's relative step of 2^-8.
+      EXPECT_NEAR(exp_for_bf16(x, shift), want, (3e-6 + 1.5e-7 * double(-d)) * want) << x << " " << shift;
+    }
+  }
+  EXPECT_NEAR(exp_for_bf16(3.f, 3.f), 1.f, 1e-6f);
+  EXPECT_EQ(exp_for_bf16(-1000.f, 0.f), 0.f);  // 2^-1443 underflows to 0, not NaN
+}
+
 TEST(AttentionSoftmax, ExpRowToBf16RoundsTheExpsAndPadsWithZeros) {
   if (!bf16_attention_kernels_supported(64)) GTEST_SKIP() << "this CPU has no AVX512-BF16";
   for (int64_t n : {1, 15, 16, 17, 40, 128}) {
@@ -216,16 +231,14 @@ TEST(AttentionSoftmax, ExpRowToBf16RoundsTheExpsAndPadsWithZeros) {
     const float max = *std::max_element(row.begin(), row.end());
     std::vector<uint16_t> p((n + 15) / 16 * 16, 0xffff);
     double want_sum = 0;
-    // exp clamps its argument at -87 (e^-87, a normal float, instead of a denormal or 0)
-    auto exp_of = [&](int64_t j) { return std::exp(std::max(double(row[j] - max), -87.0)); };
-    for (int64_t j = 0; j < n; ++j) want_sum += exp_of(j);
+    for (int64_t j = 0; j < n; ++j) want_sum += exp_for_bf16(row[j], max);
     EXPECT_NEAR(exp_row_to_bf16(row.data(), n, max, p.data()), want_sum, 1e-6 * want_sum) << n;
     for (int64_t j = 0; j < n; ++j) {
-      const float exact = static_cast<float>(exp_of(j));
+      // The vector path and the scalar one take the same steps: P is exactly the rounded exp.
+      const float e = exp_for_bf16(row[j], max);
       uint16_t want;
-      round_rows_to_bf16(&exact, 1, 1, &want);
-      // bf16 has 8 bits: an exp within 2e-7 of the exact one rounds to it or to a neighbour
-      EXPECT_LE(std::abs(int(p[j]) - int(want)), 1) << n << " " << j;
+      round_rows_to_bf16(&e, 1, 1, &want);
+      EXPECT_EQ(p[j], want) << n << " " << j;
     }
     for (size_t j = n; j < p.size(); ++j) EXPECT_EQ(p[j], 0) << n << " " << j;
   }

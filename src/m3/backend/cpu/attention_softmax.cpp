@@ -38,6 +38,26 @@ __attribute__((target("avx512f"))) inline __m512 exp_avx512(__m512 x) {
   return _mm512_scalef_ps(p, r);  // p * 2^r
 }
 
+// 2^f for |f| <= 1/2, degree 4, fitted for relative error (2.7e-6 at most in float32 Horner):
+// numerators that are rounded to bf16 next (relative step 2^-8) need no more. With the shift
+// folded into the first FMA and no clamp, it is 6 arithmetic operations per 16 scores where
+// exp_avx512 after a subtraction takes 11 (+3-4% on 8192-token inputs, which are ~10% exp).
+constexpr float kP0 = 0.9999992847442627f, kP1 = 0.6931217908859253f, kP2 = 0.240247443318367f,
+                kP3 = 0.05591785907745361f, kP4 = 0.009570102207362652f;
+
+// e^(x - shift) as 2^t, t = x log2e - shift log2e in one FMA, t = r + f with r = round(t).
+// Far below the max, 2^r underflows to 0 in scalef: no clamp is needed.
+__attribute__((target("avx512f"))) inline __m512 exp_for_bf16_avx512(__m512 x, __m512 shift_log2e) {
+  const __m512 t = _mm512_fmsub_ps(x, _mm512_set1_ps(kLog2e), shift_log2e);
+  const __m512 r = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, r);
+  __m512 p = _mm512_fmadd_ps(_mm512_set1_ps(kP4), f, _mm512_set1_ps(kP3));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP2));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP1));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kP0));
+  return _mm512_scalef_ps(p, r);
+}
+
 __attribute__((target("avx512f"))) float row_max_avx512(const float* row, int64_t n) {
   __m512 most = _mm512_set1_ps(-INFINITY);
   int64_t j = 0;
@@ -71,15 +91,30 @@ const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
 
 __attribute__((target("avx512f,avx512bf16"))) float exp_row_to_bf16(const float* row, int64_t n, float shift,
                                                                     uint16_t* p) {
-  const __m512 max = _mm512_set1_ps(shift);
+  const __m512 shift_log2e = _mm512_set1_ps(shift * kLog2e);
   __m512 sum = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; j += 16) {
-    const __mmask16 valid = n - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (n - j)) - 1);
-    const __m512 e = _mm512_maskz_mov_ps(valid, exp_avx512(_mm512_sub_ps(_mm512_maskz_loadu_ps(valid, row + j), max)));
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = exp_for_bf16_avx512(_mm512_loadu_ps(row + j), shift_log2e);
+    sum = _mm512_add_ps(sum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+  }
+  if (j < n) {  // the tail, and zeros up to the next 16
+    const auto valid = static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(valid, exp_for_bf16_avx512(_mm512_maskz_loadu_ps(valid, row + j), shift_log2e));
     sum = _mm512_add_ps(sum, e);
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
   }
   return _mm512_reduce_add_ps(sum);
+}
+
+float exp_for_bf16(float x, float shift) {
+  const float t = std::fma(x, kLog2e, -(shift * kLog2e));
+  const float r = std::nearbyint(t);
+  const float f = t - r;
+  float p = kP4;
+  for (float c : {kP3, kP2, kP1, kP0}) p = std::fma(p, f, c);
+  return std::ldexp(p, static_cast<int>(std::max(r, -300.f)));
 }
 
 float exp_nonpositive(float x) {
