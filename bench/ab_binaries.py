@@ -66,8 +66,11 @@ def main() -> int:
                         results["runs"].append({"workload": name, "dtype": dtype, "side": side,
                                                 "tokens_per_second": run["tokens_per_second"],
                                                 "tokens_per_second_runs": run["tokens_per_second_runs"],
+                                                "peak_rss_bytes": run.get("peak_rss_bytes"),
+                                                "plan_arena_bytes": run.get("plan_arena_bytes"),
                                                 "load_before": before["load1"], "load_after": after["load1"]})
-                        print(f"{name} {dtype} {side}: {run['tokens_per_second']:.0f} tokens/s "
+                        print(f"{name} {dtype} {side}: {run['tokens_per_second']:.0f} tokens/s, peak RSS "
+                              f"{report_common.mib(run.get('peak_rss_bytes', 0))} MiB "
                               f"(load {before['load1']:.2f} -> {after['load1']:.2f})", flush=True)
                 base, new = statistics.median(figures["base"]), statistics.median(figures["new"])
                 print(f"{name} {dtype}: base {base:.0f}, new {new:.0f} tokens/s (medians): {new / base:.3f}x", flush=True)

@@ -325,15 +325,20 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
   int64_t tokens() const { return data_->batch.tokens(); }
 
   // Checks one linear of the table: `name` with `epilogue` over `rows` rows, written as
-  // the activation type or float32, with or without its bias.
-  void check_linear(const std::string& name, Epilogue epilogue, bool activation_out, bool with_bias, int64_t rows) {
+  // the activation type or float32, with or without its bias. `ffn`: it writes (with
+  // activation_out) or reads the FFN intermediate, which is the plan's GEMM operand type.
+  void check_linear(const std::string& name, Epilogue epilogue, bool activation_out, bool with_bias, int64_t rows,
+                    bool ffn = false) {
     const WeightView& w = placed(name + ".weight");
     const int64_t out = w.tensor.rows, in = w.tensor.cols;
     const DType weight_type = stored(name + ".weight");
     // The GEMM's input: float32 on the CPU (its bf16/int8 GEMMs round or quantize it
-    // themselves); on CUDA the weight's type (the activation, or float32 for the sparse head).
-    const DType x_type = target_->device == DeviceKind::kCuda ? weight_type : DType::F32;
-    const DType y_type = activation_out ? plan_.activation : DType::F32;
+    // themselves) but for the FFN intermediate, which CPU bf16 stores rounded; on CUDA the
+    // weight's type (the activation, or float32 for the sparse head).
+    const DType x_type = target_->device == DeviceKind::kCuda ? weight_type
+                         : ffn && !activation_out          ? plan_.gemm_operand
+                                                           : DType::F32;
+    const DType y_type = !activation_out ? DType::F32 : ffn ? plan_.gemm_operand : plan_.activation;
     const std::vector<float> x = random(rows * in, 1.f, 11);
     const std::vector<float> y_before = random(rows * out, 1.f, 12);
     LinearRef ref{w, with_bias ? placed(name + ".bias").tensor : TensorView{}};
@@ -470,14 +475,14 @@ TEST_P(OpParity, LinearResidualAddsToTheStream) {
   check_linear("encoder.layer.0.attention.output.dense", Epilogue::kResidual, false, true, tokens());
 }
 
-// The FFN up-projection: gelu_erf(x W^T + b), hidden -> ffn.
+// The FFN up-projection: gelu_erf(x W^T + b), hidden -> ffn (in bf16 on CPU bf16).
 TEST_P(OpParity, LinearGelu) {
-  check_linear("encoder.layer.0.intermediate.dense", Epilogue::kGelu, true, true, ffn_rows());
+  check_linear("encoder.layer.0.intermediate.dense", Epilogue::kGelu, true, true, ffn_rows(), true);
 }
 
-// The FFN down-projection: hidden += x W^T + b, ffn -> hidden.
+// The FFN down-projection: hidden += x W^T + b, ffn -> hidden (reading bf16 on CPU bf16).
 TEST_P(OpParity, LinearResidualFromTheFfnWidth) {
-  check_linear("encoder.layer.0.output.dense", Epilogue::kResidual, false, true, ffn_rows());
+  check_linear("encoder.layer.0.output.dense", Epilogue::kResidual, false, true, ffn_rows(), true);
 }
 
 // The ColBERT head: x W^T + b in float32.

@@ -11,12 +11,19 @@
 namespace m3 {
 namespace {
 
-TEST(MemoryPlan, BgeM3ByHand) {
+// BGE-M3 at 16384 batch tokens, 8192 per sequence, 2 threads.
+PlanInputs bge_m3_inputs(DType precision = DType::F32) {
   PlanInputs in;
   in.config = test::bge_m3_config();
   in.max_batch_tokens = 16384;
   in.max_seq_len = 8192;
   in.threads = 2;
+  in.precision = precision;
+  return in;
+}
+
+TEST(MemoryPlan, BgeM3ByHand) {
+  PlanInputs in = bge_m3_inputs();
   const auto plan = plan_memory(in);
   // word 250002x1024 + position 8194x1024 + type 1024 + LN 2048
   // + 24 x (QKV 3x(1024x1024+1024) + out 1024x1024+1024 + FFN 4096x1024+4096 + 1024x4096+1024 + LN 4x1024)
@@ -52,6 +59,25 @@ TEST(MemoryPlan, BgeM3ByHand) {
   EXPECT_EQ(three.result_buffer_bytes, 3u * 2 * 16384 * 1027 * 4);  // now two batches per replica win
   EXPECT_EQ(three.total_bytes, plan.weight_bytes + 3 * plan.arena_bytes + plan.queue_bytes + 3 * plan.output_bytes +
                                    three.result_buffer_bytes);
+}
+
+// CPU bf16: the FFN intermediate (written by one GEMM, read by the next only) is stored in
+// bf16, and the rounded GEMM inputs need only hidden's width.
+TEST(MemoryPlan, CpuBf16StoresTheFfnIntermediateInBf16) {
+  PlanInputs in = bge_m3_inputs(DType::BF16);
+  const auto plan = plan_memory(in);
+  EXPECT_EQ(plan.activation, DType::F32);
+  EXPECT_EQ(plan.gemm_operand, DType::BF16);
+  // hidden + qkv + context in float32, the FFN intermediate in bf16, bf16 GEMM inputs of hidden's width
+  EXPECT_EQ(plan.bytes_per_batch_token, 4u * (1024 + 3072 + 1024) + 2u * 4096 + 2u * 1024);
+  EXPECT_EQ(plan.buffer("ffn"), 16384u * 5120 * 4);
+  EXPECT_EQ(plan.buffer("colbert"), plan.buffer("ffn"));  // the heads' float32 outputs still fit in it
+  EXPECT_EQ(plan.attention_scratch_offset, 16384u * (5120 * 4 + 4096 * 2));
+  EXPECT_EQ(plan.gemm_input_bytes, (16384u + 64) * 1024 * 2);
+  in.precision = DType::I8;  // int8 quantizes every input itself, the FFN's included
+  const auto int8 = plan_memory(in);
+  EXPECT_EQ(int8.gemm_operand, DType::F32);
+  EXPECT_EQ(int8.gemm_input_bytes, (16384u + 64) * 4096);
 }
 
 TEST(MemoryPlan, OutputMemoryIsCountedAndMustHoldOneLongestResult) {

@@ -106,10 +106,11 @@ class Backend {
   virtual DeviceMemory device_memory() const = 0;
 
   // --- ops
-  // Output dtype `out` (float32 or the activation type); kResidual needs float32.
+  // Output dtype `out` (float32, the activation type, or the GEMM operand type for a
+  // buffer only the next GEMM reads); kResidual needs float32.
   virtual std::unique_ptr<PreparedLinear> prepare_linear(const LinearRef& linear, Epilogue epilogue, DType out) = 0;
   // y[rows, out] (epilogue) x[rows, in] W^T + b for the first `rows` rows of x and y.
-  // x is float32 or the activation type; the CPU may compute whole row chunks
+  // x is float32, the activation type or the GEMM operand type; the CPU may compute whole row chunks
   // (gemm_row_blocks.h), so x and y must have plan.rows rows there.
   virtual void linear(const PreparedLinear& op, const TensorView& x, int64_t rows, const TensorView& y) = 0;
   // Runs every kernel variant `op` may choose once (CUDA loads them now, not under traffic).

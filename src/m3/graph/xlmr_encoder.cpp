@@ -23,7 +23,7 @@ XlmrEncoder::XlmrEncoder(const ModelConfig& config, const MemoryPlan& plan, cons
   hidden_.in = arena_view(arena, plan.buffer("hidden_in"), act, rows, h);
   qkv_ = arena_view(arena, plan.buffer("qkv"), act, rows, 3 * h);
   context_ = arena_view(arena, plan.buffer("context"), act, rows, h);
-  ffn_ = arena_view(arena, plan.buffer("ffn"), act, rows, config.intermediate_size);
+  ffn_ = arena_view(arena, plan.buffer("ffn"), plan.gemm_operand, rows, config.intermediate_size);
 
   word_ = weights[t.index("embeddings.word_embeddings")];
   position_ = weights[t.index("embeddings.position_embeddings")];
@@ -41,15 +41,15 @@ XlmrEncoder::XlmrEncoder(const ModelConfig& config, const MemoryPlan& plan, cons
     LinearRef qkv_gemm = layer.qkv;
     if (traits_.attention_adds_qkv_bias) qkv_gemm.bias = {};
     // Each linear with the epilogue the weight table declares for it; the residual ones add
-    // into the float32 stream, the others write the activation type.
-    auto prepare = [&](const LinearRef& linear, const std::string& name) {
+    // into the float32 stream, the others write the type of the buffer they write.
+    auto prepare = [&](const LinearRef& linear, const std::string& name, DType out) {
       const Epilogue e = t.specs[t.index(name + ".weight")].epilogue;
-      return backend.prepare_linear(linear, e, e == Epilogue::kResidual ? DType::F32 : act);
+      return backend.prepare_linear(linear, e, e == Epilogue::kResidual ? DType::F32 : out);
     };
-    layer.qkv_op = prepare(qkv_gemm, l + "attention.self.qkv");  // its bias where the backend wants it
-    layer.attention_out_op = prepare(layer.attention_out, l + "attention.output.dense");
-    layer.intermediate_op = prepare(layer.intermediate, l + "intermediate.dense");
-    layer.output_op = prepare(layer.output, l + "output.dense");
+    layer.qkv_op = prepare(qkv_gemm, l + "attention.self.qkv", act);  // its bias where the backend wants it
+    layer.attention_out_op = prepare(layer.attention_out, l + "attention.output.dense", act);
+    layer.intermediate_op = prepare(layer.intermediate, l + "intermediate.dense", plan.gemm_operand);
+    layer.output_op = prepare(layer.output, l + "output.dense", act);
     layers_.push_back(std::move(layer));
   }
 }

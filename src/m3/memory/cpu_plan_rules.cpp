@@ -1,4 +1,5 @@
-// The CPU's rules: float32 activations (GEMMs round or quantize their inputs themselves),
+// The CPU's rules: float32 activations (GEMMs round or quantize their inputs themselves;
+// with bf16 the FFN's intermediate, which only the next GEMM reads, is stored in bf16),
 // GEMMs over whole row chunks, encoder weights at --dtype, and per replica the attention
 // scratch (per thread), the oneDNN scratchpad and the low-precision GEMM inputs.
 #include <fmt/format.h>
@@ -23,6 +24,7 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
   PlanRules r;
   r.alignment = 64;
   r.activation = DType::F32;
+  r.gemm_operand = in.precision == DType::BF16 ? DType::BF16 : DType::F32;
   r.gemm_row_chunks = true;
   const DType p = in.precision;
   r.weight_type = [p](const WeightSpec& s) { return cpu_weight_dtype(s, p); };
@@ -41,14 +43,16 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
         arena.add("GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
     const DType p = in.precision;
     if (p == DType::F32) return;
-    // The widest GEMM input is the FFN's; GEMM chunks may read up to 63 rows past t.
+    // The widest float32 GEMM input: the FFN's with int8; with bf16 the FFN's arrives in
+    // bf16 (gemm_operand) and the widest is hidden. GEMM chunks may read 63 rows past t.
     const uint64_t element = dtype_size(p);
     const int64_t input_rows = t + kRowGranularity;
-    plan.gemm_input_bytes = static_cast<uint64_t>(input_rows) * static_cast<uint64_t>(ffn) * element;
+    const int64_t widest = p == DType::BF16 ? in.config.hidden_size : ffn;
+    plan.gemm_input_bytes = static_cast<uint64_t>(input_rows) * static_cast<uint64_t>(widest) * element;
     plan.gemm_input_offset = arena.add(fmt::format("GEMM inputs ({})", precision_name(p)),
-                                       fmt::format("[{}, {}] {}", input_rows, ffn, precision_name(p)),
+                                       fmt::format("[{}, {}] {}", input_rows, widest, precision_name(p)),
                                        plan.gemm_input_bytes);
-    plan.bytes_per_batch_token += static_cast<uint64_t>(ffn) * element;
+    plan.bytes_per_batch_token += static_cast<uint64_t>(widest) * element;
     if (p == DType::I8) {
       plan.row_scales_offset = arena.add("int8 row scales", fmt::format("[{}] f32", input_rows),
                                          static_cast<uint64_t>(input_rows) * kF32);

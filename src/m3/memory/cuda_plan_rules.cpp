@@ -37,6 +37,7 @@ PlanRules cuda_plan_rules(const PlanInputs& in) {
   r.alignment = 256;
   r.weight_alignment = 256;
   r.activation = in.precision;
+  r.gemm_operand = in.precision;
   r.gemm_row_chunks = false;  // cuBLASLt takes any row count
   r.output_copies = kCudaPipelineSlots;
   const DType p = in.precision;

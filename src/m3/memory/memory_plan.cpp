@@ -50,7 +50,14 @@ void add_weights(MemoryPlan& plan, const PlanRules& rules) {
 void add_graph_buffers(MemoryPlan& plan, const PlanRules& rules, ArenaLayout& arena,
                        const std::vector<BufferSpec>& specs) {
   const int64_t t = plan.rows;
-  auto type_of = [&](const BufferSpec& b) { return b.type == BufferType::kF32 ? DType::F32 : rules.activation; };
+  auto type_of = [&](const BufferSpec& b) {
+    switch (b.type) {
+      case BufferType::kF32: return DType::F32;
+      case BufferType::kActivation: return rules.activation;
+      case BufferType::kGemmOperand: return rules.gemm_operand;
+    }
+    return DType::F32;
+  };
   auto rows_of = [&](const BufferSpec& b) { return b.rows == BufferRows::kTokens ? t : t / 2; };
   auto bytes_of = [&](const BufferSpec& b) {
     return static_cast<uint64_t>(rows_of(b)) * static_cast<uint64_t>(b.cols) * dtype_size(type_of(b));
@@ -136,6 +143,7 @@ MemoryPlan plan_memory(const PlanInputs& in) {
   MemoryPlan plan;
   plan.inputs = in;
   plan.activation = rules.activation;
+  plan.gemm_operand = rules.gemm_operand;
   plan.table = xlmr_m3_weight_table(c, in.sparse_head, in.colbert_head);
   add_weights(plan, rules);
 

@@ -76,6 +76,7 @@ struct MemoryPlan {
   PlanInputs inputs;
   WeightTable table;              // every weight tensor (the loader and the backends iterate it too)
   DType activation = DType::F32;  // the type of the graph's activation buffers (the backend's rule)
+  DType gemm_operand = DType::F32;  // of its buffers between two GEMMs (BufferType::kGemmOperand)
   // Where a buffer the graph declares (model/graph_buffers.h) lies in the arena: one copy
   // every pipeline slot shares, or (outputs under CUDA's rules) `copies` of them, slot s's
   // at offset + s * slot_stride.

@@ -37,6 +37,7 @@ struct PlanRules {
   uint64_t alignment = 64;         // of every arena buffer
   uint64_t weight_alignment = 1;   // of every weight tensor (a device upload aligns each)
   DType activation = DType::F32;   // the graph's activation buffers
+  DType gemm_operand = DType::F32; // its buffers between two GEMMs (BufferType::kGemmOperand)
   bool gemm_row_chunks = false;    // GEMMs compute whole row chunks (gemm_row_blocks.h): pad rows
   // The graph's outputs (BufferSpec::output). 0: where the graph declares them, inside
   // buffers dead after the last layer (the CPU reads them there once the batch is done).

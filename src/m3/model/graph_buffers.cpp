@@ -10,7 +10,7 @@ std::vector<BufferSpec> xlmr_m3_buffers(const ModelConfig& c, bool sparse_head, 
       {"hidden_in", "hidden as GEMM input", h, T::kActivation, BufferRows::kTokens, "hidden", ""},
       {"qkv", "qkv / per-id sparse maxima", 3 * h, T::kActivation, BufferRows::kTokens, "", ""},
       {"context", "attention output / dense vectors", h, T::kActivation, BufferRows::kTokens, "", ""},
-      {"ffn", "FFN intermediate / head outputs", c.intermediate_size, T::kActivation, BufferRows::kTokens, "", ""},
+      {"ffn", "FFN intermediate / head outputs", c.intermediate_size, T::kGemmOperand, BufferRows::kTokens, "", ""},
   };
   // After the last layer, the heads' outputs: ColBERT rows and sparse weights in the FFN
   // buffer, the per-id maxima in qkv, one dense vector per sequence in the attention output

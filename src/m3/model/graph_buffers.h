@@ -14,6 +14,10 @@ namespace m3 {
 enum class BufferType {
   kF32,         // always float32 (the residual stream, the heads' outputs)
   kActivation,  // a GEMM input or output between ops: the backend's activation type
+  // Written by one GEMM and read by the next only (the FFN's intermediate): the backend's
+  // GEMM operand type, which may be narrower than its activations (CPU bf16: no other op
+  // reads it, and the next GEMM would round it to bf16 anyway).
+  kGemmOperand,
 };
 
 enum class BufferRows {

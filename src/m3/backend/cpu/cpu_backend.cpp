@@ -29,9 +29,10 @@ using dt = memory::data_type;
 
 // fp32 and bf16: y (epilogue)= x W^T + b in one primitive. int8: the raw accumulators
 // only (x and W are quantized), int8_epilogue applies the scales, bias and epilogue.
+// bf16 may write its output in bf16 (`dst`, for the next GEMM only: the FFN's intermediate).
 dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows, int64_t out, int64_t in,
-                                       Epilogue epilogue, DType precision, bool bias = true) {
-  const memory::desc dst_md({rows, out}, dt::f32, tag::ab);
+                                       Epilogue epilogue, DType precision, bool bias = true, DType dst = DType::F32) {
+  const memory::desc dst_md({rows, out}, dst == DType::BF16 ? dt::bf16 : dt::f32, tag::ab);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
   if (precision == DType::I8) {
@@ -57,8 +58,8 @@ dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows,
 
 class CpuLinear final : public PreparedLinear {
  public:
-  CpuLinear(const LinearRef& l, CpuBackend::RowBlockKernels& k, Epilogue e, const dnnl::engine& engine)
-      : out(l.weight.tensor.rows), in(l.weight.tensor.cols), kernels(k), epilogue(e),
+  CpuLinear(const LinearRef& l, CpuBackend::RowBlockKernels& k, Epilogue e, DType dst, const dnnl::engine& engine)
+      : out(l.weight.tensor.rows), in(l.weight.tensor.cols), kernels(k), epilogue(e), output(dst),
         precision(l.weight.packed ? static_cast<const CpuPackedWeights&>(*l.weight.packed).precision : DType::F32),
         bias(l.bias.empty() ? nullptr : l.bias.as<const float>()) {
     if (!bias && precision == DType::I8) {  // int8_epilogue always adds a bias: zeros stand in
@@ -80,6 +81,7 @@ class CpuLinear final : public PreparedLinear {
   int64_t out, in;
   CpuBackend::RowBlockKernels& kernels;
   Epilogue epilogue;
+  DType output;  // what y holds: float32, or bf16 (bf16 GEMMs whose output only a GEMM reads)
   DType precision;
   const float* bias;
   memory weight_memory;
@@ -233,19 +235,22 @@ uint64_t CpuBackend::library_workspace_bytes(const WeightTable& table, int64_t m
   uint64_t most = 0;
   for (const auto& [out, in, epilogue, p] : gemms) {
     for (int64_t rows : gemm_block_sizes(max_rows)) {
-      most = std::max<uint64_t>(most, gemm_desc(engine, rows, out, in, epilogue, p).scratchpad_desc().get_size());
+      for (DType dst : {DType::F32, p == DType::BF16 ? DType::BF16 : DType::F32}) {
+        most = std::max<uint64_t>(most,
+                                  gemm_desc(engine, rows, out, in, epilogue, p, true, dst).scratchpad_desc().get_size());
+      }
     }
   }
   return most;
 }
 
 CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision,
-                                                      bool bias) {
-  auto [it, inserted] = kernels_.try_emplace({out, in, epilogue, precision, bias});
+                                                      bool bias, DType dst) {
+  auto [it, inserted] = kernels_.try_emplace({out, in, epilogue, precision, bias, dst});
   RowBlockKernels& k = it->second;
   if (!inserted) return k;
   for (int64_t rows : gemm_block_sizes(max_rows_)) {
-    const auto pd = gemm_desc(engine_, rows, out, in, epilogue, precision, bias || precision == DType::I8);
+    const auto pd = gemm_desc(engine_, rows, out, in, epilogue, precision, bias || precision == DType::I8, dst);
     k.index[rows] = k.primitives.size();
     if (pd.scratchpad_desc().get_size() > library_bytes_) {
       fail("oneDNN needs a {}-byte scratchpad for a {}x{}x{} GEMM, more than the {} planned", pd.scratchpad_desc().get_size(),
@@ -260,11 +265,17 @@ CpuBackend::RowBlockKernels& CpuBackend::kernels_for(int64_t out, int64_t in, Ep
 }
 
 std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, Epilogue epilogue, DType out) {
-  if (out != DType::F32) fail("internal: CPU linears write float32, not {}", dtype_name(out));
   const DType precision = l.weight.packed ? static_cast<const CpuPackedWeights&>(*l.weight.packed).precision : DType::F32;
+  const bool bf16_out = out == DType::BF16 && precision == DType::BF16 && epilogue != Epilogue::kResidual;
+  if (out != DType::F32 && !bf16_out) {
+    fail("internal: a CPU {} linear writes float32 (or bf16 from a bf16 GEMM without a residual), not {}",
+         precision_name(precision), dtype_name(out));
+  }
   const int64_t in = l.weight.tensor.cols;
   if (precision != DType::F32) {
-    const uint64_t need = static_cast<uint64_t>(max_rows_ + kRowGranularity) * in * (precision == DType::BF16 ? 2 : 1);
+    // int8 quantizes every input into it; bf16 rounds the float32 ones (the FFN's
+    // intermediate arrives in bf16: linear() checks the width it rounds).
+    const uint64_t need = precision == DType::I8 ? static_cast<uint64_t>(max_rows_ + kRowGranularity) * in : 1;
     if (gemm_input_ == nullptr || gemm_input_bytes_ < need) {
       fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), in, need);
     }
@@ -272,8 +283,8 @@ std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, E
       fail("an int8 GEMM needs planned row scales and accumulators");
     }
   }
-  auto& kernels = kernels_for(l.weight.tensor.rows, in, epilogue, precision, !l.bias.empty());
-  return std::make_unique<CpuLinear>(l, kernels, epilogue, engine_);
+  auto& kernels = kernels_for(l.weight.tensor.rows, in, epilogue, precision, !l.bias.empty(), out);
+  return std::make_unique<CpuLinear>(l, kernels, epilogue, out, engine_);
 }
 
 void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view, int64_t rows, const TensorView& y_view) {
@@ -284,12 +295,24 @@ void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view
   float* y = y_view.as<float>();
   const int64_t in = op.in, out = op.out;
   const int64_t covered = padded_rows(rows);
-  // The GEMM's own input and output: x and y (fp32), x rounded (bf16), x quantized and
-  // raw accumulators (int8; the residual linears accumulate aside, then add).
+  if (y_view.dtype != op.output) fail("internal: a linear writing {} got a {} output", dtype_name(op.output), dtype_name(y_view.dtype));
+  if (x_view.dtype != DType::F32 && !(x_view.dtype == DType::BF16 && op.precision == DType::BF16)) {
+    fail("internal: a {} linear got a {} input", precision_name(op.precision), dtype_name(x_view.dtype));
+  }
+  // The GEMM's own input and output: x and y (fp32), x rounded (bf16, unless it is bf16
+  // already), x quantized and raw accumulators (int8; the residual linears accumulate
+  // aside, then add).
   const void* src = x;
   size_t src_element = sizeof(float);
   float* dst = y;
-  if (op.precision == DType::BF16) {
+  const size_t dst_element = op.output == DType::BF16 ? 2 : sizeof(float);
+  if (op.precision == DType::BF16 && x_view.dtype == DType::BF16) {
+    src_element = 2;
+  } else if (op.precision == DType::BF16) {
+    if (static_cast<uint64_t>(covered * in) * 2 > gemm_input_bytes_) {
+      fail("a bf16 GEMM with {} float32 inputs per row needs more than the planned {}-byte input buffer", in,
+           gemm_input_bytes_);
+    }
     round_rows_to_bf16(x, covered, in, static_cast<uint16_t*>(gemm_input_));
     src = gemm_input_;
     src_element = 2;
@@ -305,7 +328,7 @@ void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view
     memory& src_memory = op.kernels.src[k];
     memory& dst_memory = op.kernels.dst[k];
     src_memory.set_data_handle(const_cast<char*>(static_cast<const char*>(src)) + first * in * src_element);
-    dst_memory.set_data_handle(dst + first * out);
+    dst_memory.set_data_handle(reinterpret_cast<char*>(dst) + first * out * dst_element);
     // The C API takes the arguments as a plain array: nothing is built per call.
     const dnnl_exec_arg_t args[] = {{DNNL_ARG_SRC, src_memory.get()},
                                     {DNNL_ARG_WEIGHTS, op.weight_memory.get()},

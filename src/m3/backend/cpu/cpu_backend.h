@@ -82,7 +82,7 @@ class CpuBackend final : public Backend {
   int threads() const { return threads_; }
   int64_t query_tile() const { return query_tile_; }
 
-  // One compiled GEMM per row block for one (out, in, epilogue, bias) shape, shared by
+  // One compiled GEMM per row block for one (out, in, epilogue, bias, output type) shape, shared by
   // every layer; source and destination memory objects are re-pointed per call.
   struct RowBlockKernels {
     std::map<int64_t, size_t> index;  // chunk rows -> position in the vectors below
@@ -94,7 +94,7 @@ class CpuBackend final : public Backend {
   enum class Kernels { kBf16, kFp32, kFp32Bf16Values, kSgemm };  // which attention path runs (attention_kernels.h)
   void attention_sgemm(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t head_dim,
                        float scale, float* scores, float* o, int64_t o_stride) const;
-  RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias);
+  RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias, DType dst);
   // Rows past a batch up to its last GEMM chunk start from zeros, so they stay finite.
   void zero_chunk_tail(const TensorView& x, int64_t rows) const;
 
@@ -117,7 +117,7 @@ class CpuBackend final : public Backend {
   uint64_t gemm_input_bytes_ = 0;
   float* row_scales_ = nullptr;
   float* int8_accumulator_ = nullptr;
-  std::map<std::tuple<int64_t, int64_t, Epilogue, DType, bool>, RowBlockKernels> kernels_;
+  std::map<std::tuple<int64_t, int64_t, Epilogue, DType, bool, DType>, RowBlockKernels> kernels_;
 };
 
 }  // namespace m3
