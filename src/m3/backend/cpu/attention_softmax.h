@@ -21,7 +21,8 @@ float exp_shifted_row(float* row, int64_t n);
 
 // e^(x - shift) as the numerators rounded to bf16 take it, x <= shift: 2^t with t = x log2e -
 // shift log2e (one FMA), a degree-4 polynomial for 2^(t - round(t)); relative error under
-// 3e-6 + 1.5e-7 |x - shift|, and far below the shift it underflows to 0. The tests and the Python oracle compute it this way too.
+// 3e-6 + 1.5e-7 |x - shift|, and far below the shift it underflows to 0. The tests and the
+// Python oracle (test_low_precision_emulation.py) compute it the same way.
 float exp_for_bf16(float x, float shift);
 
 // exp(x) for x <= 0 as the AVX-512 path computes it (range reduction to |g| <= ln2/2 with a two-part ln2,

@@ -273,10 +273,10 @@ std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, E
   }
   const int64_t in = l.weight.tensor.cols;
   if (precision != DType::F32) {
-    // int8 quantizes every input into it; bf16 rounds the float32 ones (the FFN's
-    // intermediate arrives in bf16: linear() checks the width it rounds).
-    const uint64_t need = precision == DType::I8 ? static_cast<uint64_t>(max_rows_ + kRowGranularity) * in : 1;
-    if (gemm_input_ == nullptr || gemm_input_bytes_ < need) {
+    // int8 quantizes every input into it; bf16 rounds the float32 ones only (the FFN's
+    // intermediate arrives in bf16), so linear() checks the width it rounds.
+    const uint64_t need = static_cast<uint64_t>(max_rows_ + kRowGranularity) * in;
+    if (gemm_input_ == nullptr || (precision == DType::I8 && gemm_input_bytes_ < need)) {
       fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), in, need);
     }
     if (precision == DType::I8 && (row_scales_ == nullptr || int8_accumulator_ == nullptr)) {
