@@ -14,10 +14,7 @@ DType cpu_weight_dtype(const WeightSpec& spec, DType precision) {
   return spec.role == WeightRole::kEncoderLinear ? precision : DType::F32;
 }
 
-int64_t cpu_attention_scratch_floats(const PlanInputs& in) {
-  const int64_t rows = in.precision == DType::I8 ? in.query_tile * 3 / 2 : in.query_tile;
-  return rows * in.max_seq_len;
-}
+int64_t cpu_attention_scratch_floats(const PlanInputs& in) { return in.query_tile * in.max_seq_len; }
 
 PlanRules cpu_plan_rules(const PlanInputs& in) {
   constexpr uint64_t kF32 = 4;
@@ -29,7 +26,8 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
   const DType p = in.precision;
   r.weight_type = [p](const WeightSpec& s) { return cpu_weight_dtype(s, p); };
   r.weight_extra_bytes = [p](const WeightSpec& s) {
-    return s.role == WeightRole::kEncoderLinear && p == DType::I8 ? static_cast<uint64_t>(s.rows) * kF32 : 0;
+    // int8: each output channel's scale and scaled sum (CpuPackedWeights).
+    return s.role == WeightRole::kEncoderLinear && p == DType::I8 ? 2 * static_cast<uint64_t>(s.rows) * kF32 : 0;
   };
   r.workspaces = [in](MemoryPlan& plan, ArenaLayout& arena) {
     const int64_t t = plan.rows, ffn = in.config.intermediate_size;
@@ -56,7 +54,9 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
     if (p == DType::I8) {
       plan.row_scales_offset = arena.add("int8 row scales", fmt::format("[{}] f32", input_rows),
                                          static_cast<uint64_t>(input_rows) * kF32);
-      plan.bytes_per_batch_token += kF32;
+      plan.row_minima_offset = arena.add("int8 row minima", fmt::format("[{}] f32", input_rows),
+                                         static_cast<uint64_t>(input_rows) * kF32);
+      plan.bytes_per_batch_token += 2 * kF32;
       // The residual GEMMs' accumulators: [t, hidden] of the qkv buffer, dead while they run.
       plan.int8_accumulator_offset = plan.buffer("qkv");
     }

@@ -105,9 +105,10 @@ struct MemoryPlan {
 
   // CPU workspaces (bytes into the arena): attention scratch, oneDNN scratchpads.
   uint64_t attention_scratch_offset = 0, library_workspace_offset = 0;
-  // bf16/int8 only: GEMM inputs in that precision, int8 row scales, int8 accumulators of
-  // the residual linears (these alias the qkv buffer, which is dead by then).
-  uint64_t gemm_input_offset = 0, gemm_input_bytes = 0, row_scales_offset = 0, int8_accumulator_offset = 0;
+  // bf16/int8 only: GEMM inputs in that precision, int8 row scales and minima, int8
+  // accumulators of the residual linears (these alias the qkv buffer, which is dead by then).
+  uint64_t gemm_input_offset = 0, gemm_input_bytes = 0, row_scales_offset = 0, row_minima_offset = 0;
+  uint64_t int8_accumulator_offset = 0;
   // Rows of every activation buffer: the most rows GEMM chunks of any batch up to
   // max_batch_tokens cover (gemm_row_blocks.h): at most 63 more than max_batch_tokens.
   int64_t rows = 0;

@@ -57,8 +57,7 @@ PlanRules cuda_plan_rules(const PlanInputs& inputs);
 
 // Floats of attention scratch per CPU thread: its K (and V) of one head of the longest
 // sequence, in the kernels' layouts (attention_kernels.h). query_tile x max_seq_len floats
-// hold K transposed in float32, or K and V in bf16; int8 keeps K in float32 beside V in
-// bf16, half as much again.
+// hold K transposed in float32 (fp32), or K and V in bf16 (bf16 and int8).
 int64_t cpu_attention_scratch_floats(const PlanInputs& inputs);
 
 // How each stores a weight tensor at --dtype `precision`.

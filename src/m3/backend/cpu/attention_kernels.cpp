@@ -398,13 +398,6 @@ void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const fl
            o_stride);
 }
 
-void attention_tile_f32_bf16_values(const float* q, int64_t q_stride, int64_t rows, const float* kt,
-                                    const uint16_t* vt2, int64_t len, int64_t block, int64_t head_dim, float scale,
-                                    float* o, int64_t o_stride) {
-  run_tile(Fp32Scores{q, q_stride, kt, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o,
-           o_stride);
-}
-
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
   run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);

@@ -6,15 +6,15 @@
 //
 // Each row group of 6 meets a key block start to end while both are in cache: scores, the
 // running max and sum, e^(s - max) into P, then P V with the correction of the earlier
-// blocks applied as the output rows load. Three precisions of the same tile:
-//   float32                 (--dtype fp32)  Q K^T and P V in float32 FMAs
-//   float32 scores, bf16 PV (--dtype int8)  Q K^T in float32; P and V rounded to bfloat16
-//   bfloat16                (--dtype bf16)  Q, K, V and P rounded to bfloat16
+// blocks applied as the output rows load. Two precisions of the same tile:
+//   float32   (--dtype fp32)         Q K^T and P V in float32 FMAs
+//   bfloat16  (--dtype bf16 and int8) Q, K, V and P rounded to bfloat16
 // bfloat16 products run as pairs (vdpbf16ps), accumulating in float32: twice the rate of
-// the float32 FMAs. int8 keeps Q K^T in float32: its scores feed an exponential, and
-// rounding Q and K on top of int8's GEMM error cost more fidelity than the tolerances
-// allow (bench/results/2026-12-06-fidelity-L24-int8-bf16-attention.md); rounding only P
-// and V keeps it (bench/results/2026-12-07-fidelity-L24-int8-bf16-values.md).
+// the float32 FMAs. int8 takes the bf16 tile too: once its activations were quantized over
+// each row's range (quantize_rows_to_uint8) its GEMMs left room for rounding Q and K, within
+// the 0.999 dense cosine it promises (bench/results/2026-12-07-fidelity-L24-int8-u8-bf16-
+// attention.md); before that it kept Q K^T in float32 (0.99899 with bf16 Q K^T:
+// bench/results/2026-12-06-fidelity-L24-int8-bf16-attention.md).
 #pragma once
 
 #include <cstdint>
@@ -47,9 +47,6 @@ void round_row_to_bf16(const float* x, int64_t n, uint16_t* y);
 void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const float* kt, const float* v,
                         int64_t v_stride, int64_t len, int64_t block, int64_t head_dim, float scale, float* o,
                         int64_t o_stride);
-void attention_tile_f32_bf16_values(const float* q, int64_t q_stride, int64_t rows, const float* kt,
-                                    const uint16_t* vt2, int64_t len, int64_t block, int64_t head_dim, float scale,
-                                    float* o, int64_t o_stride);
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride);
 

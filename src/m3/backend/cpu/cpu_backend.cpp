@@ -36,7 +36,7 @@ dnnl::matmul::primitive_desc gemm_desc(const dnnl::engine& engine, int64_t rows,
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // the arena holds it
   if (precision == DType::I8) {
-    const memory::desc src_md({rows, in}, dt::s8, tag::ab);
+    const memory::desc src_md({rows, in}, dt::u8, tag::ab);
     const memory::desc wei_md = packed_weights_desc(engine, precision, out, in);
     return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
   }
@@ -64,15 +64,16 @@ class CpuLinear final : public PreparedLinear {
         bias(l.bias.empty() ? nullptr : l.bias.as<const float>()) {
     if (!bias && precision == DType::I8) {  // int8_epilogue always adds a bias: zeros stand in
       zero_bias.assign(static_cast<size_t>(out), 0.f);
-      int8_bias = zero_bias.data();
+      int8.bias = zero_bias.data();
     } else {
-      int8_bias = bias;
+      int8.bias = bias;
     }
     if (bias) bias_memory = memory(memory::desc({1, out}, dt::f32, tag::ab), engine, const_cast<float*>(bias));
     if (l.weight.packed) {
       const auto& packed = static_cast<const CpuPackedWeights&>(*l.weight.packed);
       weight_memory = memory(packed.desc, engine, packed.data.get());
-      channel_scales = packed.channel_scales.data();
+      int8.scales = packed.channel_scales.data();
+      int8.sums = packed.channel_sums.data();
     } else {
       weight_memory = memory(memory::desc({in, out}, dt::f32, tag::ba), engine, l.weight.tensor.data);
     }
@@ -86,8 +87,7 @@ class CpuLinear final : public PreparedLinear {
   const float* bias;
   memory weight_memory;
   memory bias_memory;
-  const float* channel_scales = nullptr;  // int8
-  const float* int8_bias = nullptr;       // int8: the bias, or zeros
+  Int8Channels int8{};  // int8: the weights' scales and sums, the bias or zeros
   std::vector<float> zero_bias;
 };
 
@@ -171,6 +171,7 @@ CpuBackend::CpuBackend(const MemoryPlan& plan, int threads)
   }
   if (precision_ == DType::I8) {
     row_scales_ = arena_.at<float>(plan.row_scales_offset);
+    row_minima_ = arena_.at<float>(plan.row_minima_offset);
     int8_accumulator_ = arena_.at<float>(plan.int8_accumulator_offset);
   }
 }
@@ -279,8 +280,8 @@ std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, E
     if (gemm_input_ == nullptr || (precision == DType::I8 && gemm_input_bytes_ < need)) {
       fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), in, need);
     }
-    if (precision == DType::I8 && (row_scales_ == nullptr || int8_accumulator_ == nullptr)) {
-      fail("an int8 GEMM needs planned row scales and accumulators");
+    if (precision == DType::I8 && (row_scales_ == nullptr || row_minima_ == nullptr || int8_accumulator_ == nullptr)) {
+      fail("an int8 GEMM needs planned row scales, row minima and accumulators");
     }
   }
   auto& kernels = kernels_for(l.weight.tensor.rows, in, epilogue, precision, !l.bias.empty(), out);
@@ -317,7 +318,7 @@ void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view
     src = gemm_input_;
     src_element = 2;
   } else if (op.precision == DType::I8) {
-    quantize_rows_to_int8(x, covered, in, static_cast<int8_t*>(gemm_input_), row_scales_);
+    quantize_rows_to_uint8(x, covered, in, static_cast<uint8_t*>(gemm_input_), row_scales_, row_minima_);
     src = gemm_input_;
     src_element = 1;
     if (op.epilogue == Epilogue::kResidual) dst = int8_accumulator_;
@@ -341,7 +342,7 @@ void CpuBackend::linear(const PreparedLinear& prepared, const TensorView& x_view
   });
   stream_.wait();
   if (op.precision == DType::I8) {
-    int8_epilogue(dst, rows, out, row_scales_, op.channel_scales, op.int8_bias, op.epilogue, y);
+    int8_epilogue(dst, rows, out, row_scales_, row_minima_, op.int8, op.epilogue, y);
   }
 }
 
@@ -488,13 +489,12 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   // sequence, and for bf16 and int8 its V, in the kernels' layouts (attention_kernels.h);
   // without the kernels, oneDNN sgemm's score block.
   const int64_t per_thread = scratch_floats_per_thread_;
-  // --dtype fp32 keeps attention in float32; bf16 computes it in bf16; int8 keeps Q K^T in
-  // float32 and runs P V in bf16 (attention_kernels.h says why).
-  const Kernels preferred = !attention_kernels_supported(head_dim)        ? Kernels::kSgemm
-                            : !bf16_attention_kernels_supported(head_dim) ? Kernels::kFp32
-                            : precision_ == DType::BF16                   ? Kernels::kBf16
-                            : precision_ == DType::I8                     ? Kernels::kFp32Bf16Values
-                                                                          : Kernels::kFp32;
+  // --dtype fp32 keeps attention in float32; bf16 and int8 compute it in bf16
+  // (attention_kernels.h says why int8 may).
+  const bool low_precision = precision_ == DType::BF16 || precision_ == DType::I8;
+  const Kernels preferred = !attention_kernels_supported(head_dim)                          ? Kernels::kSgemm
+                            : low_precision && bf16_attention_kernels_supported(head_dim) ? Kernels::kBf16
+                                                                                            : Kernels::kFp32;
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
   // block by block with a running max and sum per query (flash-style online softmax),
   // its output rows rescaled when the max grows. No score row is ever L long.
@@ -510,12 +510,10 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     const float* v = q + 2 * hidden;
     float* o = out + begin * hidden + head * head_dim;
     float* thread_scratch = attention_scratch_ + int64_t(omp_get_thread_num()) * per_thread;
-    // The layouts take head_dim x len rounded up to 16 (K in float32 is 2 of the bytes per
-    // element counted here, bf16 K and V 1 each): that fits unless len is within 15 of a
-    // max_seq_len that is not a multiple of 16.
+    // The layouts take head_dim x len rounded up to 16 floats (K in float32, or K and V in
+    // bf16): that fits unless len is within 15 of a max_seq_len that is not a multiple of 16.
     const int64_t len16 = (len + 15) / 16 * 16;
-    const int64_t halves = preferred == Kernels::kFp32Bf16Values ? 3 : 2;
-    const bool fits = head_dim * len16 * halves <= 2 * per_thread;
+    const bool fits = head_dim * len16 <= per_thread;
     const Kernels kernels = fits ? preferred : Kernels::kSgemm;
     auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
     switch (kernels) {
@@ -534,24 +532,15 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
         }
         break;
       }
-      case Kernels::kFp32:
-      case Kernels::kFp32Bf16Values: {
-        const bool bf16_values = kernels == Kernels::kFp32Bf16Values;
-        uint16_t* vt2 = reinterpret_cast<uint16_t*>(thread_scratch + head_dim * len16);
+      case Kernels::kFp32: {
         for (int64_t k0 = 0; k0 < len; k0 += kFp32KeyBlock) {
           const int64_t keys = std::min<int64_t>(kFp32KeyBlock, len - k0);
           transpose_keys(k + k0 * stride, stride, keys, head_dim, thread_scratch + k0 * head_dim, (keys + 15) / 16 * 16);
-          if (bf16_values) pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
         }
         for (int64_t q0 = 0; q0 < len; q0 += tile) {
           const int64_t rows = std::min<int64_t>(tile, len - q0);
-          if (bf16_values) {
-            attention_tile_f32_bf16_values(q + q0 * stride, stride, rows, thread_scratch, vt2, len, kFp32KeyBlock,
-                                           head_dim, scale, o + q0 * hidden, hidden);
-          } else {
-            attention_tile_f32(q + q0 * stride, stride, rows, thread_scratch, v, stride, len, kFp32KeyBlock, head_dim,
-                               scale, o + q0 * hidden, hidden);
-          }
+          attention_tile_f32(q + q0 * stride, stride, rows, thread_scratch, v, stride, len, kFp32KeyBlock, head_dim,
+                             scale, o + q0 * hidden, hidden);
         }
         break;
       }

@@ -91,7 +91,7 @@ class CpuBackend final : public Backend {
   };
 
  private:
-  enum class Kernels { kBf16, kFp32, kFp32Bf16Values, kSgemm };  // which attention path runs (attention_kernels.h)
+  enum class Kernels { kBf16, kFp32, kSgemm };  // which attention path runs (attention_kernels.h)
   void attention_sgemm(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t head_dim,
                        float scale, float* scores, float* o, int64_t o_stride) const;
   RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias, DType dst);
@@ -108,7 +108,7 @@ class CpuBackend final : public Backend {
   dnnl::stream stream_;
   // Carved from the arena: attention scratch (threads x cpu_attention_scratch_floats),
   // the oneDNN scratchpad, and for bf16/int8 the rounded or quantized GEMM inputs, the
-  // int8 row scales and accumulators.
+  // int8 row scales, row minima and accumulators.
   float* attention_scratch_ = nullptr;
   int64_t scratch_floats_per_thread_ = 0;
   void* library_ = nullptr;
@@ -116,6 +116,7 @@ class CpuBackend final : public Backend {
   void* gemm_input_ = nullptr;
   uint64_t gemm_input_bytes_ = 0;
   float* row_scales_ = nullptr;
+  float* row_minima_ = nullptr;
   float* int8_accumulator_ = nullptr;
   std::map<std::tuple<int64_t, int64_t, Epilogue, DType, bool, DType>, RowBlockKernels> kernels_;
 };

@@ -14,6 +14,7 @@ using dt = memory::data_type;
 using tag = memory::format_tag;
 
 dt weight_type(DType p) { return p == DType::I8 ? dt::s8 : dt::bf16; }
+dt source_type(DType p) { return p == DType::I8 ? dt::u8 : dt::bf16; }  // quantize_rows_to_uint8
 
 std::shared_ptr<void> aligned_bytes(size_t n) {
   void* p = std::aligned_alloc(64, (n + 63) / 64 * 64);
@@ -26,9 +27,8 @@ std::shared_ptr<void> aligned_bytes(size_t n) {
 memory::desc packed_weights_desc(const dnnl::engine& engine, DType precision, int64_t out, int64_t in) {
   // oneDNN's brgemm kernels choose the same blocked layout for every row count (checked
   // from 1 to 8192 rows), so one chunk size stands for all of them.
-  const dt t = weight_type(precision);
-  const memory::desc src({1024, in}, t, tag::ab);
-  const memory::desc wei({in, out}, t, tag::any);
+  const memory::desc src({1024, in}, source_type(precision), tag::ab);
+  const memory::desc wei({in, out}, weight_type(precision), tag::any);
   const memory::desc dst({1024, out}, dt::f32, tag::ab);
   return dnnl::matmul::primitive_desc(dnnl::matmul::desc(src, wei, dst), engine).weights_desc();
 }
@@ -57,17 +57,20 @@ std::shared_ptr<const CpuPackedWeights> pack_linear_weights(const std::vector<fl
     // Symmetric per output channel: q = round(W / scale), scale = max|W[c, :]| / 127.
     std::vector<int8_t> q(w.weight.size());
     packed->channel_scales.resize(static_cast<size_t>(w.out));
+    packed->channel_sums.resize(static_cast<size_t>(w.out));
     for (int64_t c = 0; c < w.out; ++c) {
       const float* row = w.weight.data() + c * w.in;
       float most = 0.f;
       for (int64_t k = 0; k < w.in; ++k) most = std::max(most, std::fabs(row[k]));
       const float scale = most > 0.f ? most / 127.f : 1.f;
-      packed->channel_scales[c] = scale;
+      int64_t sum = 0;  // exact: at most 127 * in
       for (int64_t k = 0; k < w.in; ++k) {
         q[c * w.in + k] = static_cast<int8_t>(std::clamp(std::nearbyint(row[k] / scale), -127.f, 127.f));
+        sum += q[c * w.in + k];
       }
+      packed->channel_scales[c] = scale;
+      packed->channel_sums[c] = scale * static_cast<float>(sum);
     }
-    // The reorder also writes the compensation oneDNN's s8 x s8 kernels need.
     memory src({{w.in, w.out}, dt::s8, tag::ba}, engine, q.data());
     dnnl::reorder(src, dst).execute(stream, src, dst);
   }

@@ -1,7 +1,8 @@
-// Linear-layer weights packed at load for a low-precision oneDNN GEMM: bfloat16, or
-// int8 with one scale per output channel. The layout is the one oneDNN's own kernel asks
-// for (format "any"), so no GEMM repacks its weights per call, and the float32 copy is
-// dropped once packed: bf16 halves the encoder's weight memory, int8 quarters it.
+// Linear-layer weights packed at load for a low-precision oneDNN GEMM: bfloat16, or int8
+// with one scale per output channel (for activations in unsigned bytes: a u8 x s8 GEMM).
+// The layout is the one oneDNN's own kernel asks for (format "any"), so no GEMM repacks
+// its weights per call, and the float32 copy is dropped once packed: bf16 halves the
+// encoder's weight memory, int8 quarters it.
 #pragma once
 
 #include <cstdint>
@@ -20,7 +21,10 @@ struct CpuPackedWeights final : PackedWeights {
   dnnl::memory::desc desc;          // oneDNN's packed layout of W^T [in, out]
   std::shared_ptr<void> data;       // desc.get_size() bytes, 64-byte aligned
   std::vector<float> channel_scales;  // int8: W[c, :] ~= channel_scales[c] * q[c, :]
-  uint64_t bytes() const override { return desc.get_size() + channel_scales.size() * sizeof(float); }
+  std::vector<float> channel_sums;    // int8: channel_scales[c] * sum_k q[c, k] (Int8Channels::sums)
+  uint64_t bytes() const override {
+    return desc.get_size() + (channel_scales.size() + channel_sums.size()) * sizeof(float);
+  }
 };
 
 // The packed weight layout the GEMM kernels of every row chunk are created with.
