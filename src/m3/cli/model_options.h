@@ -34,8 +34,9 @@ inline constexpr const char* kDtypeHelp =
     "DType of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and inputs, float32 "
     "accumulation; on the CPU attention runs in bf16 too and needs AVX512-BF16 or AMX, else fp32 is used with a "
     "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
-    "weights with per-channel scales, inputs quantized per token; needs VNNI or AMX). Layer norms, softmax and "
-    "the heads compute in float32";
+    "weights with per-channel scales, inputs quantized per token to unsigned bytes over their range; needs VNNI "
+    "or AMX; attention in bf16 as with bf16 where AVX512-BF16 is there). Layer norms, softmax and the heads "
+    "compute in float32";
 
 inline constexpr const char* kOutputMemoryHelp =
     "Memory for results waiting to be written (e.g. 256MiB): encode's in-order output buffer, or the server's "
