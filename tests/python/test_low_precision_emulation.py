@@ -13,8 +13,9 @@ every encoder Linear replaced by the rounding m3embed documents:
   int8: y = s_row * s_channel * (q(x) q(W)^T) + m_row * s_channel * sum(q(W_channel)) + b, with
         q(x) = round((x - m_row) / s_row) in 0..255, m_row = min(x_row), s_row = (max(x_row) - m_row) / 255
         (in float32, as quantize_rows_to_uint8), q(W) = round(W / s_channel), s_channel =
-        max|W_channel| / 127 (round half to even); attention as with bf16 (Q, K and V rounded
-        to bf16, the same blocked softmax and numerators)
+        max|W_channel| / 127 (round half to even); attention with each head's Q and K rows
+        on a symmetric int8 grid, scores (float(q(Q) . q(K)) * (s_K * scale)) * s_Q, V
+        rounded to bf16, the same blocked softmax and numerators as bf16
 
 Everything else (embeddings, layer norms, heads) stays float32, as in m3embed.
 Then m3embed must match that oracle several times more tightly than it matches float32
@@ -56,9 +57,19 @@ def _quantize_rows_uint8(x):
     return torch.round((x - lo) * inverse).clamp(max=255), scale, lo
 
 
+def _quantize_head_rows(x):
+    """quantize_query_int8 / pack_keys_int8, in float32: x ~= scale * q, q in -127..127."""
+    import torch
+    scale = x.abs().amax(dim=-1, keepdim=True) / 127.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+    inverse = 1.0 / scale
+    return torch.round(x * inverse).clamp(-127, 127), scale
+
+
 def emulate(linear, dtype: str, attention_input: bool = False) -> None:
-    """Replaces linear.forward by m3embed's rounding for `dtype`. Attention runs on
-    bfloat16 Q, K and V with both: the query/key/value outputs are rounded too."""
+    """Replaces linear.forward by m3embed's rounding for `dtype`. With bf16, attention runs on
+    bfloat16 Q, K and V: the query/key/value outputs are rounded too. With int8, the
+    attention (blocked_attention) quantizes Q and K and rounds V itself."""
     import torch
     import torch.nn.functional as F
 
@@ -77,8 +88,7 @@ def emulate(linear, dtype: str, attention_input: bool = False) -> None:
         def forward(x):
             qx, s_row, m_row = (t.double() for t in _quantize_rows_uint8(x.float()))  # [..., 1]
             acc = qx @ qw.T  # exact: byte products summed in double
-            y = (acc * s_row * s_channel.T + m_row * sums.T + bias.double()).to(torch.float32)
-            return _bf16(y) if attention_input else y
+            return (acc * s_row * s_channel.T + m_row * sums.T + bias.double()).to(torch.float32)
 
         linear.forward = forward
 
@@ -117,13 +127,35 @@ def exp_for_bf16(x, shift):
     return (p.double() * torch.exp2(r.double())).float()  # scalef: exact, or one rounding below 2^-126
 
 
-def bf16_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """transformers' eager attention with m3embed's blocked online softmax and bf16 numerators."""
+def int8_scores(query, key):
+    """The int8 kernels' scores (scores_block_int8): an exact integer dot of the heads' int8
+    rows, then (float(dot) * key_factor) * q_scale in float32, key_factor = s_K * scale."""
+    import torch
+    qq, q_scale = _quantize_head_rows(query)
+    qk, k_scale = _quantize_head_rows(key)
+    scale = 1.0 / torch.sqrt(torch.tensor(float(query.size(-1)), dtype=torch.float32))  # 1.0f / sqrt(d)
+    key_factor = (k_scale * scale).transpose(2, 3)  # [..., 1, keys]
+    dot = torch.matmul(qq.double(), qk.double().transpose(2, 3)).float()  # exact integers
+    return dot * key_factor * q_scale
+
+
+def blocked_attention(dtype: str):
+    """transformers' eager attention with m3embed's blocked online softmax and bf16 numerators,
+    from bf16 Q, K, V (rounded by their Linears) or, with int8, int8 scores and bf16 V."""
     import torch
 
-    if scaling is None:
-        scaling = query.size(-1) ** -0.5
-    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    def attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+        if dtype == "int8":
+            return _blocked_attention(int8_scores(query, key), _bf16(value), attention_mask)
+        if scaling is None:
+            scaling = query.size(-1) ** -0.5
+        return _blocked_attention(torch.matmul(query, key.transpose(2, 3)) * scaling, value, attention_mask)
+    return attention
+
+
+def _blocked_attention(scores, value, attention_mask):
+    import torch
+
     if attention_mask is not None:
         scores = scores + attention_mask
     out = running_max = running_sum = None
@@ -152,7 +184,7 @@ def oracle_outputs(model: str, dtype: str, texts: list[str], max_len: int):
     encoder = m.model.model if hasattr(m.model, "model") else m.model
     original = xlmr.eager_attention_forward
     encoder.config._attn_implementation = "eager"
-    xlmr.eager_attention_forward = bf16_attention
+    xlmr.eager_attention_forward = blocked_attention(dtype)
     try:
         for layer in encoder.encoder.layer:
             for lin in (layer.attention.self.query, layer.attention.self.key, layer.attention.self.value):

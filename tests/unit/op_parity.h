@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "m3/backend/backend.h"
+#include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/cpu_backend.h"
 #include "m3/backend/cpu/packed_linear_weights.h"
 #include "m3/memory/memory_plan.h"
@@ -415,9 +416,10 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
     backend_->attention(batch_, qkv_view, with_bias ? placed(bias_name).tensor : TensorView{}, heads, head_dim, context);
     sync();
 
-    // The bias is added in float32 to Q, K and V as stored; the CPU's bf16 kernels (bf16
-    // and int8) then round them to bfloat16, and the softmax numerators too (CUDA computes
-    // in float32 from the stored type).
+    // The bias is added in float32 to Q, K and V as stored; the CPU's bf16 kernels then
+    // round them to bfloat16, and the softmax numerators too; its int8 kernels put each
+    // head's Q and K on an int8 grid and round V and the numerators to bfloat16 (CUDA
+    // computes in float32 from the stored type).
     const bool cpu = target_->device == DeviceKind::kCpu;
     const DType precision = plan_.inputs.precision;
     const DType operands = cpu && precision != DType::F32 ? DType::BF16 : DType::F32;
@@ -426,7 +428,11 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
       const std::vector<float>& bias = weight(bias_name);
       for (size_t i = 0; i < held.size(); ++i) held[i] += bias[i % bias.size()];
     }
-    if (cpu && precision != DType::F32) held = reference::round_to(DType::BF16, held);
+    if (cpu && precision == DType::I8 && int8_attention_kernels_supported(head_dim)) {
+      reference::to_int8_attention_operands(held, heads, head_dim);
+    } else if (cpu && precision != DType::F32) {
+      held = reference::round_to(DType::BF16, held);
+    }
     const std::vector<double> want = reference::attention(data_->batch, held, heads, head_dim);
     EXPECT_TRUE(close_to(std::string("attention") + (with_bias ? " + qkv bias" : ""), read(context, tokens()), want, h,
                          coarser(act, operands)));

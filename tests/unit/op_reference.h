@@ -238,4 +238,40 @@ inline std::vector<float> round_to(DType type, std::span<const float> values) {
   return out;
 }
 
+// A row on the symmetric int8 grid the CPU's int8 attention puts Q and K on
+// (quantize_query_int8, pack_keys_int8): s = max |x| / 127 (1 for zeros), x ~= s q with
+// q = round-to-nearest-even(x * (1 / s)) within -127..127.
+struct Int8Row {
+  std::vector<int> q;
+  float scale;
+};
+
+inline Int8Row int8_row(const float* x, int64_t n) {
+  float most = 0.f;
+  for (int64_t i = 0; i < n; ++i) most = std::max(most, std::fabs(x[i]));
+  Int8Row row{{}, most > 0.f ? most / 127.f : 1.f};
+  const float inverse = 1.f / row.scale;
+  for (int64_t i = 0; i < n; ++i) row.q.push_back(static_cast<int>(std::clamp(std::nearbyint(x[i] * inverse), -127.f, 127.f)));
+  return row;
+}
+
+// The row replaced by s q.
+inline void to_int8_grid(float* row, int64_t n) {
+  const Int8Row grid = int8_row(row, n);
+  for (int64_t i = 0; i < n; ++i) row[i] = grid.scale * static_cast<float>(grid.q[i]);
+}
+
+// Packed Q, K, V rows (3 hidden floats per token) as --dtype int8's attention reads them on
+// a CPU with the int8 kernels: each head's Q and K on its int8 grid, V in bf16.
+inline void to_int8_attention_operands(std::vector<float>& qkv, int64_t heads, int64_t head_dim) {
+  const int64_t hidden = heads * head_dim;
+  const int64_t tokens = static_cast<int64_t>(qkv.size()) / (3 * hidden);
+  for (int64_t t = 0; t < tokens; ++t) {
+    float* row = qkv.data() + t * 3 * hidden;
+    for (int64_t h = 0; h < 2 * heads; ++h) to_int8_grid(row + h * head_dim, head_dim);
+    const std::vector<float> v = round_to(DType::BF16, std::span<const float>(row + 2 * hidden, hidden));
+    std::copy(v.begin(), v.end(), row + 2 * hidden);
+  }
+}
+
 }  // namespace m3::reference

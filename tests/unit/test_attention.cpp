@@ -1,9 +1,9 @@
 // CpuBackend::attention against a direct double-precision softmax(Q K^T / sqrt(d)) V,
 // on packed batches whose sequences span several key blocks (the online softmax and
 // output rescaling), for the AVX-512 kernels (head_dim 16 and 64, BGE-M3's) and for
-// the oneDNN sgemm path (head_dim 24, which the kernels do not take); the bf16 kernels,
-// which --dtype bf16 and int8 both run (the int8 cases check that int8's plan takes them);
-// and the packing of K and V into the kernels' layouts against plain loops.
+// the oneDNN sgemm path (head_dim 24, which the kernels do not take); the bf16 kernels
+// (--dtype bf16) and the int8-score kernels (--dtype int8); and the packing of Q, K and V
+// into the kernels' layouts against plain loops.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -14,6 +14,7 @@
 #include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/cpu_backend.h"
 #include "m3/backend/cpu/gemm_inputs.h"
+#include "op_reference.h"
 
 namespace m3 {
 namespace {
@@ -40,14 +41,17 @@ void round_to_bf16(std::vector<float>& x) {
   }
 }
 
+double worst_error(const PackedBatch& batch, const std::vector<float>& reference_qkv, const std::vector<float>& out,
+                   int64_t heads, int64_t head_dim);
+
 class AttentionTest : public ::testing::TestWithParam<Shape> {};
 
 TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   const auto [heads, head_dim, precision, max_len, lengths] = GetParam();
-  const bool bf16 = precision == DType::BF16 || precision == DType::I8;  // int8 mode takes the bf16 kernels
-  if (bf16 && !bf16_attention_kernels_supported(head_dim)) {
-    GTEST_SKIP() << "no AVX512-BF16 on this CPU";
-  }
+  const bool int8 = precision == DType::I8;
+  const bool bf16 = precision == DType::BF16;
+  if (bf16 && !bf16_attention_kernels_supported(head_dim)) GTEST_SKIP() << "no AVX512-BF16 on this CPU";
+  if (int8 && !int8_attention_kernels_supported(head_dim)) GTEST_SKIP() << "no AVX512-VNNI and BF16 on this CPU";
   const int64_t hidden = heads * head_dim;
   PackedBatch batch;
   for (int32_t len : lengths) batch.add(std::vector<int32_t>(len, 5), 1);
@@ -83,10 +87,27 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   backend.attention(backend.stage(batch, 0), view(qkv.data(), t, 3 * hidden), {}, heads, head_dim,
                     view(out.data(), t, hidden));
 
-  // The bf16 kernels round Q, K and V to bfloat16: so does the reference. They also round
-  // the softmax numerators, which the reference does not: hence the looser bound.
+  // The bf16 kernels round Q, K and V to bfloat16; the int8 ones put each head's Q and K
+  // on its int8 grid and round V to bfloat16: so does the reference. Both also round the
+  // softmax numerators, which the reference does not: hence the looser bound.
   std::vector<float> reference_qkv = qkv;
   if (bf16) round_to_bf16(reference_qkv);
+  if (int8) reference::to_int8_attention_operands(reference_qkv, heads, head_dim);
+  const double worst = worst_error(batch, reference_qkv, out, heads, head_dim);
+  EXPECT_LT(worst, bf16 || int8 ? 2e-2 : 2e-5) << "heads " << heads << ", head_dim " << head_dim;
+  if (bf16 || int8) EXPECT_GT(worst, 1e-5) << "the low-precision kernels did not run";
+  if (int8) {
+    // Q and K in bf16 instead of int8 (the grid's step is ~8x bf16's) must fit worse.
+    std::vector<float> bf16_qkv = qkv;
+    round_to_bf16(bf16_qkv);
+    EXPECT_GT(worst_error(batch, bf16_qkv, out, heads, head_dim), 2 * worst) << "the int8 scores did not run";
+  }
+}
+
+// max |out - softmax(scale q k^T) v| over every output, from the reference's Q, K and V.
+double worst_error(const PackedBatch& batch, const std::vector<float>& reference_qkv, const std::vector<float>& out,
+                   int64_t heads, int64_t head_dim) {
+  const int64_t hidden = heads * head_dim;
   const float* ref = reference_qkv.data();
   double worst = 0;
   const double scale = 1.0 / std::sqrt(double(head_dim));
@@ -114,8 +135,7 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
       }
     }
   }
-  EXPECT_LT(worst, bf16 ? 2e-2 : 2e-5) << "heads " << heads << ", head_dim " << head_dim;
-  if (bf16) EXPECT_GT(worst, 1e-5) << "the bf16 kernels did not run";
+  return worst;
 }
 
 INSTANTIATE_TEST_SUITE_P(HeadShapes, AttentionTest,
@@ -172,6 +192,58 @@ TEST(AttentionKernels, PackKeysAndValuesIntoTheirLayouts) {
           const float x = j < keys ? k[j * stride + d] : 0.f;
           ASSERT_EQ(vt2[((j / 2) * head_dim + d) * 2 + j % 2], bf16_bits(x)) << "V bf16, " << head_dim << ", " << keys;
         }
+      }
+    }
+  }
+}
+
+// The int8 layouts: each byte, scale, factor and offset against the definitions in
+// attention_kernels.h computed by plain loops (reference::int8_row); rows of zeros, and
+// halves that round to even.
+using reference::Int8Row;
+using reference::int8_row;
+
+TEST(AttentionKernels, PackQueriesAndKeysIntoTheInt8Layouts) {
+  if (!int8_attention_kernels_supported(64)) GTEST_SKIP() << "no AVX512-VNNI and BF16 on this CPU";
+  std::mt19937 rng(5);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  const int64_t stride = 200;
+  const float softmax_scale = 0.125f;
+  for (int64_t head_dim : {16, 32, 48, 64}) {
+    for (int64_t keys : {1, 2, 15, 16, 17, 33, 128}) {
+      std::vector<float> k(keys * stride);
+      for (float& x : k) x = 3.f * normal(rng);
+      std::fill_n(k.begin(), head_dim, 0.f);  // key 0: zeros
+      if (keys > 1) {                         // key 1: max 127, so scale 1 and halves that tie
+        float* row = k.data() + stride;
+        for (int64_t d = 0; d < head_dim; ++d) row[d] = d % 2 ? 3.5f - float(d % 8) : -0.5f - float(d % 5);
+        row[0] = 127.f;
+      }
+      const int64_t keys16 = (keys + 15) / 16 * 16;
+      std::vector<int8_t> kt4(head_dim * keys16, 99);
+      std::vector<float> factor(keys16, -1.f);
+      std::vector<int32_t> offset(keys16, 99);
+      pack_keys_int8(k.data(), stride, keys, head_dim, softmax_scale, kt4.data(), factor.data(), offset.data());
+      for (int64_t j = 0; j < keys16; ++j) {
+        const Int8Row want = j < keys ? int8_row(k.data() + j * stride, head_dim) : Int8Row{std::vector<int>(head_dim, 0), 0.f};
+        int sum = 0;
+        for (int64_t d = 0; d < head_dim; ++d) {
+          ASSERT_EQ(kt4[((d / 4) * keys16 + j) * 4 + d % 4], want.q[d]) << "K, head_dim " << head_dim << ", key " << j;
+          sum += want.q[d];
+        }
+        EXPECT_EQ(factor[j], want.scale * softmax_scale) << "head_dim " << head_dim << ", key " << j;
+        EXPECT_EQ(offset[j], -128 * sum) << "head_dim " << head_dim << ", key " << j;
+      }
+      if (keys > 1) ASSERT_EQ(kt4[(0 * keys16 + 1) * 4 + 1], 2) << "2.5 rounds to even";
+      // Each key row as a query: q + 128, and its scale.
+      for (int64_t j = 0; j < keys; ++j) {
+        std::vector<uint8_t> q(64, 7);
+        float scale = -1.f;
+        quantize_query_int8(k.data() + j * stride, head_dim, q.data(), &scale);
+        const Int8Row want = int8_row(k.data() + j * stride, head_dim);
+        EXPECT_EQ(scale, want.scale);
+        for (int64_t d = 0; d < head_dim; ++d) ASSERT_EQ(int(q[d]), want.q[d] + 128) << "Q, " << head_dim << ", " << j;
+        for (int64_t d = head_dim; d < 64; ++d) ASSERT_EQ(q[d], 7) << "wrote past the row";
       }
     }
   }

@@ -35,7 +35,8 @@ inline constexpr const char* kDtypeHelp =
     "accumulation; on the CPU attention runs in bf16 too and needs AVX512-BF16 or AMX, else fp32 is used with a "
     "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
     "weights with per-channel scales, inputs quantized per token to unsigned bytes over their range; needs VNNI "
-    "or AMX; attention in bf16 as with bf16 where AVX512-BF16 is there). Layer norms, softmax and the heads "
+    "or AMX; attention scores from int8 Q and K, one scale per head and token, and P V in bf16 where AVX512-VNNI "
+    "and AVX512-BF16 are there; bf16 attention where only AVX512-BF16 is). Layer norms, softmax and the heads "
     "compute in float32";
 
 inline constexpr const char* kOutputMemoryHelp =

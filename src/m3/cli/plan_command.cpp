@@ -473,7 +473,7 @@ void run_plan(const PlanOptions& o) {
 constexpr const char* kFooter =
     "Counts f32 weights (every tensor, heads whose .pt file is present) and one activation arena per replica "
     "(rows = max batch tokens rounded up to 64: hidden, qkv, attention output, FFN intermediate reused "
-    "for the head outputs; attention scratch threads x 64 (96 with --dtype int8) x max-seq-len floats; the oneDNN GEMM scratchpad); see docs/memory.md. Reads config.json (and sentencepiece.bpe.model with --corpus), "
+    "for the head outputs; attention scratch threads x 64 x max-seq-len floats; the oneDNN GEMM scratchpad); see docs/memory.md. Reads config.json (and sentencepiece.bpe.model with --corpus), "
     "never the weights.\n\n"
     "--json keys: model {path, hidden_size, num_layers, num_heads, intermediate_size, vocab_size, "
     "max_position_embeddings, max_tokens, heads[]}; limits {dtype, max_seq_len, max_batch_tokens, threads, "

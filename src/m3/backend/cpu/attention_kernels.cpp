@@ -109,6 +109,60 @@ void scores_rows_bf16(const uint16_t* q, int64_t q_ld, const uint16_t* kt2, int6
   for (; j < keys16; j += 16) scores_block_bf16<R, 1>(q, q_ld, kt2 + 2 * j, keys16, head_dim, scale, out + j, keys16);
 }
 
+// ---- int8 dot kernels (vpdpbusd: quads of u8 x s8, int32 accumulators) --------------------
+
+// acc += the u8 x s8 quad products of u and s. gcc 12's intrinsic copied and spilled all 24
+// accumulators every step (scores at bf16's speed); the tied asm operand keeps them in place.
+__attribute__((target("avx512f,avx512vnni"))) inline __m512i dot_quads(__m512i acc, __m512i u, __m512i s) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(u), "v"(s));
+  return acc;
+}
+
+// out[r, j] = (float(q[r] . k[j]) * key_factor[j]) * q_scale[r] with q and k the int8 rows:
+// Q is stored as q + 128 (vpdpbusd takes one operand unsigned), and each key's accumulator
+// starts from its -128 sum(k) (key_offset), so the integer dot is exact before the scales.
+template <int R, int J>
+__attribute__((target("avx512f,avx512vnni"))) inline void scores_block_int8(
+    const uint8_t* q, int64_t q_ld, const float* q_scale, const int8_t* kt4, const float* key_factor,
+    const int32_t* key_offset, int64_t keys16, int64_t head_dim, float* out, int64_t ld) {
+  __m512i acc[R][J];
+  for (int j = 0; j < J; ++j) {
+    const __m512i offset = _mm512_loadu_si512(key_offset + 16 * j);
+    for (int r = 0; r < R; ++r) acc[r][j] = offset;
+  }
+  for (int64_t dq = 0; dq < head_dim / 4; ++dq) {
+    __m512i kv[J];
+    for (int j = 0; j < J; ++j) kv[j] = _mm512_loadu_si512(kt4 + (dq * keys16 + 16 * j) * 4);
+    for (int r = 0; r < R; ++r) {
+      uint32_t quad;
+      std::memcpy(&quad, q + r * q_ld + 4 * dq, 4);
+      const __m512i b = _mm512_set1_epi32(static_cast<int>(quad));
+      for (int j = 0; j < J; ++j) acc[r][j] = dot_quads(acc[r][j], b, kv[j]);
+    }
+  }
+  for (int j = 0; j < J; ++j) {
+    const __m512 factor = _mm512_loadu_ps(key_factor + 16 * j);
+    for (int r = 0; r < R; ++r) {
+      const __m512 scaled = _mm512_mul_ps(_mm512_cvtepi32_ps(acc[r][j]), factor);
+      _mm512_storeu_ps(out + r * ld + 16 * j, _mm512_mul_ps(scaled, _mm512_set1_ps(q_scale[r])));
+    }
+  }
+}
+
+template <int R>
+void scores_rows_int8(const uint8_t* q, int64_t q_ld, const float* q_scale, const int8_t* kt4, const float* key_factor,
+                      const int32_t* key_offset, int64_t keys16, int64_t head_dim, float* out) {
+  int64_t j = 0;
+  for (; j + 64 <= keys16; j += 64) {
+    scores_block_int8<R, 4>(q, q_ld, q_scale, kt4 + 4 * j, key_factor + j, key_offset + j, keys16, head_dim, out + j,
+                            keys16);
+  }
+  for (; j < keys16; j += 16) {
+    scores_block_int8<R, 1>(q, q_ld, q_scale, kt4 + 4 * j, key_factor + j, key_offset + j, keys16, head_dim, out + j,
+                            keys16);
+  }
+}
+
 // As values_rows, from P and V in bf16 pairs (`pairs` key pairs).
 template <int R, int DV>
 __attribute__((target("avx512f,avx512bf16"))) void values_rows_bf16(const uint16_t* p, int64_t p_ld, int64_t pairs,
@@ -154,6 +208,20 @@ struct Bf16Scores {  // Q rows and K blocks in bf16 (pack_keys_bf16)
   template <int R>
   void rows(int64_t i, int64_t k0, int64_t keys16, float* out) const {
     scores_rows_bf16<R>(q + i * head_dim, head_dim, kt2 + k0 * head_dim, keys16, head_dim, scale, out);
+  }
+};
+
+struct Int8Scores {  // Q rows and K blocks in int8 with their scales (quantize_query_int8, pack_keys_int8)
+  const uint8_t* q;
+  const float* q_scale;
+  const int8_t* kt4;
+  const float* key_factor;
+  const int32_t* key_offset;
+  int64_t head_dim;
+  template <int R>
+  void rows(int64_t i, int64_t k0, int64_t keys16, float* out) const {
+    scores_rows_int8<R>(q + i * head_dim, head_dim, q_scale + i, kt4 + k0 * head_dim, key_factor + k0,
+                        key_offset + k0, keys16, head_dim, out);
   }
 };
 
@@ -354,8 +422,71 @@ __attribute__((target("avx512f,avx512bf16"))) void pack_values_bf16_avx512(const
   }
 }
 
+// cvtps rounds to nearest even (the default mode); |x| * inverse is 127 at most up to an ulp,
+// and the saturating narrow keeps it within -128..127, the max within -127.
+__attribute__((target("avx512f"))) inline __m128i int8_of(__m512 x, __m512 inverse) {
+  const __m512i q = _mm512_cvtps_epi32(_mm512_mul_ps(x, inverse));
+  return _mm512_cvtsepi32_epi8(_mm512_max_epi32(q, _mm512_set1_epi32(-127)));
+}
+
+// The symmetric int8 grid of one row of n <= 64 floats: scale = max |x| / 127 (1 for a zero
+// row), q = round-to-nearest-even(x * (1 / scale)), within -127..127. Written as 64 bytes,
+// zero past n.
+__attribute__((target("avx512f,avx512bw"))) inline __m512i int8_row_avx512(const float* x, int64_t n, float* scale) {
+  __m512 v[4];
+  __m512 most = _mm512_setzero_ps();
+  for (int c = 0; c < 4; ++c) {
+    const int64_t left = std::clamp<int64_t>(n - 16 * c, 0, 16);
+    const auto valid = static_cast<__mmask16>((1u << left) - 1);
+    v[c] = _mm512_maskz_loadu_ps(valid, x + 16 * c);
+    most = _mm512_max_ps(most, _mm512_abs_ps(v[c]));
+  }
+  const float absmax = _mm512_reduce_max_ps(most);
+  *scale = absmax > 0.f ? absmax / 127.f : 1.f;
+  const __m512 inverse = _mm512_set1_ps(1.f / *scale);
+  const __m256i low = _mm256_inserti128_si256(_mm256_castsi128_si256(int8_of(v[0], inverse)), int8_of(v[1], inverse), 1);
+  const __m256i high = _mm256_inserti128_si256(_mm256_castsi128_si256(int8_of(v[2], inverse)), int8_of(v[3], inverse), 1);
+  return _mm512_inserti64x4(_mm512_castsi256_si512(low), high, 1);
+}
+
+__attribute__((target("avx512f,avx512bw"))) void quantize_query_int8_avx512(const float* x, int64_t n, uint8_t* q,
+                                                                            float* scale) {
+  const __m512i bytes = _mm512_xor_si512(int8_row_avx512(x, n, scale), _mm512_set1_epi8(static_cast<char>(0x80)));
+  _mm512_mask_storeu_epi8(q, n >= 64 ? ~0ull : (1ull << n) - 1, bytes);  // q + 128: flipping the sign bit
+}
+
+__attribute__((target("avx512f,avx512bw"))) void pack_keys_int8_avx512(const float* k, int64_t k_stride, int64_t keys,
+                                                                       int64_t head_dim, float scale, int8_t* kt4,
+                                                                       float* key_factor, int32_t* key_offset) {
+  const int64_t keys16 = (keys + 15) / 16 * 16;
+  auto* words = reinterpret_cast<uint32_t*>(kt4);  // words[dq][j]: k[j][4dq .. 4dq + 3]
+  for (int64_t j0 = 0; j0 < keys16; j0 += 16) {
+    __m512i x[16];
+    for (int64_t i = 0; i < 16; ++i) {
+      const int64_t j = j0 + i;
+      if (j >= keys) {  // padding: a zero key, scores of 0 that the softmax never reads
+        x[i] = _mm512_setzero_si512();
+        key_factor[j] = 0.f;
+        key_offset[j] = 0;
+        continue;
+      }
+      float key_scale;
+      x[i] = int8_row_avx512(k + j * k_stride, head_dim, &key_scale);
+      key_factor[j] = key_scale * scale;
+      // -128 sum(k): the sum of bytes is taken on k + 128 (sad against 0), then unbiased.
+      const __m512i sums = _mm512_sad_epu8(_mm512_xor_si512(x[i], _mm512_set1_epi8(static_cast<char>(0x80))),
+                                           _mm512_setzero_si512());
+      const int64_t biased = _mm512_reduce_add_epi64(sums);
+      key_offset[j] = static_cast<int32_t>(-128 * (biased - 128 * 64));
+    }
+    transpose_16x16(x);
+    for (int64_t dq = 0; dq < head_dim / 4; ++dq) _mm512_storeu_si512(words + dq * keys16 + j0, x[dq]);
+  }
+}
+
 const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
 const bool kHaveAvx512Bf16 = __builtin_cpu_supports("avx512bf16");
+const bool kHaveAvx512Vnni = __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512bw");
 
 inline uint16_t bf16_of(float f) {
   uint32_t bits;
@@ -372,6 +503,10 @@ bool attention_kernels_supported(int64_t head_dim) {
 
 bool bf16_attention_kernels_supported(int64_t head_dim) {
   return kHaveAvx512Bf16 && attention_kernels_supported(head_dim);
+}
+
+bool int8_attention_kernels_supported(int64_t head_dim) {
+  return kHaveAvx512Vnni && bf16_attention_kernels_supported(head_dim);
 }
 
 void transpose_keys(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, float* kt, int64_t ld) {
@@ -401,6 +536,22 @@ void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const fl
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
   run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
+}
+
+void quantize_query_int8(const float* x, int64_t n, uint8_t* q, float* scale) {
+  quantize_query_int8_avx512(x, n, q, scale);
+}
+
+void pack_keys_int8(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, float scale, int8_t* kt4,
+                    float* key_factor, int32_t* key_offset) {
+  pack_keys_int8_avx512(k, k_stride, keys, head_dim, scale, kt4, key_factor, key_offset);
+}
+
+void attention_tile_int8(const uint8_t* q, const float* q_scale, int64_t rows, const int8_t* kt4,
+                         const float* key_factor, const int32_t* key_offset, const uint16_t* vt2, int64_t len,
+                         int64_t block, int64_t head_dim, float* o, int64_t o_stride) {
+  run_tile(Int8Scores{q, q_scale, kt4, key_factor, key_offset, head_dim}, Bf16Values{vt2, head_dim}, rows, len, block,
+           head_dim, o, o_stride);
 }
 
 }  // namespace m3

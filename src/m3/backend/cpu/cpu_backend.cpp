@@ -489,12 +489,13 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   // sequence, and for bf16 and int8 its V, in the kernels' layouts (attention_kernels.h);
   // without the kernels, oneDNN sgemm's score block.
   const int64_t per_thread = scratch_floats_per_thread_;
-  // --dtype fp32 keeps attention in float32; bf16 and int8 compute it in bf16
-  // (attention_kernels.h says why int8 may).
+  // --dtype fp32 keeps attention in float32; bf16 computes it in bf16, int8 its scores in
+  // int8 and P V in bf16 (attention_kernels.h says why int8 may).
   const bool low_precision = precision_ == DType::BF16 || precision_ == DType::I8;
-  const Kernels preferred = !attention_kernels_supported(head_dim)                          ? Kernels::kSgemm
-                            : low_precision && bf16_attention_kernels_supported(head_dim) ? Kernels::kBf16
-                                                                                            : Kernels::kFp32;
+  const Kernels preferred = !attention_kernels_supported(head_dim) ? Kernels::kSgemm
+                            : precision_ == DType::I8 && int8_attention_kernels_supported(head_dim) ? Kernels::kInt8
+                            : low_precision && bf16_attention_kernels_supported(head_dim)          ? Kernels::kBf16
+                                                                                                   : Kernels::kFp32;
   // Every (sequence, head) is a task, walking its query tiles; each tile meets the keys
   // block by block with a running max and sum per query (flash-style online softmax),
   // its output rows rescaled when the max grows. No score row is ever L long.
@@ -517,6 +518,31 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     const Kernels kernels = fits ? preferred : Kernels::kSgemm;
     auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
     switch (kernels) {
+      case Kernels::kInt8: {
+        // K in bytes with a factor and an offset per key, then V in bf16: (3 head_dim + 8)
+        // bytes per key, within the bf16 layouts' 4 head_dim.
+        auto* kt4 = reinterpret_cast<int8_t*>(thread_scratch);
+        auto* key_factor = reinterpret_cast<float*>(kt4 + head_dim * len16);
+        auto* key_offset = reinterpret_cast<int32_t*>(key_factor + len16);
+        auto* vt2 = reinterpret_cast<uint16_t*>(key_offset + len16);
+        for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
+          const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
+          pack_keys_int8(k + k0 * stride, stride, keys, head_dim, scale, kt4 + k0 * head_dim, key_factor + k0,
+                         key_offset + k0);
+          pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
+        }
+        alignas(64) uint8_t tile_q[kMaxQueryTile * 64];
+        float q_scale[kMaxQueryTile];
+        for (int64_t q0 = 0; q0 < len; q0 += tile) {
+          const int64_t rows = std::min<int64_t>(tile, len - q0);
+          for (int64_t r = 0; r < rows; ++r) {
+            quantize_query_int8(q + (q0 + r) * stride, head_dim, tile_q + r * head_dim, q_scale + r);
+          }
+          attention_tile_int8(tile_q, q_scale, rows, kt4, key_factor, key_offset, vt2, len, kBf16KeyBlock, head_dim,
+                              o + q0 * hidden, hidden);
+        }
+        break;
+      }
       case Kernels::kBf16: {
         uint16_t* vt2 = kt2 + head_dim * len16;
         for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {

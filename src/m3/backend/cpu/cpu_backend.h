@@ -91,7 +91,7 @@ class CpuBackend final : public Backend {
   };
 
  private:
-  enum class Kernels { kBf16, kFp32, kSgemm };  // which attention path runs (attention_kernels.h)
+  enum class Kernels { kInt8, kBf16, kFp32, kSgemm };  // which attention path runs (attention_kernels.h)
   void attention_sgemm(const float* q, const float* k, const float* v, int64_t stride, int64_t len, int64_t head_dim,
                        float scale, float* scores, float* o, int64_t o_stride) const;
   RowBlockKernels& kernels_for(int64_t out, int64_t in, Epilogue epilogue, DType precision, bool bias, DType dst);
