@@ -333,12 +333,14 @@ class OpParity : public ::testing::TestWithParam<OpCase> {
     const WeightView& w = placed(name + ".weight");
     const int64_t out = w.tensor.rows, in = w.tensor.cols;
     const DType weight_type = stored(name + ".weight");
-    // The GEMM's input: float32 on the CPU (its bf16/int8 GEMMs round or quantize it
-    // themselves) but for the FFN intermediate, which CPU bf16 stores rounded; on CUDA the
-    // weight's type (the activation, or float32 for the sparse head).
+    // The GEMM's input: on the CPU the activation type (bf16 with --dtype bf16, else float32,
+    // which int8 GEMMs quantize themselves), float32 for the float32 heads, and the FFN
+    // intermediate in the plan's GEMM operand type; on CUDA the weight's type (the
+    // activation, or float32 for the sparse head).
     const DType x_type = target_->device == DeviceKind::kCuda ? weight_type
                          : ffn && !activation_out          ? plan_.gemm_operand
-                                                           : DType::F32;
+                         : weight_type == DType::F32       ? DType::F32
+                                                           : plan_.activation;
     const DType y_type = !activation_out ? DType::F32 : ffn ? plan_.gemm_operand : plan_.activation;
     const std::vector<float> x = random(rows * in, 1.f, 11);
     const std::vector<float> y_before = random(rows * out, 1.f, 12);

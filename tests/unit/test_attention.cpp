@@ -74,22 +74,31 @@ TEST_P(AttentionTest, MatchesTheDirectSoftmax) {
   in.threads = 2;
   in.precision = precision;
   const MemoryPlan plan = plan_memory(in);
+  // --dtype bf16 plans bf16 activations: Q, K and V arrive in bf16 and the output leaves in
+  // bf16, as the graph hands them over; the other precisions keep float32.
+  const bool bf16_io = plan.activation == DType::BF16;
+  EXPECT_EQ(bf16_io, bf16);
   CpuBackend backend(plan, 2);
   backend.attach_thread();
   std::vector<float> out(t * hidden, std::nanf(""));
-  auto view = [](float* data, int64_t rows, int64_t cols) {
+  std::vector<uint16_t> qkv16(bf16_io ? qkv.size() : 0), out16(bf16_io ? out.size() : 0, 0x7fc0);  // NaN
+  if (bf16_io) round_rows_to_bf16(qkv.data(), 1, static_cast<int64_t>(qkv.size()), qkv16.data());
+  auto view = [&](void* data, int64_t rows, int64_t cols) {
     TensorView v;
     v.data = data;
+    v.dtype = bf16_io ? DType::BF16 : DType::F32;
     v.rows = rows;
     v.cols = cols;
     return v;
   };
-  backend.attention(backend.stage(batch, 0), view(qkv.data(), t, 3 * hidden), {}, heads, head_dim,
-                    view(out.data(), t, hidden));
+  backend.attention(backend.stage(batch, 0), view(bf16_io ? (void*)qkv16.data() : qkv.data(), t, 3 * hidden), {},
+                    heads, head_dim, view(bf16_io ? (void*)out16.data() : out.data(), t, hidden));
+  if (bf16_io) convert_to_f32(DType::BF16, out16.data(), out.data(), out.size());
 
-  // The bf16 kernels round Q, K and V to bfloat16; the int8 ones put each head's Q and K
-  // on its int8 grid and round V to bfloat16: so does the reference. Both also round the
-  // softmax numerators, which the reference does not: hence the looser bound.
+  // The bf16 kernels take Q, K and V in bfloat16; the int8 ones put each head's Q and K on
+  // its int8 grid and round V to bfloat16: so does the reference. Both also round the
+  // softmax numerators (and bf16 its output), which the reference does not: hence the
+  // looser bound.
   std::vector<float> reference_qkv = qkv;
   if (bf16) round_to_bf16(reference_qkv);
   if (int8) reference::to_int8_attention_operands(reference_qkv, heads, head_dim);
@@ -159,7 +168,8 @@ TEST(AttentionKernels, TakeTheHeadDimsTheyAreWrittenFor) {
 }
 
 // The packing into the kernels' layouts (attention_kernels.h), for whole and partial
-// 16-key groups and every head size, against plain loops over the layouts' definitions.
+// 16-key groups and every head size, against plain loops over the layouts' definitions,
+// from float32 rows and from bf16 ones.
 uint16_t bf16_bits(float x) {
   std::vector<float> one{x};
   uint16_t b;
@@ -193,6 +203,14 @@ TEST(AttentionKernels, PackKeysAndValuesIntoTheirLayouts) {
           ASSERT_EQ(vt2[((j / 2) * head_dim + d) * 2 + j % 2], bf16_bits(x)) << "V bf16, " << head_dim << ", " << keys;
         }
       }
+      // From bf16 rows (--dtype bf16 stores QKV so): the same bits, and nothing else written.
+      std::vector<uint16_t> k16(k.size());
+      round_rows_to_bf16(k.data(), 1, static_cast<int64_t>(k.size()), k16.data());
+      std::vector<uint16_t> kt2_from16(kt2.size(), 0xffff), vt2_from16(vt2.size(), 0xffff);
+      pack_keys_bf16(k16.data(), stride, keys, head_dim, kt2_from16.data());
+      pack_values_bf16(k16.data(), stride, keys, head_dim, vt2_from16.data());
+      ASSERT_EQ(kt2_from16, kt2) << "K from bf16, head_dim " << head_dim << ", keys " << keys;
+      ASSERT_EQ(vt2_from16, vt2) << "V from bf16, head_dim " << head_dim << ", keys " << keys;
     }
   }
 }

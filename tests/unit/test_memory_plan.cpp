@@ -6,6 +6,7 @@
 #include "m3/core/error.h"
 #include "m3/memory/gemm_row_blocks.h"
 #include "m3/memory/memory_plan.h"
+#include "m3/memory/plan_rules.h"
 #include "test_support.h"
 
 namespace m3 {
@@ -63,18 +64,32 @@ TEST(MemoryPlan, BgeM3ByHand) {
 
 // CPU bf16: the FFN intermediate (written by one GEMM, read by the next only) is stored in
 // bf16, and the rounded GEMM inputs need only hidden's width.
-TEST(MemoryPlan, CpuBf16StoresTheFfnIntermediateInBf16) {
+TEST(MemoryPlan, CpuBf16StoresTheActivationsAndTheFfnIntermediateInBf16) {
   PlanInputs in = bge_m3_inputs(DType::BF16);
   const auto plan = plan_memory(in);
-  EXPECT_EQ(plan.activation, DType::F32);
+  EXPECT_EQ(plan.activation, DType::BF16);
   EXPECT_EQ(plan.gemm_operand, DType::BF16);
-  // hidden + qkv + context in float32, the FFN intermediate in bf16, bf16 GEMM inputs of hidden's width
-  EXPECT_EQ(plan.bytes_per_batch_token, 4u * (1024 + 3072 + 1024) + 2u * 4096 + 2u * 1024);
-  EXPECT_EQ(plan.buffer("ffn"), 16384u * 5120 * 4);
+  // hidden in float32; its GEMM copy, qkv, context and the FFN intermediate in bf16; context
+  // grows by the dense vectors' norms it hosts after the last layer (4 bytes a sequence, at
+  // most t / 2 of them). Every GEMM input arrives in bf16: no rounded-input buffer.
+  const uint64_t context = 16384u * 1024 * 2 + 8192u * 4;
+  EXPECT_EQ(plan.bytes_per_batch_token, 4u * 1024 + 2u * (1024 + 3072) + context / 16384 + 2u * 4096);
+  EXPECT_NE(plan.buffer("hidden_in"), plan.buffer("hidden"));
+  EXPECT_EQ(plan.buffer("ffn"), 16384u * (4 * 1024 + 2 * 4096) + context);
   EXPECT_EQ(plan.buffer("colbert"), plan.buffer("ffn"));  // the heads' float32 outputs still fit in it
-  EXPECT_EQ(plan.attention_scratch_offset, 16384u * (5120 * 4 + 4096 * 2));
-  EXPECT_EQ(plan.gemm_input_bytes, (16384u + 64) * 1024 * 2);
-  in.precision = DType::I8;  // int8 quantizes every input itself, the FFN's included
+  EXPECT_EQ(plan.attention_scratch_offset, plan.buffer("ffn") + 16384u * 4096 * 2);
+  EXPECT_EQ(plan.gemm_input_bytes, 0u);
+  // The bf16 kernels hold K and V of any sequence up to the max, rounded up to 16 keys.
+  in.max_seq_len = 8190;
+  EXPECT_EQ(cpu_attention_scratch_floats(in), 64 * 8192);
+  in.config.num_heads = 64;  // heads of 16: the query tile's rows are more
+  EXPECT_EQ(cpu_attention_scratch_floats(in), 64 * 8190);
+  in.config.num_heads = 32;
+  in.config.hidden_size = 768;  // heads of 24, which the kernels do not take: float32 activations
+  EXPECT_FALSE(cpu_bf16_activations(in));
+  EXPECT_EQ(plan_memory(in).activation, DType::F32);
+  EXPECT_EQ(plan_memory(in).gemm_input_bytes, (16384u + 64) * 768 * 2);
+  in = bge_m3_inputs(DType::I8);  // int8 quantizes every input itself, the FFN's included
   const auto int8 = plan_memory(in);
   EXPECT_EQ(int8.gemm_operand, DType::F32);
   EXPECT_EQ(int8.gemm_input_bytes, (16384u + 64) * 4096);

@@ -55,8 +55,9 @@ struct BatchView {
 // What the graph must know of a backend to lay out its calls.
 struct BackendTraits {
   DeviceKind device = DeviceKind::kCpu;
-  // GEMM inputs between ops (hidden copy, qkv, attention output, FFN): the CPU keeps
-  // float32 and rounds inside its GEMMs; CUDA stores them in the GEMM precision.
+  // GEMM inputs between ops (hidden copy, qkv, attention output): CUDA stores them in the
+  // GEMM precision, the CPU in bf16 with --dtype bf16 (cpu_bf16_activations), else float32
+  // (its int8 GEMMs quantize their inputs themselves).
   DType activation = DType::F32;
   // The QKV bias is added by attention (in float32, before the activation rounding) rather
   // than by the QKV GEMM.

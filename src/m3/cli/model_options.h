@@ -31,8 +31,8 @@ struct ModelOptions {
 
 // Help text of --dtype, shared with `plan`.
 inline constexpr const char* kDtypeHelp =
-    "DType of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and inputs, float32 "
-    "accumulation; on the CPU attention runs in bf16 too and needs AVX512-BF16 or AMX, else fp32 is used with a "
+    "DType of the encoder's GEMMs: fp32 (reference), bf16 (bfloat16 weights and activations between ops, "
+    "float32 accumulation and residual stream; on the CPU attention runs in bf16 too and needs AVX512-BF16 or AMX, else fp32 is used with a "
     "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
     "weights with per-channel scales, inputs quantized per token to unsigned bytes over their range; needs VNNI "
     "or AMX; attention scores from int8 Q and K, one scale per head and token, and P V in bf16 where AVX512-VNNI "

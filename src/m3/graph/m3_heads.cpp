@@ -29,8 +29,9 @@ M3Heads::M3Heads(const ModelConfig& config, const MemoryPlan& plan, const std::v
     if (sparse) o.sparse = arena_view(arena, plan.buffer("sparse", s), DType::F32, rows, 1);
   }
   if (colbert) {
-    colbert_op_ = backend.prepare_linear(linear_ref(t, weights, "colbert_linear"),
-                                         t.specs[t.index("colbert_linear.weight")].epilogue, DType::F32);
+    const LinearRef linear = linear_ref(t, weights, "colbert_linear");
+    colbert_op_ = backend.prepare_linear(linear, t.specs[t.index("colbert_linear.weight")].epilogue, DType::F32);
+    colbert_reads_f32_ = linear.weight.tensor.dtype != plan.activation;
   }
   if (sparse) {
     sparse_op_ = backend.prepare_linear(linear_ref(t, weights, "sparse_linear"),
@@ -72,7 +73,7 @@ M3Heads::Fetched M3Heads::forward(const BatchView& batch, const XlmrEncoder::Hid
     }
   }
   if (request.colbert) {
-    backend_.linear(*colbert_op_, hidden.in, t, o.colbert);
+    backend_.linear(*colbert_op_, colbert_input(hidden), t, o.colbert);
     backend_.normalize_rows(o.colbert, t);
     f.colbert = static_cast<const float*>(backend_.fetch(o.colbert.slice_rows(0, t), batch.slot));
   }
@@ -108,7 +109,7 @@ void M3Heads::extract(const PackedBatch& batch, const Fetched& f, const OutputRe
 
 void M3Heads::warm_up(const XlmrEncoder::Hidden& hidden) {
   if (sparse_op_) backend_.warm_up(*sparse_op_, hidden.f32, slots_[0].sparse);
-  if (colbert_op_) backend_.warm_up(*colbert_op_, hidden.in, slots_[0].colbert);
+  if (colbert_op_) backend_.warm_up(*colbert_op_, colbert_input(hidden), slots_[0].colbert);
 }
 
 }  // namespace m3

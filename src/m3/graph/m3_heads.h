@@ -54,6 +54,13 @@ class M3Heads {
   std::filesystem::path model_dir_;
   Pooling pooling_;
   std::unique_ptr<PreparedLinear> colbert_op_, sparse_op_;
+  // The ColBERT GEMM reads hidden in its weights' type: the activation copy where they
+  // share it (CUDA's 16-bit types, float32 activations), else the float32 stream (the
+  // CPU keeps head weights in float32 when its activations are bf16).
+  bool colbert_reads_f32_ = false;
+  const TensorView& colbert_input(const XlmrEncoder::Hidden& hidden) const {
+    return colbert_reads_f32_ ? hidden.f32 : hidden.in;
+  }
   struct Outputs {
     TensorView dense, dense_norms, sparse, lexical, colbert;
   };

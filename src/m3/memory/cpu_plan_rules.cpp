@@ -1,7 +1,9 @@
-// The CPU's rules: float32 activations (GEMMs round or quantize their inputs themselves;
-// with bf16 the FFN's intermediate, which only the next GEMM reads, is stored in bf16),
-// GEMMs over whole row chunks, encoder weights at --dtype, and per replica the attention
-// scratch (per thread), the oneDNN scratchpad and the low-precision GEMM inputs.
+// The CPU's rules: activations in bf16 with --dtype bf16 (the GEMMs read and write them,
+// the attention kernels too), float32 otherwise (int8 GEMMs quantize their inputs
+// themselves), GEMMs over whole row chunks, encoder weights at --dtype, and per replica the
+// attention scratch (per thread), the oneDNN scratchpad and the low-precision GEMM inputs.
+#include <algorithm>
+
 #include <fmt/format.h>
 
 #include "m3/core/precision.h"
@@ -14,13 +16,22 @@ DType cpu_weight_dtype(const WeightSpec& spec, DType precision) {
   return spec.role == WeightRole::kEncoderLinear ? precision : DType::F32;
 }
 
-int64_t cpu_attention_scratch_floats(const PlanInputs& in) { return in.query_tile * in.max_seq_len; }
+bool cpu_bf16_activations(const PlanInputs& in) {
+  const int64_t head_dim = in.config.head_dim();
+  return in.precision == DType::BF16 && head_dim % 16 == 0 && head_dim >= 16 && head_dim <= 64;
+}
+
+int64_t cpu_attention_scratch_floats(const PlanInputs& in) {
+  const int64_t floats = in.query_tile * in.max_seq_len;
+  if (!cpu_bf16_activations(in)) return floats;
+  return std::max(floats, in.config.head_dim() * ((in.max_seq_len + 15) / 16 * 16));
+}
 
 PlanRules cpu_plan_rules(const PlanInputs& in) {
   constexpr uint64_t kF32 = 4;
   PlanRules r;
   r.alignment = 64;
-  r.activation = DType::F32;
+  r.activation = cpu_bf16_activations(in) ? DType::BF16 : DType::F32;
   r.gemm_operand = in.precision == DType::BF16 ? DType::BF16 : DType::F32;
   r.gemm_row_chunks = true;
   const DType p = in.precision;
@@ -40,7 +51,7 @@ PlanRules cpu_plan_rules(const PlanInputs& in) {
     plan.library_workspace_offset =
         arena.add("GEMM library workspace (oneDNN scratchpad)", "bytes", in.library_workspace_bytes);
     const DType p = in.precision;
-    if (p == DType::F32) return;
+    if (p == DType::F32 || cpu_bf16_activations(in)) return;  // bf16 activations: every input is bf16
     // The widest float32 GEMM input: the FFN's with int8; with bf16 the FFN's arrives in
     // bf16 (gemm_operand) and the widest is hidden. GEMM chunks may read 63 rows past t.
     const uint64_t element = dtype_size(p);

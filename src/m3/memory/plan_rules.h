@@ -57,8 +57,16 @@ PlanRules cuda_plan_rules(const PlanInputs& inputs);
 
 // Floats of attention scratch per CPU thread: its K (and V) of one head of the longest
 // sequence, in the kernels' layouts (attention_kernels.h). query_tile x max_seq_len floats
-// hold K transposed in float32 (fp32), or K and V in bf16 (bf16 and int8).
+// hold K transposed in float32 (fp32), or K and V in bf16 (bf16 and int8); with bf16
+// activations, at least head_dim x max_seq_len rounded up to 16 keys, so every sequence
+// takes the bf16 kernels.
 int64_t cpu_attention_scratch_floats(const PlanInputs& inputs);
+
+// Whether the CPU's activations between ops (hidden as GEMM input, QKV, attention output)
+// are bf16: --dtype bf16 with a head size the bf16 attention kernels take (16, 32, 48, 64),
+// which then read Q, K and V and write their output in bf16. Otherwise float32, and each
+// low-precision GEMM rounds or quantizes its input itself.
+bool cpu_bf16_activations(const PlanInputs& inputs);
 
 // How each stores a weight tensor at --dtype `precision`.
 DType cpu_weight_dtype(const WeightSpec& spec, DType precision);

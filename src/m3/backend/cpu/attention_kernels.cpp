@@ -377,9 +377,26 @@ __attribute__((target("avx512f"))) void transpose_keys_avx512(const float* k, in
   }
 }
 
-__attribute__((target("avx512f,avx512bf16"))) void pack_keys_bf16_avx512(const float* k, int64_t k_stride,
-                                                                         int64_t keys, int64_t head_dim,
-                                                                         uint16_t* kt2) {
+// 16 bf16 pairs of a key or value row: float32 rounded to nearest even, or bf16 as stored.
+__attribute__((target("avx512f,avx512bf16"))) inline __m512i bf16_pairs(const float* row, bool half) {
+  const __m512 high = half ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
+  return (__m512i)_mm512_cvtne2ps_pbh(high, _mm512_loadu_ps(row));
+}
+__attribute__((target("avx512f"))) inline __m512i bf16_pairs(const uint16_t* row, bool half) {
+  return half ? _mm512_zextsi256_si512(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)))
+              : _mm512_loadu_si512(row);
+}
+// 16 bf16 values of a row, each widened to the low half of a 32-bit word.
+__attribute__((target("avx512f,avx512bf16"))) inline __m512i bf16_words(const float* row) {
+  return _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(row)));
+}
+__attribute__((target("avx512f"))) inline __m512i bf16_words(const uint16_t* row) {
+  return _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row)));
+}
+
+template <class T>
+__attribute__((target("avx512f,avx512bf16"))) void pack_keys_bf16_avx512(const T* k, int64_t k_stride, int64_t keys,
+                                                                         int64_t head_dim, uint16_t* kt2) {
   const int64_t keys16 = (keys + 15) / 16 * 16;
   auto* words = reinterpret_cast<uint32_t*>(kt2);  // words[dp][j]: the bf16 pair (k[j][2dp], k[j][2dp + 1])
   for (int64_t j0 = 0; j0 < keys; j0 += 16) {
@@ -389,13 +406,7 @@ __attribute__((target("avx512f,avx512bf16"))) void pack_keys_bf16_avx512(const f
       const bool half = head_dim - d0 == 16;
       __m512i x[16];
       for (int64_t i = 0; i < 16; ++i) {
-        if (i >= n) {
-          x[i] = _mm512_setzero_si512();
-          continue;
-        }
-        const float* row = k + (j0 + i) * k_stride + d0;
-        const __m512 high = half ? _mm512_setzero_ps() : _mm512_loadu_ps(row + 16);
-        x[i] = (__m512i)_mm512_cvtne2ps_pbh(high, _mm512_loadu_ps(row));
+        x[i] = i < n ? bf16_pairs(k + (j0 + i) * k_stride + d0, half) : _mm512_setzero_si512();
       }
       transpose_16x16(x);
       for (int64_t dp = 0; dp < (half ? 8 : 16); ++dp) {
@@ -405,18 +416,16 @@ __attribute__((target("avx512f,avx512bf16"))) void pack_keys_bf16_avx512(const f
   }
 }
 
-__attribute__((target("avx512f,avx512bf16"))) void pack_values_bf16_avx512(const float* v, int64_t v_stride,
-                                                                           int64_t keys, int64_t head_dim,
-                                                                           uint16_t* vt2) {
+template <class T>
+__attribute__((target("avx512f,avx512bf16"))) void pack_values_bf16_avx512(const T* v, int64_t v_stride, int64_t keys,
+                                                                           int64_t head_dim, uint16_t* vt2) {
   auto* words = reinterpret_cast<uint32_t*>(vt2);  // words[jp][d]: the bf16 pair (v[2jp][d], v[2jp + 1][d])
   for (int64_t jp = 0; jp < (keys + 1) / 2; ++jp) {
-    const float* even = v + 2 * jp * v_stride;
+    const T* even = v + 2 * jp * v_stride;
     const bool odd_exists = 2 * jp + 1 < keys;
     for (int64_t d0 = 0; d0 < head_dim; d0 += 16) {
-      const __m512i low = _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(even + d0)));
-      const __m512i high =
-          odd_exists ? _mm512_cvtepu16_epi32((__m256i)_mm512_cvtneps_pbh(_mm512_loadu_ps(even + v_stride + d0)))
-                     : _mm512_setzero_si512();
+      const __m512i low = bf16_words(even + d0);
+      const __m512i high = odd_exists ? bf16_words(even + v_stride + d0) : _mm512_setzero_si512();
       _mm512_storeu_si512(words + jp * head_dim + d0, _mm512_or_si512(low, _mm512_slli_epi32(high, 16)));
     }
   }
@@ -522,7 +531,15 @@ void pack_keys_bf16(const float* k, int64_t k_stride, int64_t keys, int64_t head
   pack_keys_bf16_avx512(k, k_stride, keys, head_dim, kt2);
 }
 
+void pack_keys_bf16(const uint16_t* k, int64_t k_stride, int64_t keys, int64_t head_dim, uint16_t* kt2) {
+  pack_keys_bf16_avx512(k, k_stride, keys, head_dim, kt2);
+}
+
 void pack_values_bf16(const float* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2) {
+  pack_values_bf16_avx512(v, v_stride, keys, head_dim, vt2);
+}
+
+void pack_values_bf16(const uint16_t* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2) {
   pack_values_bf16_avx512(v, v_stride, keys, head_dim, vt2);
 }
 
@@ -536,6 +553,16 @@ void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const fl
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
   run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
+}
+
+void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
+                         int64_t block, int64_t head_dim, float scale, uint16_t* o, int64_t o_stride) {
+  // The rows accumulate in float32 here, then are rounded once, as a float32 output would be
+  // by the GEMM that reads it.
+  alignas(64) float rows_f32[kMaxTileRows * 64];
+  run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, rows_f32,
+           head_dim);
+  for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(rows_f32 + r * head_dim, head_dim, o + r * o_stride);
 }
 
 void quantize_query_int8(const float* x, int64_t n, uint8_t* q, float* scale) {

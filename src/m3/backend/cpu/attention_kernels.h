@@ -43,8 +43,11 @@ inline constexpr int64_t kMaxBlockKeys = 256;
 //   Q: float32 rows q_stride apart, bf16 rows of head_dim (round_row_to_bf16), or int8
 //      rows of head_dim stored as q + 128, with a scale per row (quantize_query_int8).
 void transpose_keys(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, float* kt, int64_t ld);
+// K and V from float32 rows (rounded to nearest even) or from bf16 rows (copied).
 void pack_keys_bf16(const float* k, int64_t k_stride, int64_t keys, int64_t head_dim, uint16_t* kt2);
+void pack_keys_bf16(const uint16_t* k, int64_t k_stride, int64_t keys, int64_t head_dim, uint16_t* kt2);
 void pack_values_bf16(const float* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2);
+void pack_values_bf16(const uint16_t* v, int64_t v_stride, int64_t keys, int64_t head_dim, uint16_t* vt2);
 // y = bf16(x), round to nearest even, on the calling thread (inside a parallel region).
 void round_row_to_bf16(const float* x, int64_t n, uint16_t* y);
 // int8 rows, symmetric: s = max |x| / 127 (1 for a row of zeros), q = round-to-nearest-even
@@ -61,6 +64,9 @@ void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const fl
                         int64_t o_stride);
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride);
+// The same, its output rows rounded to bf16 (head_dim <= 64).
+void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
+                         int64_t block, int64_t head_dim, float scale, uint16_t* o, int64_t o_stride);
 // Scores (float(q . k) * key_factor) * q_scale from int8 Q and K; P V as in the bf16 tile.
 void attention_tile_int8(const uint8_t* q, const float* q_scale, int64_t rows, const int8_t* kt4,
                          const float* key_factor, const int32_t* key_offset, const uint16_t* vt2, int64_t len,

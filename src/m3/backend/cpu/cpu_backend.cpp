@@ -8,6 +8,7 @@
 #include <cstring>
 #include <set>
 #include <string>
+#include <type_traits>
 
 #include <fmt/format.h>
 
@@ -100,6 +101,35 @@ float l2_normalize(const float* in, int64_t n, float* out) {
   return norm;
 }
 
+// One head of one sequence through the bf16 kernels: Q, K and V rows `stride` apart in
+// float32 (rounded here) or in bf16 (--dtype bf16's activations), the output rows in the
+// same type. K then V go to the kernels' layouts in `scratch`: head_dim x len rounded up
+// to 16 floats, which attention() checks the plan gives.
+template <class T>
+void attention_head_bf16(const T* q, const T* k, const T* v, int64_t stride, int64_t len, int64_t head_dim,
+                         float scale, int64_t query_tile, float* scratch, T* o, int64_t o_stride) {
+  const int64_t len16 = (len + 15) / 16 * 16;
+  auto* kt2 = reinterpret_cast<uint16_t*>(scratch);
+  uint16_t* vt2 = kt2 + head_dim * len16;
+  for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
+    const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
+    pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
+    pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
+  }
+  alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
+  for (int64_t q0 = 0; q0 < len; q0 += query_tile) {
+    const int64_t rows = std::min<int64_t>(query_tile, len - q0);
+    for (int64_t r = 0; r < rows; ++r) {
+      if constexpr (std::is_same_v<T, float>) {
+        round_row_to_bf16(q + (q0 + r) * stride, head_dim, tile_q + r * head_dim);
+      } else {
+        std::memcpy(tile_q + r * head_dim, q + (q0 + r) * stride, static_cast<size_t>(head_dim) * sizeof(T));
+      }
+    }
+    attention_tile_bf16(tile_q, rows, kt2, vt2, len, kBf16KeyBlock, head_dim, scale, o + q0 * o_stride, o_stride);
+  }
+}
+
 // Layer norm of one row, two passes over it (it is in L1 by then): mean, then variance
 // of the centred values, as PyTorch computes it; the simd reductions let the compiler
 // vectorize the sums (float addition is not associative, so it would not otherwise).
@@ -154,6 +184,7 @@ CpuBackend::CpuBackend(const MemoryPlan& plan, int threads)
       max_rows_(plan.inputs.max_batch_tokens),
       max_seq_len_(plan.inputs.max_seq_len),
       precision_(plan.inputs.precision),
+      activation_(plan.activation),
       threads_(threads > 0 ? threads : default_threads()),
       arena_(plan.arena_bytes),
       engine_(dnnl::engine::kind::cpu, 0),
@@ -273,9 +304,10 @@ std::unique_ptr<PreparedLinear> CpuBackend::prepare_linear(const LinearRef& l, E
          precision_name(precision), dtype_name(out));
   }
   const int64_t in = l.weight.tensor.cols;
-  if (precision != DType::F32) {
+  if (precision == DType::I8 || (precision == DType::BF16 && activation_ == DType::F32)) {
     // int8 quantizes every input into it; bf16 rounds the float32 ones only (the FFN's
-    // intermediate arrives in bf16), so linear() checks the width it rounds.
+    // intermediate arrives in bf16; with bf16 activations every input does, and there is
+    // no buffer), so linear() checks the width it rounds.
     const uint64_t need = static_cast<uint64_t>(max_rows_ + kRowGranularity) * in;
     if (gemm_input_ == nullptr || (precision == DType::I8 && gemm_input_bytes_ < need)) {
       fail("a {} GEMM with {} inputs needs a planned {}-byte input buffer", precision_name(precision), in, need);
@@ -352,9 +384,15 @@ void CpuBackend::layer_norm(const TensorView& x_view, int64_t rows, const NormRe
   float* x = x_view.as<float>();
   const float* gamma = norm.gamma.as<const float>();
   const float* beta = norm.beta.as<const float>();
+  auto* copy_bf16 = !copy.empty() && copy.dtype == DType::BF16 ? copy.as<uint16_t>() : nullptr;
 #pragma omp parallel for schedule(static)
-  for (int64_t r = 0; r < rows; ++r) normalize_row(x + r * n, n, gamma, beta, eps);
-  if (!copy.empty() && copy.data != x_view.data) std::memcpy(copy.data, x, static_cast<size_t>(rows * n) * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r) {
+    normalize_row(x + r * n, n, gamma, beta, eps);
+    if (copy_bf16) round_row_to_bf16(x + r * n, n, copy_bf16 + r * n);  // while the row is in L1
+  }
+  if (!copy.empty() && !copy_bf16 && copy.data != x_view.data) {
+    std::memcpy(copy.data, x, static_cast<size_t>(rows * n) * sizeof(float));
+  }
 }
 
 void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, const WeightView& position_view,
@@ -371,6 +409,7 @@ void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, cons
     if (b.positions[t] < 0 || b.positions[t] >= positions) fail("position {} is outside the model's {}", b.positions[t], positions);
   }
   float* out = hidden_view.as<float>();
+  auto* copy_bf16 = !copy.empty() && copy.dtype == DType::BF16 ? copy.as<uint16_t>() : nullptr;
 #pragma omp parallel for schedule(static)
   for (int64_t t = 0; t < rows; ++t) {
     const float* word = word_table + int64_t(b.token_ids[t]) * hidden;
@@ -379,9 +418,14 @@ void CpuBackend::embed(const BatchView& batch, const WeightView& word_view, cons
     // Same association as PyTorch: (word + token_type) + position.
     for (int64_t i = 0; i < hidden; ++i) row[i] = (word[i] + token_type[i]) + position[i];
     normalize_row(row, hidden, norm.gamma.as<const float>(), norm.beta.as<const float>(), eps);
+    if (copy_bf16) round_row_to_bf16(row, hidden, copy_bf16 + t * hidden);
   }
   zero_chunk_tail(hidden_view, rows);
-  if (!copy.empty() && copy.data != hidden_view.data) std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
+  if (copy_bf16) {
+    zero_chunk_tail(copy, rows);
+  } else if (!copy.empty() && copy.data != hidden_view.data) {
+    std::memcpy(copy.data, out, hidden_view.slice_rows(0, rows).bytes());
+  }
 }
 
 void CpuBackend::pool(const BatchView& batch, const TensorView& x, Pooling pooling, const TensorView& out,
@@ -474,16 +518,36 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
   const int64_t tile = query_tile_;
   const float scale = 1.0f / std::sqrt(static_cast<float>(head_dim));
   if (batch.max_seq_len > max_seq_len_) fail("a {}-token sequence exceeds the planned {}", batch.max_seq_len, max_seq_len_);
+  const bool bf16_io = qkv_view.dtype == DType::BF16;
+  if (bf16_io != (context.dtype == DType::BF16) || (qkv_view.dtype != DType::F32 && !bf16_io)) {
+    fail("internal: CPU attention reads and writes float32 or bf16, not {} QKV and a {} output",
+         dtype_name(qkv_view.dtype), dtype_name(context.dtype));
+  }
+  if (bf16_io && !bf16_attention_kernels_supported(head_dim)) {
+    fail("internal: bf16 Q, K and V need the bf16 attention kernels, which do not take head size {} on this CPU",
+         head_dim);
+  }
+  // Their K and V take head_dim x len rounded up to 16 floats of a thread's scratch: the
+  // plan gives that much with bf16 activations (cpu_attention_scratch_floats).
+  if (bf16_io && head_dim * ((batch.max_seq_len + 15) / 16 * 16) > scratch_floats_per_thread_) {
+    fail("internal: a {}-token sequence's K and V need more than the planned attention scratch", batch.max_seq_len);
+  }
   if (!qkv_bias.empty()) {  // the graph adds it in the QKV GEMM here; an op test may not
-    float* x = qkv_view.as<float>();
     const float* bias = qkv_bias.as<const float>();
 #pragma omp parallel for schedule(static)
     for (int64_t t = 0; t < batch.tokens(); ++t) {
-      for (int64_t i = 0; i < stride; ++i) x[t * stride + i] += bias[i];
+      if (bf16_io) {  // in float32, then rounded as the stored values are
+        uint16_t* row = qkv_view.as<uint16_t>() + t * stride;
+        for (int64_t i = 0; i < stride; ++i) {
+          const float sum = bf16_to_float(row[i]) + bias[i];
+          round_row_to_bf16(&sum, 1, row + i);
+        }
+      } else {
+        float* row = qkv_view.as<float>() + t * stride;
+        for (int64_t i = 0; i < stride; ++i) row[i] += bias[i];
+      }
     }
   }
-  const float* qkv = qkv_view.as<const float>();
-  float* out = context.as<float>();
   zero_chunk_tail(context, batch.tokens());
   // Each thread's planned scratch (cpu_attention_scratch_floats) holds one head's K of the
   // sequence, and for bf16 and int8 its V, in the kernels' layouts (attention_kernels.h);
@@ -506,17 +570,23 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
     const int64_t head = task % heads;
     const int64_t begin = batch.seq_begin(seq);
     const int64_t len = batch.seq_len(seq);
-    const float* q = qkv + begin * stride + head * head_dim;
+    const int64_t first = begin * stride + head * head_dim;  // of its Q row, in elements
+    float* thread_scratch = attention_scratch_ + int64_t(omp_get_thread_num()) * per_thread;
+    if (bf16_io) {
+      const uint16_t* q = qkv_view.as<const uint16_t>() + first;
+      attention_head_bf16(q, q + hidden, q + 2 * hidden, stride, len, head_dim, scale, tile, thread_scratch,
+                          context.as<uint16_t>() + begin * hidden + head * head_dim, hidden);
+      continue;
+    }
+    const float* q = qkv_view.as<const float>() + first;
     const float* k = q + hidden;
     const float* v = q + 2 * hidden;
-    float* o = out + begin * hidden + head * head_dim;
-    float* thread_scratch = attention_scratch_ + int64_t(omp_get_thread_num()) * per_thread;
+    float* o = context.as<float>() + begin * hidden + head * head_dim;
     // The layouts take head_dim x len rounded up to 16 floats (K in float32, or K and V in
     // bf16): that fits unless len is within 15 of a max_seq_len that is not a multiple of 16.
     const int64_t len16 = (len + 15) / 16 * 16;
     const bool fits = head_dim * len16 <= per_thread;
     const Kernels kernels = fits ? preferred : Kernels::kSgemm;
-    auto* kt2 = reinterpret_cast<uint16_t*>(thread_scratch);
     switch (kernels) {
       case Kernels::kInt8: {
         // K in bytes with a factor and an offset per key, then V in bf16: (3 head_dim + 8)
@@ -543,21 +613,9 @@ void CpuBackend::attention(const BatchView& batch_view, const TensorView& qkv_vi
         }
         break;
       }
-      case Kernels::kBf16: {
-        uint16_t* vt2 = kt2 + head_dim * len16;
-        for (int64_t k0 = 0; k0 < len; k0 += kBf16KeyBlock) {
-          const int64_t keys = std::min<int64_t>(kBf16KeyBlock, len - k0);
-          pack_keys_bf16(k + k0 * stride, stride, keys, head_dim, kt2 + k0 * head_dim);
-          pack_values_bf16(v + k0 * stride, stride, keys, head_dim, vt2 + k0 * head_dim);
-        }
-        alignas(64) uint16_t tile_q[kMaxQueryTile * 64];
-        for (int64_t q0 = 0; q0 < len; q0 += tile) {
-          const int64_t rows = std::min<int64_t>(tile, len - q0);
-          for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(q + (q0 + r) * stride, head_dim, tile_q + r * head_dim);
-          attention_tile_bf16(tile_q, rows, kt2, vt2, len, kBf16KeyBlock, head_dim, scale, o + q0 * hidden, hidden);
-        }
+      case Kernels::kBf16:
+        attention_head_bf16(q, k, v, stride, len, head_dim, scale, tile, thread_scratch, o, hidden);
         break;
-      }
       case Kernels::kFp32: {
         for (int64_t k0 = 0; k0 < len; k0 += kFp32KeyBlock) {
           const int64_t keys = std::min<int64_t>(kFp32KeyBlock, len - k0);

@@ -41,7 +41,7 @@ class CpuBackend final : public Backend {
   CpuBackend(const MemoryPlan& plan, int threads);
   std::string name() const override { return "cpu-onednn"; }
   std::string device_name() const override { return "cpu"; }
-  BackendTraits traits() const override { return {DeviceKind::kCpu, DType::F32, false, 1}; }
+  BackendTraits traits() const override { return {DeviceKind::kCpu, activation_, false, 1}; }
 
   // The largest oneDNN scratchpad any GEMM of the table's linears needs up to max_rows
   // rows, stored as the CPU stores them at `precision` (cpu_weight_dtype).
@@ -102,13 +102,14 @@ class CpuBackend final : public Backend {
   int64_t max_rows_ = 0;     // the largest batch, in tokens
   int64_t max_seq_len_ = 0;
   DType precision_ = DType::F32;
+  DType activation_ = DType::F32;  // the plan's: bf16 with --dtype bf16 (cpu_bf16_activations)
   int threads_ = 1;
   Arena arena_;
   dnnl::engine engine_;
   dnnl::stream stream_;
   // Carved from the arena: attention scratch (threads x cpu_attention_scratch_floats),
-  // the oneDNN scratchpad, and for bf16/int8 the rounded or quantized GEMM inputs, the
-  // int8 row scales, row minima and accumulators.
+  // the oneDNN scratchpad, and for int8 (and bf16 with float32 activations) the quantized
+  // or rounded GEMM inputs, the int8 row scales, row minima and accumulators.
   float* attention_scratch_ = nullptr;
   int64_t scratch_floats_per_thread_ = 0;
   void* library_ = nullptr;
