@@ -320,18 +320,33 @@ void tile(const Scores& scores_of, const Values& values, int64_t rows, int64_t l
   }
 }
 
-template <class Scores, class Values>
+// The finished rows, from the tile's block to the output: copied, or rounded to bf16.
+void store_rows(const float* rows_f32, int64_t rows, int64_t head_dim, float* o, int64_t o_stride) {
+  for (int64_t r = 0; r < rows; ++r) {
+    std::memcpy(o + r * o_stride, rows_f32 + r * head_dim, static_cast<size_t>(head_dim) * sizeof(float));
+  }
+}
+void store_rows(const float* rows_f32, int64_t rows, int64_t head_dim, uint16_t* o, int64_t o_stride) {
+  for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(rows_f32 + r * head_dim, head_dim, o + r * o_stride);
+}
+
+// The tile's output rows accumulate in a block of their own, head_dim floats apart: P V
+// loads and stores them for every key block, and rows a context row apart (4 KiB with
+// BGE-M3) would all share the same few L1 sets. They are stored once, at the end.
+template <class Scores, class Values, class Out>
 void run_tile(const Scores& scores_of, const Values& values, int64_t rows, int64_t len, int64_t block,
-              int64_t head_dim, float* o, int64_t o_stride) {
+              int64_t head_dim, Out* o, int64_t o_stride) {
   if (rows < 1 || rows > kMaxTileRows) fail("attention tile of {} rows: 1..{} are supported", rows, kMaxTileRows);
   if (block < 16 || block > kMaxBlockKeys || block % 16 != 0) fail("attention key block of {} keys", block);
+  alignas(64) float rows_f32[kMaxTileRows * 64];
   switch (head_dim / 16) {
-    case 1: tile<1>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
-    case 2: tile<2>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
-    case 3: tile<3>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
-    case 4: tile<4>(scores_of, values, rows, len, block, head_dim, o, o_stride); break;
+    case 1: tile<1>(scores_of, values, rows, len, block, head_dim, rows_f32, head_dim); break;
+    case 2: tile<2>(scores_of, values, rows, len, block, head_dim, rows_f32, head_dim); break;
+    case 3: tile<3>(scores_of, values, rows, len, block, head_dim, rows_f32, head_dim); break;
+    case 4: tile<4>(scores_of, values, rows, len, block, head_dim, rows_f32, head_dim); break;
     default: fail("attention kernels take head_dim 16, 32, 48 or 64, not {}", head_dim);
   }
+  store_rows(rows_f32, rows, head_dim, o, o_stride);
 }
 
 // ---- packing: 16 x 16 transposes of 32-bit words ----------------------------------------
@@ -557,12 +572,8 @@ void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, c
 
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, uint16_t* o, int64_t o_stride) {
-  // The rows accumulate in float32 here, then are rounded once, as a float32 output would be
-  // by the GEMM that reads it.
-  alignas(64) float rows_f32[kMaxTileRows * 64];
-  run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, rows_f32,
-           head_dim);
-  for (int64_t r = 0; r < rows; ++r) round_row_to_bf16(rows_f32 + r * head_dim, head_dim, o + r * o_stride);
+  // Rounded once, from float32 rows, as the GEMM reading a float32 output would round it.
+  run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
 }
 
 void quantize_query_int8(const float* x, int64_t n, uint8_t* q, float* scale) {

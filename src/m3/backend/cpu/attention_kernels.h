@@ -6,7 +6,8 @@
 //
 // Each row group of 6 meets a key block start to end while both are in cache: scores, the
 // running max and sum, e^(s - max) into P, then P V with the correction of the earlier
-// blocks applied as the output rows load. Three precisions of the same tile:
+// blocks applied as the output rows load (the tile's rows accumulate in a block of their
+// own on the stack, stored to `o` at the end). Three precisions of the same tile:
 //   float32   (--dtype fp32)  Q K^T and P V in float32 FMAs
 //   bfloat16  (--dtype bf16)  Q, K, V and P rounded to bfloat16
 //   int8      (--dtype int8)  Q and K on symmetric int8 grids, one scale per head row;
