@@ -1,6 +1,6 @@
-// The CPU's rules: activations in bf16 with --dtype bf16 (the GEMMs read and write them,
-// the attention kernels too), float32 otherwise (int8 GEMMs quantize their inputs
-// themselves), GEMMs over whole row chunks, encoder weights at --dtype, and per replica the
+// The CPU's rules: activations in bf16 with --dtype bf16 and a head size the bf16
+// attention kernels take (the GEMMs and those kernels read and write them), float32
+// otherwise (int8 and the other bf16 GEMMs quantize or round their inputs themselves), GEMMs over whole row chunks, encoder weights at --dtype, and per replica the
 // attention scratch (per thread), the oneDNN scratchpad and the low-precision GEMM inputs.
 #include <algorithm>
 
