@@ -13,6 +13,10 @@ The served ratio is served / bench (issue 16 asks for >= 0.9). /embed computes t
 vectors only, so the served side does less head work than the bench binary.
 Waits for a quiet machine before each step and records the load (bench/README.md).
 
+It also measures the machine's ceiling (build/m3bench-peak, bench/model_flops.py) and reports
+issue 16's goals from the served figures (texts): each dtype's share of its ceiling, with the
+FLOPs of the dense-only pass /embed runs, and int8 / bf16 where both dtypes ran.
+
     .venv/bin/python bench/serve_overhead.py --model ~/.cache/m3embed/bench/bge-m3-random-L2 \\
         --dtype bf16 --workloads W1 W2 mix --json bench/results/$(date +%F)-serve-overhead-L2.json
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import subprocess
 import sys
@@ -30,6 +35,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import model_flops as mflops  # noqa: E402
 import report_common as rc  # noqa: E402
 import workloads  # noqa: E402
 from serve_load import ServerProcess  # noqa: E402
@@ -65,24 +71,107 @@ def served(url: str, inputs: list, tokens: int, args) -> dict:
     return {"tokens_per_s": tokens / statistics.median(seconds), "runs": [tokens / s for s in seconds]}
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--binary", default="build/m3embed")
-    ap.add_argument("--bench-binary", default="build/m3bench-workload")
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--dtype", nargs="+", default=["bf16"], choices=["fp32", "bf16", "int8"])
-    ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "mix"])
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--max-batch-tokens", type=int, default=16384)
-    ap.add_argument("--server-args", default="", help="extra `serve` options, e.g. '--http-threads 1'")
-    ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--json", help="write the record here (and a .md summary beside it)")
-    rc.add_load_args(ap, docs=False)
-    args = ap.parse_args(argv)
+# Issue 16's goals: bf16's share of its ceiling, and int8 / bf16, per workload.
+BF16_SHARE_GOAL = {"W1": 0.90, "W2": 0.90, "W4": 0.80}
+INT8_RATIO_GOAL = {"W1": 1.6, "W2": 1.6, "mix": 1.6, "W4": 1.3}
 
+
+def add_goals(record: dict) -> None:
+    """Served (texts) share of the ceiling per run, int8 / bf16 per workload, against the goals."""
+    ceiling = record.get("ceiling") or {}
+    try:
+        cfg = json.loads((Path(record["model"]) / "config.json").read_text())
+    except (OSError, ValueError):
+        return
+    for r in record["runs"]:
+        lengths = workloads.lengths(r["workload"])
+        flops = mflops.encoder_flops(cfg, lengths, colbert=False, sparse=False)  # /embed: dense only
+        r["served_share_of_ceiling"] = mflops.share_of_ceiling(r["served"]["tokens_per_s"], flops, sum(lengths),
+                                                               r["dtype"], ceiling)
+    served = {(r["dtype"], r["workload"]): r["served"]["tokens_per_s"] for r in record["runs"]}
+    goals = []
+    for name in dict.fromkeys(r["workload"] for r in record["runs"]):
+        row = {"workload": name}
+        bf16 = next((r for r in record["runs"] if r["dtype"] == "bf16" and r["workload"] == name), None)
+        if bf16 and bf16.get("served_share_of_ceiling") is not None:
+            row["bf16_share"] = bf16["served_share_of_ceiling"]
+            row["bf16_share_goal"] = BF16_SHARE_GOAL.get(name)
+        if ("bf16", name) in served and ("int8", name) in served:
+            row["int8_over_bf16"] = served[("int8", name)] / served[("bf16", name)]
+            row["int8_over_bf16_goal"] = INT8_RATIO_GOAL.get(name)
+        goals.append(row)
+    record["goals"] = goals
+
+
+def goal_lines(record: dict) -> list[str]:
+    def cell(value, goal, percent: bool) -> str:
+        if value is None:
+            return "-"
+        text = f"{100 * value:.1f}%" if percent else f"{value:.2f}"
+        if goal is None:
+            return text
+        target = f"{100 * goal:.0f}%" if percent else f"{goal}"
+        return f"{text} (goal {target}: {'met' if value >= goal else 'missed'})"
+    ceiling = record.get("ceiling") or {}
+    lines = ["", "Issue 16's goals from the served figures (texts). Ceiling: `build/m3bench-peak`, "
+             + (", ".join(f"{k.replace('_gops', '')} {v:,.0f} G/s" for k, v in ceiling.items()
+                          if k.endswith("_gops") and v) or "not measured")
+             + "; FLOPs per token of the dense-only pass (bench/model_flops.py).", "",
+             "| workload | bf16 share of ceiling | int8 / bf16 |", "|---|---:|---:|"]
+    for g in record.get("goals", []):
+        lines.append(f"| {g['workload']} | {cell(g.get('bf16_share'), g.get('bf16_share_goal'), True)} | "
+                     f"{cell(g.get('int8_over_bf16'), g.get('int8_over_bf16_goal'), False)} |")
+    return lines
+
+
+def step_loads(record: dict) -> list[dict]:
+    """Every measured step (served, ids, bench of each dtype and workload) with its load before."""
+    return [{"engine": f"{r['dtype']} {step}", "workload": r["workload"], "load_before": r[step]["load_before"]}
+            for r in record["runs"] for step in ("served", "ids", "bench")]
+
+
+def markdown(record: dict, title: str) -> str:
+    warmup = record.get("warmup")
+    if warmup is None:  # records written before it was stored: from the command line
+        found = re.search(r"--warmup (\d+)", record["command"])
+        warmup = int(found.group(1)) if found else 1
+    repeat = len(record["runs"][0]["served"]["runs"]) if record["runs"] else 0
+    lines = [title, "", f"`{record['command']}`", "", rc.machine_line(record["machine"]), "",
+             f"git {record['git']}; threads {record['threads']}; max batch tokens {record['max_batch_tokens']}; "
+             f"median of {repeat} after {warmup} warm-up", "",
+             "| dtype | workload | bench tokens/s | served (texts) | ratio | served (ids) | ratio | load before |",
+             "|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in record["runs"]:
+        lines.append(f"| {r['dtype']} | {r['workload']} | {r['bench']['tokens_per_s']:,.0f} | "
+                     f"{r['served']['tokens_per_s']:,.0f} | {r['served_ratio']:.2f} | {r['ids']['tokens_per_s']:,.0f} | "
+                     f"{r['ids_ratio']:.2f} | {rc.load_text(r['served']['load_before'])} |")
+    lines += goal_lines(record)
+    warn = rc.load_warning(step_loads(record))
+    if warn:
+        lines += ["", warn]
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(record: dict, args) -> int:
+    """The record's .md beside --json, and docs/benchmarks.md's served section with --docs."""
+    name = Path(record["model"]).name
+    if args.json:
+        Path(args.json).with_suffix(".md").write_text(markdown(record, f"# Served /embed against the bench binary ({name})"))
+    if args.docs:
+        if rc.refuse_docs_if_loaded("serve_overhead", step_loads(record), args.force_docs):
+            return 1
+        body = markdown(record, f"## Served over HTTP: {name}")
+        rc.update_docs_section("served", body.replace("\n| dtype |", "\n### Served against the bench binary\n\n| dtype |", 1))
+    return 0
+
+
+def measure(args) -> dict:
     record = {"command": rc.command_line(), "machine": rc.machine(), "git": rc.git_revision(), "model": args.model,
-              "threads": args.threads, "max_batch_tokens": args.max_batch_tokens, "runs": []}
+              "threads": args.threads, "max_batch_tokens": args.max_batch_tokens, "warmup": args.warmup, "runs": []}
+    rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s)
+    record["ceiling"] = mflops.measure_ceiling(args.threads) or {}
+    if not record["ceiling"]:
+        print(f"serve_overhead: {mflops.PEAK_BINARY} is not built: no share of the ceiling", flush=True)
     for dtype in args.dtype:
         server = ServerProcess(args.binary, args.model,
                                ["--dtype", dtype, "--threads", str(args.threads), "--max-batch-tokens",
@@ -95,11 +184,11 @@ def main(argv=None) -> int:
                 texts = [t or " " for t in workloads.texts(name)]
                 tokens = sum(len(i) for i in ids)
                 run = {"dtype": dtype, "workload": name, "tokens": tokens}
-                for step, measure in (("served", lambda: served(url, texts, tokens, args)),
-                                      ("ids", lambda: served(url, ids, tokens, args)),
-                                      ("bench", lambda: bench_binary(args, dtype, name))):
+                for step, measure_step in (("served", lambda: served(url, texts, tokens, args)),
+                                           ("ids", lambda: served(url, ids, tokens, args)),
+                                           ("bench", lambda: bench_binary(args, dtype, name))):
                     load = rc.wait_for_quiet(args.max_load_per_core, args.quiet_timeout_s)
-                    run[step] = {**measure(), "load_before": load}
+                    run[step] = {**measure_step(), "load_before": load}
                 run["served_ratio"] = run["served"]["tokens_per_s"] / run["bench"]["tokens_per_s"]
                 run["ids_ratio"] = run["ids"]["tokens_per_s"] / run["bench"]["tokens_per_s"]
                 print(f"{dtype} {name}: bench {run['bench']['tokens_per_s']:,.0f}, served {run['served']['tokens_per_s']:,.0f}"
@@ -108,20 +197,42 @@ def main(argv=None) -> int:
                 record["runs"].append(run)
         finally:
             server.stop()
+    add_goals(record)
+    return record
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--binary", default="build/m3embed")
+    ap.add_argument("--bench-binary", default="build/m3bench-workload")
+    ap.add_argument("--model", help="the model directory (required unless --render)")
+    ap.add_argument("--dtype", nargs="+", default=["bf16"], choices=["fp32", "bf16", "int8"])
+    ap.add_argument("--workloads", nargs="+", default=["W1", "W2", "mix"])
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-batch-tokens", type=int, default=16384)
+    ap.add_argument("--server-args", default="", help="extra `serve` options, e.g. '--http-threads 1'")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--json", help="write the record here (and a .md summary beside it)")
+    ap.add_argument("--docs", action="store_true",
+                    help="also write docs/benchmarks.md's served section (refused when a step started loaded)")
+    ap.add_argument("--render", metavar="JSON",
+                    help="measure nothing: write the .md (and with --docs the section) from this saved record")
+    rc.add_load_args(ap, docs=True)
+    args = ap.parse_args(argv)
+    if args.render:
+        record = json.loads(Path(args.render).read_text())
+        add_goals(record)
+        args.json = args.json or args.render
+    else:
+        if not args.model:
+            ap.error("--model is required unless --render")
+        record = measure(args)
+    for line in goal_lines(record)[1:]:
+        print(line)
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
-        lines = [f"# Served /embed against the bench binary ({Path(args.model).name})", "",
-                 f"`{record['command']}`", "", rc.machine_line(record["machine"]), "",
-                 f"git {record['git']}; threads {args.threads}; max batch tokens {args.max_batch_tokens}; median of "
-                 f"{args.repeat} after {args.warmup} warm-up", "",
-                 "| dtype | workload | bench tokens/s | served (texts) | ratio | served (ids) | ratio | load before |",
-                 "|---|---|---:|---:|---:|---:|---:|---|"]
-        for r in record["runs"]:
-            lines.append(f"| {r['dtype']} | {r['workload']} | {r['bench']['tokens_per_s']:,.0f} | "
-                         f"{r['served']['tokens_per_s']:,.0f} | {r['served_ratio']:.2f} | {r['ids']['tokens_per_s']:,.0f} | "
-                         f"{r['ids_ratio']:.2f} | {rc.load_text(r['served']['load_before'])} |")
-        Path(args.json).with_suffix(".md").write_text("\n".join(lines) + "\n")
-    return 0
+    return write_outputs(record, args)
 
 
 if __name__ == "__main__":
