@@ -8,7 +8,9 @@ the sparse head (2 h per token). The softmax, layer norms and GELU are left out 
 percent). For BGE-M3 this is about 0.62 GFLOP a token at 128 tokens and 1.41 at 8192.
 
 The ceiling is bench/peak_flops.cpp's (m3bench-peak): fp32 FMA, bf16 and int8 dot products
-on every core with registers only. A dtype's share = its FLOP/s / its instruction's ceiling.
+on every core with registers only, and AMX's tile products where the CPU has them. A dtype's
+share = its FLOP/s / the fastest instruction its GEMMs can run on (oneDNN takes AMX for bf16
+and int8 where it is there, so on such a CPU the AMX figure is the ceiling).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PEAK_BINARY = REPO / "build" / "m3bench-peak"
-CEILING_KEY = {"fp32": "fp32_fma_gops", "bf16": "bf16_dot_gops", "int8": "int8_dot_gops"}
+CEILING_KEYS = {"fp32": ("fp32_fma_gops",), "bf16": ("bf16_dot_gops", "amx_bf16_gops"),
+                "int8": ("int8_dot_gops", "amx_int8_gops")}
 
 
 def encoder_flops(config: dict, lengths: list[int], colbert: bool = True, sparse: bool = True) -> float:
@@ -42,9 +45,20 @@ def measure_ceiling(threads: int, seconds: float = 1.0, repeat: int = 3, binary:
         return json.loads(path.read_text())
 
 
+def ceiling_key(dtype: str, ceiling: dict) -> str | None:
+    """The key of the fastest instruction measured for this dtype (None when none was)."""
+    measured = [k for k in CEILING_KEYS.get(dtype, ()) if ceiling.get(k)]
+    return max(measured, key=lambda k: ceiling[k]) if measured else None
+
+
+def ceiling_gops(dtype: str, ceiling: dict) -> float | None:
+    key = ceiling_key(dtype, ceiling)
+    return ceiling[key] if key else None
+
+
 def share_of_ceiling(tokens_per_second: float, flops: float, tokens: int, dtype: str, ceiling: dict) -> float | None:
     """The fraction of the dtype's ceiling that `tokens_per_second` on this workload reaches."""
-    peak = ceiling.get(CEILING_KEY.get(dtype, ""))
+    peak = ceiling_gops(dtype, ceiling)
     if not peak:
         return None
     return tokens_per_second * (flops / tokens) / (peak * 1e9)

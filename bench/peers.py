@@ -257,14 +257,16 @@ def ceiling_section(result: dict, m3: list[dict]) -> list[str]:
            f"The ceiling is `build/m3bench-peak` on {ceiling.get('threads')} threads (registers only, best of 3): "
            + ", ".join(f"{k.replace('_gops', '')} {v:,.0f} G/s" for k, v in ceiling.items() if k.endswith("_gops") and v)
            + ". A run's FLOP/s = tokens/s x the model's FLOPs per token on that workload (bench/model_flops.py: "
-             "the encoder's GEMMs and attention products, BGE-M3's heads); share = that / the ceiling of its dtype's "
-             "instruction (fp32 FMA, bf16 dot, int8 dot).", "",
-           "| engine | workload | GFLOP per token | GFLOP/s | share of ceiling |", "| --- | --- | ---: | ---: | ---: |"]
+             "the encoder's GEMMs and attention products, BGE-M3's heads); share = that / the ceiling of the fastest "
+             "instruction its dtype's GEMMs can use (fp32 FMA; bf16 dot or AMX bf16; int8 dot or AMX int8).", "",
+           "| engine | workload | GFLOP per token | GFLOP/s | share of ceiling | ceiling |",
+           "| --- | --- | ---: | ---: | ---: | --- |"]
     for r in m3:
         if r.get("share_of_ceiling") is None:
             continue
         out.append(f"| {r['engine']} | {r['workload']} | {r['flops_per_token'] / 1e9:.3f} | "
-                   f"{r['gflops_per_second']:,.0f} | {100 * r['share_of_ceiling']:.0f}% |")
+                   f"{r['gflops_per_second']:,.0f} | {100 * r['share_of_ceiling']:.0f}% | "
+                   f"{(mflops.ceiling_key(r['engine'].split('-', 1)[1], ceiling) or '').replace('_gops', '')} |")
     return out
 
 

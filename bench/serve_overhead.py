@@ -104,7 +104,7 @@ def add_goals(record: dict) -> None:
             row["bf16_share_goal"] = BF16_SHARE_GOAL.get(name)
         if bf16 and bf16.get("served_share_of_step_ceiling") is not None:
             row["bf16_share_of_step_ceiling"] = bf16["served_share_of_step_ceiling"]
-            row["bf16_step_ceiling_gops"] = bf16["served"]["ceiling"].get(mflops.CEILING_KEY["bf16"])
+            row["bf16_step_ceiling_gops"] = mflops.ceiling_gops("bf16", bf16["served"]["ceiling"])
         if ("bf16", name) in served and ("int8", name) in served:
             row["int8_over_bf16"] = served[("int8", name)] / served[("bf16", name)]
             row["int8_over_bf16_goal"] = INT8_RATIO_GOAL.get(name)
@@ -133,6 +133,8 @@ def goal_lines(record: dict) -> list[str]:
                           if k.endswith("_gops") and v) or "not measured")
              + " at the start"
              + ("; and bf16 again just before each bf16 served step (its G/s in the column)" if per_step else "")
+             + (f"; bf16's share is of {mflops.ceiling_key('bf16', ceiling).replace('_gops', '')}, the fastest "
+                "instruction its GEMMs can use here" if mflops.ceiling_key("bf16", ceiling) else "")
              + "; FLOPs per token of the dense-only pass (bench/model_flops.py).", ""]
     if per_step:
         lines += ["| workload | bf16 share of the start's ceiling | bf16 share of the step's ceiling | int8 / bf16 |",

@@ -2,8 +2,9 @@
 // on packed batches whose sequences span several key blocks (the online softmax and
 // output rescaling), for the AVX-512 kernels (head_dim 16 and 64, BGE-M3's) and for
 // the oneDNN sgemm path (head_dim 24, which the kernels do not take); the bf16 kernels
-// (--dtype bf16) and the int8-score kernels (--dtype int8); and the packing of Q, K and V
-// into the kernels' layouts against plain loops.
+// (--dtype bf16) and the int8-score kernels (--dtype int8), on AMX where the CPU has it;
+// the AMX tiles against the AVX-512 ones; and the packing of Q, K and V into the kernels'
+// layouts against plain loops.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -11,6 +12,7 @@
 #include <cstring>
 #include <random>
 
+#include "m3/backend/cpu/attention_amx.h"
 #include "m3/backend/cpu/attention_kernels.h"
 #include "m3/backend/cpu/cpu_backend.h"
 #include "m3/backend/cpu/gemm_inputs.h"
@@ -262,6 +264,82 @@ TEST(AttentionKernels, PackQueriesAndKeysIntoTheInt8Layouts) {
         EXPECT_EQ(scale, want.scale);
         for (int64_t d = 0; d < head_dim; ++d) ASSERT_EQ(int(q[d]), want.q[d] + 128) << "Q, " << head_dim << ", " << j;
         for (int64_t d = head_dim; d < 64; ++d) ASSERT_EQ(q[d], 7) << "wrote past the row";
+      }
+    }
+  }
+}
+
+
+// The AMX tiles (attention_amx.h) against the AVX-512 ones on the same operands: query tiles
+// of whole and partial 16-row groups, sequences ending inside a 16- and a 32-key step, in
+// bf16 (float32 and bf16 outputs) and with int8 scores. Only the order of the float32 sums
+// differs, and where that moves an exp across a bf16 rounding boundary, one P element by
+// one bf16 step: ~1e-5 seen in float32 outputs, one bf16 step (~8e-3) in bf16 ones; the
+// kernels' own error against float32 is up to 2e-2.
+TEST(AttentionKernels, AmxTilesMatchTheAvx512Tiles) {
+  if (!amx_attention_supported(64)) GTEST_SKIP() << "no AMX on this CPU (or no permission for its tile state): the AVX-512 tiles run";
+  ASSERT_TRUE(amx_attention_allowed());
+  const int64_t head_dim = 64, block = 128, stride = 3 * head_dim;
+  const float scale = 0.125f;
+  std::mt19937 rng(11);
+  std::normal_distribution<float> normal(0.f, 1.f);
+  for (int64_t len : {1, 17, 40, 128, 300, 690}) {
+    std::vector<float> qkv(len * stride);
+    for (float& x : qkv) x = 2.f * normal(rng);
+    const int64_t len16 = (len + 15) / 16 * 16;
+    std::vector<uint16_t> kt2(head_dim * len16), vt2(head_dim * len16);
+    std::vector<int8_t> kt4(head_dim * len16);
+    std::vector<float> key_factor(len16);
+    std::vector<int32_t> key_offset(len16);
+    for (int64_t k0 = 0; k0 < len; k0 += block) {
+      const int64_t keys = std::min(block, len - k0);
+      const float* k = qkv.data() + k0 * stride + head_dim;
+      pack_keys_bf16(k, stride, keys, head_dim, kt2.data() + k0 * head_dim);
+      pack_values_bf16(k + head_dim, stride, keys, head_dim, vt2.data() + k0 * head_dim);
+      pack_keys_int8(k, stride, keys, head_dim, scale, kt4.data() + k0 * head_dim, key_factor.data() + k0,
+                     key_offset.data() + k0);
+    }
+    for (int64_t rows : {1, 5, 16, 17, 40, 64}) {
+      if (rows > len) continue;
+      std::vector<uint16_t> q16(rows * head_dim);
+      std::vector<uint8_t> q8(rows * head_dim);
+      std::vector<float> q_scale(rows);
+      for (int64_t r = 0; r < rows; ++r) {
+        round_row_to_bf16(qkv.data() + r * stride, head_dim, q16.data() + r * head_dim);
+        quantize_query_int8(qkv.data() + r * stride, head_dim, q8.data() + r * head_dim, q_scale.data() + r);
+      }
+      const int64_t o_stride = 80;  // rows further apart than head_dim: nothing else written
+      auto run = [&](bool amx, int kind) {
+        allow_amx_attention(amx);
+        std::vector<float> o(rows * o_stride, -7.f);
+        if (kind == 0) {
+          attention_tile_bf16(q16.data(), rows, kt2.data(), vt2.data(), len, block, head_dim, scale, o.data(), o_stride);
+        } else if (kind == 1) {
+          std::vector<uint16_t> o16(rows * o_stride, bf16_bits(-7.f));
+          attention_tile_bf16(q16.data(), rows, kt2.data(), vt2.data(), len, block, head_dim, scale, o16.data(), o_stride);
+          convert_to_f32(DType::BF16, o16.data(), o.data(), o.size());
+        } else {
+          attention_tile_int8(q8.data(), q_scale.data(), rows, kt4.data(), key_factor.data(), key_offset.data(),
+                              vt2.data(), len, block, head_dim, o.data(), o_stride);
+        }
+        allow_amx_attention(true);
+        return o;
+      };
+      for (int kind : {0, 1, 2}) {
+        const std::vector<float> avx512 = run(false, kind), amx = run(true, kind);
+        double worst = 0;
+        for (int64_t r = 0; r < rows; ++r) {
+          for (int64_t d = 0; d < o_stride; ++d) {
+            const float a = avx512[r * o_stride + d], b = amx[r * o_stride + d];
+            if (d >= head_dim) {
+              ASSERT_EQ(b, -7.f) << "wrote past the row: len " << len << ", rows " << rows << ", kind " << kind;
+            } else {
+              ASSERT_TRUE(std::isfinite(b)) << "len " << len << ", rows " << rows << ", kind " << kind;
+              worst = std::max(worst, double(std::fabs(a - b)));
+            }
+          }
+        }
+        EXPECT_LT(worst, kind == 1 ? 2e-2 : 1e-4) << "len " << len << ", rows " << rows << ", kind " << kind;
       }
     }
   }

@@ -36,8 +36,8 @@ inline constexpr const char* kDtypeHelp =
     "warning), fp16 (CUDA only: float16 weights and activations, float32 accumulation) or int8 (CPU only: int8 "
     "weights with per-channel scales, inputs quantized per token to unsigned bytes over their range; needs VNNI "
     "or AMX; attention scores from int8 Q and K, one scale per head and token, and P V in bf16 where AVX512-VNNI "
-    "and AVX512-BF16 are there; bf16 attention where only AVX512-BF16 is). Layer norms, softmax and the heads "
-    "compute in float32";
+    "and AVX512-BF16 are there; bf16 attention where only AVX512-BF16 is). With AMX, GEMMs and (head size 64) "
+    "attention's products run on its tiles. Layer norms, softmax and the heads compute in float32";
 
 inline constexpr const char* kOutputMemoryHelp =
     "Memory for results waiting to be written (e.g. 256MiB): encode's in-order output buffer, or the server's "

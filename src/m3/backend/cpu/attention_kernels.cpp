@@ -10,6 +10,7 @@
 #include <cstring>
 #include <type_traits>
 
+#include "m3/backend/cpu/attention_amx.h"
 #include "m3/backend/cpu/attention_softmax.h"
 #include "m3/core/error.h"
 
@@ -572,11 +573,17 @@ void attention_tile_f32(const float* q, int64_t q_stride, int64_t rows, const fl
 
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, float* o, int64_t o_stride) {
+  if (amx_attention_allowed() && amx_attention_supported(head_dim)) {
+    return attention_tile_bf16_amx(q, rows, kt2, vt2, len, block, scale, o, o_stride);
+  }
   run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
 }
 
 void attention_tile_bf16(const uint16_t* q, int64_t rows, const uint16_t* kt2, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float scale, uint16_t* o, int64_t o_stride) {
+  if (amx_attention_allowed() && amx_attention_supported(head_dim)) {
+    return attention_tile_bf16_amx(q, rows, kt2, vt2, len, block, scale, o, o_stride);
+  }
   // Rounded once, from float32 rows, as the GEMM reading a float32 output would round it.
   run_tile(Bf16Scores{q, kt2, head_dim, scale}, Bf16Values{vt2, head_dim}, rows, len, block, head_dim, o, o_stride);
 }
@@ -593,6 +600,9 @@ void pack_keys_int8(const float* k, int64_t k_stride, int64_t keys, int64_t head
 void attention_tile_int8(const uint8_t* q, const float* q_scale, int64_t rows, const int8_t* kt4,
                          const float* key_factor, const int32_t* key_offset, const uint16_t* vt2, int64_t len,
                          int64_t block, int64_t head_dim, float* o, int64_t o_stride) {
+  if (amx_attention_allowed() && amx_int8_attention_supported(head_dim)) {
+    return attention_tile_int8_amx(q, q_scale, rows, kt4, key_factor, key_offset, vt2, len, block, o, o_stride);
+  }
   run_tile(Int8Scores{q, q_scale, kt4, key_factor, key_offset, head_dim}, Bf16Values{vt2, head_dim}, rows, len, block,
            head_dim, o, o_stride);
 }

@@ -17,6 +17,8 @@
 // costs no fidelity that shows: on the 24-layer benchmark model the dense cosine to fp32
 // stays 0.9992 (bench/results/2026-12-07-fidelity-L24-int8-qk.md); its error is ~8x
 // bf16's per element but under the GEMMs' own, which quantize 1024-wide rows.
+// On a CPU with AMX, attention_tile_bf16 and attention_tile_int8 hand head size 64 to the
+// AMX tiles of attention_amx.h: the same layouts and roundings, 16-row tile products.
 #pragma once
 
 #include <cstdint>
