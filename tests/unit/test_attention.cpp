@@ -217,6 +217,34 @@ TEST(AttentionKernels, PackKeysAndValuesIntoTheirLayouts) {
   }
 }
 
+TEST(AttentionKernels, RoundRowToBf16RoundsToNearestEven) {
+  // Halfway cases both ways (ties to even), values just either side of them, signs, tiny
+  // and huge magnitudes, and lengths with and without a tail past the last 16.
+  std::vector<uint32_t> patterns = {0x3f808000u, 0x3f818000u, 0x3f808001u, 0x3f807fffu, 0xbf808000u, 0xbf818000u,
+                                    0x00008000u, 0x00018000u, 0x7f7f8000u, 0x7f7effffu, 0x00000000u, 0x80000000u};
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> uniform(-40.f, 40.f);
+  for (int i = 0; i < 200; ++i) {
+    const float f = uniform(rng) * std::ldexp(1.f, static_cast<int>(rng() % 60) - 30);
+    uint32_t bits;
+    std::memcpy(&bits, &f, 4);
+    patterns.push_back(bits);
+  }
+  for (size_t n : {size_t{1}, size_t{15}, size_t{16}, size_t{17}, size_t{64}, patterns.size()}) {
+    std::vector<float> x(n);
+    std::memcpy(x.data(), patterns.data(), n * 4);
+    std::vector<uint16_t> y(n + 1, 0xabcd);
+    round_row_to_bf16(x.data(), static_cast<int64_t>(n), y.data());
+    for (size_t i = 0; i < n; ++i) {
+      const uint32_t b = patterns[i];
+      const uint32_t lower = b >> 16, rest = b & 0xffffu;
+      const uint32_t want = rest > 0x8000u || (rest == 0x8000u && (lower & 1u)) ? lower + 1 : lower;
+      ASSERT_EQ(y[i], want) << "n " << n << ", input bits " << std::hex << b;
+    }
+    EXPECT_EQ(y[n], 0xabcd) << "wrote past the row of " << n;
+  }
+}
+
 // The int8 layouts: each byte, scale, factor and offset against the definitions in
 // attention_kernels.h computed by plain loops (reference::int8_row); rows of zeros, and
 // halves that round to even.

@@ -4,6 +4,10 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
+// gcc 12 warns about the undefined registers inside its own AVX-512 convert and reduce intrinsics.
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -197,14 +201,36 @@ struct Bf16Queries {
       round_row_to_bf16(row, kHeadDim, dst + r * kHeadDim);
     }
   }
-  // The group's scores, scaled, float32 rows keys16 apart.
-  void scores(const uint16_t* group_q, int64_t, int64_t k0, int64_t keys16, int64_t valid, const void* kt,
-              float* s) const {
+  // The group's scores, scaled, float32 rows keys16 apart, and each row's maximum over its
+  // first `keys`.
+  void scores(const uint16_t* group_q, int64_t, int64_t k0, int64_t keys16, int64_t keys, int64_t valid,
+              const void* kt, float* s, float* maxima) const {
     scores_bf16(group_q, static_cast<const uint16_t*>(kt) + k0 * kHeadDim, keys16, s);
-    if (scale_in_q) return;
-    for (int64_t r = 0; r < valid; ++r) scale_row(s + r * keys16, keys16, scale);
+    for (int64_t r = 0; r < valid; ++r) {
+      if (!scale_in_q) scale_row(s + r * keys16, keys16, scale);
+      maxima[r] = row_max(s + r * keys16, keys);
+    }
   }
 };
+
+// One row of int8 dots turned into scores in place, (float(dot + key_offset) * key_factor) *
+// row_scale as the AVX-512 int8 kernels compute them, and the maximum of the first `keys`
+// taken on the way (a separate pass over the row cost as much as the conversion).
+__attribute__((target("avx512f"))) float int8_scores_row(int32_t* row, const int32_t* key_offset,
+                                                         const float* key_factor, float row_scale, int64_t keys16,
+                                                         int64_t keys) {
+  const __m512 scale = _mm512_set1_ps(row_scale);
+  __m512 most = _mm512_set1_ps(-INFINITY);
+  auto* out = reinterpret_cast<float*>(row);
+  for (int64_t j = 0; j < keys16; j += 16) {
+    const __m512i dot = _mm512_add_epi32(_mm512_load_si512(row + j), _mm512_loadu_si512(key_offset + j));
+    const __m512 v = _mm512_mul_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(dot), _mm512_loadu_ps(key_factor + j)), scale);
+    _mm512_store_ps(out + j, v);
+    const auto live = keys - j >= 16 ? __mmask16(0xffff) : static_cast<__mmask16>((1u << (keys - j)) - 1);
+    most = _mm512_mask_max_ps(most, live, most, v);
+  }
+  return _mm512_reduce_max_ps(most);
+}
 
 struct Int8Queries {
   const uint8_t* q;
@@ -213,19 +239,14 @@ struct Int8Queries {
   const int32_t* key_offset;
   using Q = uint8_t;
   void load_rows(int64_t rows, uint8_t* dst) const { std::memcpy(dst, q, rows * kHeadDim); }
-  // (float(q . k + key_offset) * key_factor) * q_scale, as the AVX-512 int8 scores.
-  void scores(const uint8_t* group_q, int64_t i, int64_t k0, int64_t keys16, int64_t valid, const void* kt,
-              float* s) const {
+  // (float(q . k + key_offset) * key_factor) * q_scale, as the AVX-512 int8 scores, and
+  // each row's maximum over its first `keys`.
+  void scores(const uint8_t* group_q, int64_t i, int64_t k0, int64_t keys16, int64_t keys, int64_t valid,
+              const void* kt, float* s, float* maxima) const {
     auto* dots = reinterpret_cast<int32_t*>(s);
     scores_int8(group_q, static_cast<const int8_t*>(kt) + k0 * kHeadDim, keys16, dots);
     for (int64_t r = 0; r < valid; ++r) {
-      const float row_scale = q_scale[i + r];
-      int32_t* in = dots + r * keys16;
-      float* out = s + r * keys16;
-#pragma omp simd
-      for (int64_t j = 0; j < keys16; ++j) {
-        out[j] = (static_cast<float>(in[j] + key_offset[k0 + j]) * key_factor[k0 + j]) * row_scale;
-      }
+      maxima[r] = int8_scores_row(dots + r * keys16, key_offset + k0, key_factor + k0, q_scale[i + r], keys16, keys);
     }
   }
 };
@@ -262,12 +283,12 @@ void amx_tile(const Queries& queries, int64_t rows, const void* kt, const uint16
     }
     for (int64_t i = 0; i < rows; i += kGroup) {
       const int64_t valid = std::min(kGroup, rows - i);
-      queries.scores(tile_q + i * kHeadDim, i, k0, keys16, valid, kt, s);
+      float block_max[kGroup];
+      queries.scores(tile_q + i * kHeadDim, i, k0, keys16, keys, valid, kt, s, block_max);
       float* o = acc + i * kHeadDim;
       for (int64_t r = 0; r < valid; ++r) {
         const float* row = s + r * keys16;
-        const float block_max = row_max(row, keys);
-        const float new_max = first ? block_max : std::max(max[i + r], block_max);
+        const float new_max = first ? block_max[r] : std::max(max[i + r], block_max[r]);
         const float block_sum = exp_row_to_bf16(row, keys, new_max, p + r * keys32);  // zeros up to keys16
         std::fill(p + r * keys32 + keys16, p + (r + 1) * keys32, uint16_t{0});
         if (first) {

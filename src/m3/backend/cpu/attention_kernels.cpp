@@ -543,7 +543,29 @@ void transpose_keys(const float* k, int64_t k_stride, int64_t keys, int64_t head
   transpose_keys_avx512(k, k_stride, keys, head_dim, kt, ld);
 }
 
+namespace {
+
+// bf16_of on 16 lanes: the same integer rounding, so the two agree bit for bit (the AVX2
+// loop the baseline build makes of the scalar one was 2.5% of a bf16 pass on short texts).
+__attribute__((target("avx512f"))) void round_row_to_bf16_avx512(const float* x, int64_t n, uint16_t* y) {
+  const __m512i half = _mm512_set1_epi32(0x7fff), one = _mm512_set1_epi32(1);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i bits = _mm512_castps_si512(_mm512_loadu_ps(x + i));
+    const __m512i odd = _mm512_and_si512(_mm512_srli_epi32(bits, 16), one);
+    const __m512i rounded = _mm512_add_epi32(bits, _mm512_add_epi32(half, odd));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm512_cvtepi32_epi16(_mm512_srli_epi32(rounded, 16)));
+  }
+  for (; i < n; ++i) y[i] = bf16_of(x[i]);
+}
+
+}  // namespace
+
 void round_row_to_bf16(const float* x, int64_t n, uint16_t* y) {
+  if (kHaveAvx512) {
+    round_row_to_bf16_avx512(x, n, y);
+    return;
+  }
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) y[i] = bf16_of(x[i]);
 }
