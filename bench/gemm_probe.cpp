@@ -4,7 +4,11 @@
 // instruction's ceiling; this gives the library's, so a workload's share of the first
 // splits into "the GEMMs are slow here" and "the rest of the pass is slow".
 //
-//   m3bench-gemm [--dtype bf16|int8|fp32] [--rows M] [--hidden H] [--ffn F] [--repeat N] [--json PATH]
+//   m3bench-gemm [--dtype bf16|int8|fp32] [--rows M] [--chunk C] [--hidden H] [--ffn F] [--repeat N] [--json PATH]
+//
+// --chunk C runs the M rows as consecutive calls of C rows each, over the same M-row buffers,
+// as the engine runs a batch in row blocks (gemm_row_blocks.h). Timing C rows alone instead
+// (--rows C) flatters small C: repeated runs then find their inputs and outputs in cache.
 //
 // Buffers matter: the same bf16 GEMM from a std::vector (16-byte aligned) ran at half the
 // speed on an AMX machine, because every tile row load then straddles two cache lines.
@@ -55,13 +59,13 @@ struct Result {
 
 // The median of `repeat` timed runs of one GEMM, after one untimed run (JIT, first touch).
 Result run_gemm(const dnnl::engine& engine, dnnl::stream& stream, const std::string& dtype, int64_t rows,
-                const Shape& s, int repeat) {
+                int64_t chunk, const Shape& s, int repeat) {
   const bool int8 = dtype == "int8", bf16 = dtype == "bf16";
   const dt src_type = int8 ? dt::u8 : bf16 ? dt::bf16 : dt::f32;
   const dt wei_type = int8 ? dt::s8 : bf16 ? dt::bf16 : dt::f32;
-  const memory::desc src_md({rows, s.in}, src_type, tag::ab);
+  const memory::desc src_md({chunk, s.in}, src_type, tag::ab);
   const memory::desc wei_md({s.in, s.out}, wei_type, tag::any);
-  const memory::desc dst_md({rows, s.out}, dt::f32, tag::ab);  // int8: raw accumulators, as the engine
+  const memory::desc dst_md({chunk, s.out}, dt::f32, tag::ab);  // int8: raw accumulators, as the engine
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
   const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src_md, wei_md, dst_md), attr, engine);
@@ -75,8 +79,12 @@ Result run_gemm(const dnnl::engine& engine, dnnl::stream& stream, const std::str
   memory dst_m(dst_md, engine, dst.get()), scratch_m(pd.scratchpad_desc(), engine, scratch.get());
   const dnnl::matmul gemm(pd);
   auto once = [&] {
-    gemm.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m},
-                          {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    for (int64_t first = 0; first < rows; first += chunk) {
+      src_m.set_data_handle(src.get() + static_cast<size_t>(first * s.in) * element);
+      dst_m.set_data_handle(dst.get() + static_cast<size_t>(first * s.out) * 4);
+      gemm.execute(stream, {{DNNL_ARG_SRC, src_m}, {DNNL_ARG_WEIGHTS, wei_m}, {DNNL_ARG_DST, dst_m},
+                            {DNNL_ARG_SCRATCHPAD, scratch_m}});
+    }
     stream.wait();
   };
   once();
@@ -95,7 +103,7 @@ Result run_gemm(const dnnl::engine& engine, dnnl::stream& stream, const std::str
 
 int main(int argc, char** argv) {
   std::string dtype = "bf16", json;
-  int64_t rows = 8192, hidden = 1024, ffn = 4096;
+  int64_t rows = 8192, chunk = 0, hidden = 1024, ffn = 4096;
   int repeat = 5;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -104,6 +112,8 @@ int main(int argc, char** argv) {
       dtype = argv[++i];
     } else if (arg == "--rows" && has_value) {
       rows = std::atol(argv[++i]);
+    } else if (arg == "--chunk" && has_value) {
+      chunk = std::atol(argv[++i]);
     } else if (arg == "--hidden" && has_value) {
       hidden = std::atol(argv[++i]);
     } else if (arg == "--ffn" && has_value) {
@@ -114,13 +124,15 @@ int main(int argc, char** argv) {
       json = argv[++i];
     } else {
       std::fprintf(stderr,
-                   "usage: m3bench-gemm [--dtype bf16|int8|fp32] [--rows M] [--hidden H] [--ffn F] [--repeat N] "
+                   "usage: m3bench-gemm [--dtype bf16|int8|fp32] [--rows M] [--chunk C] [--hidden H] [--ffn F] [--repeat N] "
                    "[--json PATH]\n");
       return 2;
     }
   }
-  if ((dtype != "bf16" && dtype != "int8" && dtype != "fp32") || rows < 1 || hidden < 1 || ffn < 1) {
-    std::fprintf(stderr, "m3bench-gemm: --dtype is bf16, int8 or fp32; sizes are positive\n");
+  if (chunk == 0) chunk = rows;
+  if ((dtype != "bf16" && dtype != "int8" && dtype != "fp32") || rows < 1 || hidden < 1 || ffn < 1 || chunk < 1 ||
+      rows % chunk != 0) {
+    std::fprintf(stderr, "m3bench-gemm: --dtype is bf16, int8 or fp32; sizes are positive; --chunk divides --rows\n");
     return 2;
   }
   const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
@@ -129,10 +141,11 @@ int main(int argc, char** argv) {
   const Shape shapes[] = {
       {"qkv", hidden, 3 * hidden}, {"attention_out", hidden, hidden}, {"ffn_up", hidden, ffn}, {"ffn_down", ffn, hidden}};
   double total_ops = 0, total_seconds = 0;
-  std::string out = "{\"dtype\":\"" + dtype + "\",\"rows\":" + std::to_string(rows) + ",\"gemms\":[";
+  std::string out = "{\"dtype\":\"" + dtype + "\",\"rows\":" + std::to_string(rows) + ",\"chunk\":" + std::to_string(chunk) +
+                    ",\"gemms\":[";
   std::printf("%-14s %6s %6s  %10s  %9s  %s\n", "gemm", "in", "out", "ms", "G ops/s", "oneDNN implementation");
   for (const Shape& s : shapes) {
-    const Result r = run_gemm(engine, stream, dtype, rows, s, repeat);
+    const Result r = run_gemm(engine, stream, dtype, rows, chunk, s, repeat);
     std::printf("%-14s %6ld %6ld  %10.2f  %9.0f  %s\n", s.name, static_cast<long>(s.in), static_cast<long>(s.out),
                 r.seconds * 1e3, r.gops, r.impl.c_str());
     total_ops += 2.0 * static_cast<double>(rows) * s.in * s.out;
