@@ -201,14 +201,14 @@ struct Bf16Queries {
       round_row_to_bf16(row, kHeadDim, dst + r * kHeadDim);
     }
   }
-  // The group's scores, scaled, float32 rows keys16 apart. No maxima: the softmax finds
-  // them as it takes the exps (online_softmax_block_bf16).
-  static constexpr bool kGivesMaxima = false;
-  void scores(const uint16_t* group_q, int64_t, int64_t k0, int64_t keys16, int64_t, int64_t valid, const void* kt,
-              float* s, float*) const {
+  // The group's scores, scaled, float32 rows keys16 apart, and each row's maximum over its
+  // first `keys`.
+  void scores(const uint16_t* group_q, int64_t, int64_t k0, int64_t keys16, int64_t keys, int64_t valid,
+              const void* kt, float* s, float* maxima) const {
     scores_bf16(group_q, static_cast<const uint16_t*>(kt) + k0 * kHeadDim, keys16, s);
-    if (!scale_in_q) {
-      for (int64_t r = 0; r < valid; ++r) scale_row(s + r * keys16, keys16, scale);
+    for (int64_t r = 0; r < valid; ++r) {
+      if (!scale_in_q) scale_row(s + r * keys16, keys16, scale);
+      maxima[r] = row_max(s + r * keys16, keys);
     }
   }
 };
@@ -240,8 +240,7 @@ struct Int8Queries {
   using Q = uint8_t;
   void load_rows(int64_t rows, uint8_t* dst) const { std::memcpy(dst, q, rows * kHeadDim); }
   // (float(q . k + key_offset) * key_factor) * q_scale, as the AVX-512 int8 scores, and
-  // each row's maximum over its first `keys` (free here: the conversion pass takes it).
-  static constexpr bool kGivesMaxima = true;
+  // each row's maximum over its first `keys`.
   void scores(const uint8_t* group_q, int64_t i, int64_t k0, int64_t keys16, int64_t keys, int64_t valid,
               const void* kt, float* s, float* maxima) const {
     auto* dots = reinterpret_cast<int32_t*>(s);
@@ -289,22 +288,20 @@ void amx_tile(const Queries& queries, int64_t rows, const void* kt, const uint16
       float* o = acc + i * kHeadDim;
       for (int64_t r = 0; r < valid; ++r) {
         const float* row = s + r * keys16;
-        uint16_t* row_p = p + r * keys32;  // the exps write zeros up to keys16
-        float rescale = 1.f;
-        if constexpr (Queries::kGivesMaxima) {
-          // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
-          const float new_max = first ? block_max[r] : std::max(max[i + r], block_max[r]);
-          const float block_sum = exp_row_to_bf16(row, keys, new_max, row_p);
-          if (!first && new_max != max[i + r]) rescale = exp_nonpositive(max[i + r] - new_max);
-          sum[i + r] = first ? block_sum : sum[i + r] * rescale + block_sum;
-          max[i + r] = new_max;
+        const float new_max = first ? block_max[r] : std::max(max[i + r], block_max[r]);
+        const float block_sum = exp_row_to_bf16(row, keys, new_max, p + r * keys32);  // zeros up to keys16
+        std::fill(p + r * keys32 + keys16, p + (r + 1) * keys32, uint16_t{0});
+        if (first) {
+          sum[i + r] = block_sum;
         } else {
-          rescale = online_softmax_block_bf16(row, keys, first, max[i + r], sum[i + r], row_p);
+          // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
+          const float rescale = new_max == max[i + r] ? 1.f : exp_nonpositive(max[i + r] - new_max);
+          sum[i + r] = sum[i + r] * rescale + block_sum;
+          if (rescale != 1.f) {
+            for (int64_t d = 0; d < kHeadDim; ++d) o[r * kHeadDim + d] *= rescale;
+          }
         }
-        std::fill(row_p + keys16, row_p + keys32, uint16_t{0});
-        if (!first && rescale != 1.f) {
-          for (int64_t d = 0; d < kHeadDim; ++d) o[r * kHeadDim + d] *= rescale;
-        }
+        max[i + r] = new_max;
       }
       if (valid < kGroup) std::fill(p + valid * keys32, p + kGroup * keys32, uint16_t{0});
       values_bf16(p, keys32, block_v, whole, tail, !first, o);

@@ -237,18 +237,7 @@ struct Fp32Values {
   const float* v;
   int64_t v_stride;
   using P = float;
-  // The exact online softmax: the block's max first, then the exps written over the scores.
-  // Returns what the output rows so far are multiplied by (unused for the first block).
-  static float softmax_step(float* row, int64_t keys, bool first, float& max, float& sum, float*) {
-    const float block_max = row_max(row, keys);
-    const float new_max = first ? block_max : std::max(max, block_max);
-    // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
-    const float rescale = first ? 0.f : new_max == max ? 1.f : exp_nonpositive(max - new_max);
-    const float block_sum = exp_row_minus(row, keys, new_max);
-    sum = first ? block_sum : sum * rescale + block_sum;
-    max = new_max;
-    return rescale;
-  }
+  static float exponentiate(float* row, int64_t keys, float max, float*) { return exp_row_minus(row, keys, max); }
   template <int R, int DV>
   void rows(const float* p, int64_t p_ld, int64_t k0, int64_t keys, float* o, int64_t o_stride,
             const float* rescale) const {
@@ -260,8 +249,8 @@ struct Bf16Values {
   const uint16_t* vt2;
   int64_t head_dim;
   using P = uint16_t;
-  static float softmax_step(const float* row, int64_t keys, bool first, float& max, float& sum, uint16_t* p) {
-    return online_softmax_block_bf16(row, keys, first, max, sum, p);
+  static float exponentiate(const float* row, int64_t keys, float max, uint16_t* p) {
+    return exp_row_to_bf16(row, keys, max, p);
   }
   template <int R, int DV>
   void rows(const uint16_t* p, int64_t p_ld, int64_t k0, int64_t keys, float* o, int64_t o_stride,
@@ -294,7 +283,16 @@ void row_group_block(const Scores& scores_of, const Values& values, int64_t i, i
   scores_of.template rows<R>(i, k0, keys16, scores);
   float rescale[R];
   for (int r = 0; r < R; ++r) {
-    rescale[r] = Values::softmax_step(scores + r * keys16, keys, first, state.max[i + r], state.sum[i + r], p + r * keys16);
+    float* row = scores + r * keys16;
+    float& max = state.max[i + r];
+    float& sum = state.sum[i + r];
+    const float block_max = row_max(row, keys);
+    const float new_max = first ? block_max : std::max(max, block_max);
+    // The max settles early in a long row: most blocks leave it, and the rows so far, as they are.
+    rescale[r] = first ? 0.f : new_max == max ? 1.f : exp_nonpositive(max - new_max);
+    const float block_sum = Values::exponentiate(row, keys, new_max, p + r * keys16);
+    sum = first ? block_sum : sum * rescale[r] + block_sum;
+    max = new_max;
   }
   values.template rows<R, DV>(p, keys16, k0, keys, o, o_stride, first ? nullptr : rescale);
 }

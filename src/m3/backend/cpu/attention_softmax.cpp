@@ -85,59 +85,27 @@ __attribute__((target("avx512f"))) float exp_row_minus_avx512(float* row, int64_
   return _mm512_reduce_add_ps(sum);
 }
 
-// exp_row_to_bf16, and with kTrackMax the maximum of row[0..n) taken in the same pass.
-template <bool kTrackMax>
-__attribute__((target("avx512f,avx512bf16"))) inline float exp_row_to_bf16_avx512(const float* row, int64_t n,
-                                                                                  float shift, uint16_t* p,
-                                                                                  float* row_max) {
-  const __m512 shift_log2e = _mm512_set1_ps(shift * kLog2e);
-  __m512 sum = _mm512_setzero_ps(), most = _mm512_set1_ps(-INFINITY);
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) {
-    const __m512 x = _mm512_loadu_ps(row + j);
-    if constexpr (kTrackMax) most = _mm512_max_ps(most, x);
-    const __m512 e = exp_for_bf16_avx512(x, shift_log2e);
-    sum = _mm512_add_ps(sum, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
-  }
-  if (j < n) {  // the tail, and zeros up to the next 16
-    const auto valid = static_cast<__mmask16>((1u << (n - j)) - 1);
-    const __m512 x = _mm512_maskz_loadu_ps(valid, row + j);
-    if constexpr (kTrackMax) most = _mm512_mask_max_ps(most, valid, most, x);
-    const __m512 e = _mm512_maskz_mov_ps(valid, exp_for_bf16_avx512(x, shift_log2e));
-    sum = _mm512_add_ps(sum, e);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
-  }
-  if constexpr (kTrackMax) *row_max = _mm512_reduce_max_ps(most);
-  return _mm512_reduce_add_ps(sum);
-}
-
 const bool kHaveAvx512 = __builtin_cpu_supports("avx512f");
 
 }  // namespace
 
 __attribute__((target("avx512f,avx512bf16"))) float exp_row_to_bf16(const float* row, int64_t n, float shift,
                                                                     uint16_t* p) {
-  return exp_row_to_bf16_avx512<false>(row, n, shift, p, nullptr);
-}
-
-__attribute__((target("avx512f,avx512bf16"))) float online_softmax_block_bf16(const float* row, int64_t n, bool first,
-                                                                              float& max, float& sum, uint16_t* p) {
-  if (first) {
-    max = row_max(row, n);
-    sum = exp_row_to_bf16(row, n, max, p);
-    return 0.f;
+  const __m512 shift_log2e = _mm512_set1_ps(shift * kLog2e);
+  __m512 sum = _mm512_setzero_ps();
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) {
+    const __m512 e = exp_for_bf16_avx512(_mm512_loadu_ps(row + j), shift_log2e);
+    sum = _mm512_add_ps(sum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
   }
-  float block_max;
-  const float block_sum = exp_row_to_bf16_avx512<true>(row, n, max, p, &block_max);
-  if (block_max <= max) {
-    sum += block_sum;
-    return 1.f;
+  if (j < n) {  // the tail, and zeros up to the next 16
+    const auto valid = static_cast<__mmask16>((1u << (n - j)) - 1);
+    const __m512 e = _mm512_maskz_mov_ps(valid, exp_for_bf16_avx512(_mm512_maskz_loadu_ps(valid, row + j), shift_log2e));
+    sum = _mm512_add_ps(sum, e);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
   }
-  const float rescale = exp_nonpositive(max - block_max);
-  sum = std::fma(sum, rescale, exp_row_to_bf16(row, n, block_max, p));  // as the compiler contracts the exact step
-  max = block_max;
-  return rescale;
+  return _mm512_reduce_add_ps(sum);
 }
 
 float exp_for_bf16(float x, float shift) {

@@ -16,19 +16,6 @@ float exp_row_minus(float* row, int64_t n, float shift);
 // rounded up to 16, in one pass that never stores the float32 exps; returns their float32 sum.
 // Only on a CPU with AVX512-BF16 (bf16_attention_kernels_supported).
 float exp_row_to_bf16(const float* row, int64_t n, float shift, uint16_t* p);
-
-// One row's step of the online softmax over a block of n scores, with P in bf16 as
-// exp_row_to_bf16 writes it; the same numbers as taking the block's max, then its exps
-// against max(running max, block max). The first block does just that (two passes). A later
-// block's exps are taken against the running max in one pass that also finds the block's
-// max, and only a block that raises the max is taken again: once the max settles, a block
-// costs one pass, not two (the max pass was 5% of an 8192-token bf16 pass on AMX). Shifting
-// by the exact max matters: the largest numerator is then exactly 1, not a rounded bf16, and
-// in a peaked row it weighs most (a shift a little off the max made P V 3x less accurate).
-// Updates max and sum; returns what the row's output so far must be multiplied by (1:
-// nothing to do; unused after the first block). Only on a CPU with AVX512-BF16.
-float online_softmax_block_bf16(const float* row, int64_t n, bool first, float& max, float& sum, uint16_t* p);
-
 // exp_row_minus(row, n, row_max(row, n)).
 float exp_shifted_row(float* row, int64_t n);
 
